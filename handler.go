@@ -1,0 +1,222 @@
+package backstageproxy
+
+import (
+	"errors"
+	"net/http"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// ServeHTTP enforces the endpoint's policy and calls next with a filtered copy
+// of the request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if repl != nil && h.Route != "" {
+		repl.Set("http.backstage_proxy.route", h.Route)
+	}
+
+	// 1. Credentials, before the path guard: Backstage's barrier runs first, so
+	// anonymous traversal attempts on protected routes get 401.
+	if h.needsCredentials(r) {
+		token, authErr := bearerToken(r.Header)
+		var p principal
+		if authErr == nil {
+			p, authErr = h.identity.authn.authenticate(r.Context(), token)
+		}
+		if authErr != nil {
+			if c := h.logger.Check(zapcore.DebugLevel, "credentials rejected"); c != nil {
+				c.Write(zap.String("route", h.Route), zap.Int("status", authErr.status), zap.String("reason", authErr.message))
+			}
+			if repl != nil {
+				repl.Set("http.backstage_proxy.error", authErr.message)
+			}
+			return h.writeError(w, r, authErr.status, authErr.name, authErr.message)
+		}
+		if repl != nil {
+			repl.Set("http.auth.user.id", p.Subject)
+			repl.Set("http.backstage_proxy.principal.type", p.Type)
+			repl.Set("http.backstage_proxy.principal.method", p.Method)
+		}
+	}
+
+	// 2. Path guard (backstage-proxy.md §1.11, divergence D10).
+	if !pathIsSafe(r.URL.EscapedPath()) {
+		if repl != nil {
+			repl.Set("http.backstage_proxy.error", "path traversal")
+		}
+		hdr := w.Header()
+		hdr.Set("Content-Type", "text/plain; charset=utf-8")
+		hdr.Set("Content-Length", "11")
+		w.WriteHeader(http.StatusBadRequest)
+		_, err := w.Write([]byte("Bad Request"))
+		return err
+	}
+
+	// The barrier just decides; the next handler answers.
+	if h.Barrier {
+		return next.ServeHTTP(w, r)
+	}
+
+	// 3. The upstream request: a shallow copy, so the original stays intact
+	// for logs and for later routes.
+	r2 := new(http.Request)
+	*r2 = *r
+	r2.Header = h.filterRequestHeaders(r.Header)
+	if h.Rewrite != nil {
+		u2 := *r.URL
+		path, query := h.Rewrite.apply(r.URL.EscapedPath(), r.URL.RawQuery, r.URL.ForceQuery || r.URL.RawQuery != "")
+		setEscapedPath(&u2, path)
+		u2.RawQuery = query
+		u2.ForceQuery = false
+		r2.URL = &u2
+		r2.RequestURI = u2.RequestURI()
+	}
+
+	rf := newResponseFilter(w, h.respAllow, h.AllowUpgrade)
+	err := next.ServeHTTP(rf, r2)
+	if err == nil || rf.wroteHeader {
+		return err
+	}
+	return h.upstreamError(rf, r, err)
+}
+
+// needsCredentials reports whether this request must carry valid credentials.
+func (h *Handler) needsCredentials(r *http.Request) bool {
+	if h.Credentials == CredentialsDangerouslyAllowUnauthenticated || h.identity.DangerouslyDisableDefaultAuthPolicy {
+		return false
+	}
+	if len(h.openPaths) > 0 {
+		rel, ok := h.relativePath(r.URL.Path)
+		if ok {
+			for _, p := range h.openPaths {
+				if hasSegmentPrefixFold(rel, p) {
+					return false
+				}
+			}
+		}
+	}
+	return true
+}
+
+// relativePath returns p relative to the mount path, or false if p is not
+// under it.
+func (h *Handler) relativePath(p string) (string, bool) {
+	if !hasSegmentPrefixFold(p, h.MountPath) {
+		return "", false
+	}
+	rel := p[len(h.MountPath):]
+	if rel == "" {
+		rel = "/"
+	}
+	return rel, true
+}
+
+// hasSegmentPrefixFold reports whether p starts with prefix, case-insensitively,
+// on a path segment boundary. The prefix `/` matches everything.
+func hasSegmentPrefixFold(p, prefix string) bool {
+	if prefix == "/" || prefix == "" {
+		return true
+	}
+	if len(p) < len(prefix) || !strings.EqualFold(p[:len(prefix)], prefix) {
+		return false
+	}
+	return len(p) == len(prefix) || p[len(prefix)] == '/'
+}
+
+// upstreamError turns a reverse_proxy failure into a Backstage-shaped JSON
+// error (divergence D8: 502 for connection failures, 504 for timeouts, and no
+// internal address in the body). The cause is logged, not sent.
+func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) error {
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) {
+		return err
+	}
+	var name, msg string
+	switch he.StatusCode {
+	case http.StatusBadGateway:
+		name, msg = "BadGatewayError", "The upstream of this proxy route could not be reached"
+	case http.StatusServiceUnavailable:
+		name, msg = "ServiceUnavailableError", "No upstream of this proxy route is available"
+	case http.StatusGatewayTimeout:
+		name, msg = "GatewayTimeoutError", "The upstream of this proxy route did not answer in time"
+	default:
+		return err
+	}
+	h.logger.Error("proxying to upstream failed",
+		zap.String("route", h.Route), zap.Int("status", he.StatusCode), zap.Error(he.Err))
+	return h.writeError(w, r, he.StatusCode, name, msg)
+}
+
+// writeError writes Backstage's JSON error body (backstage-proxy.md §1.12):
+//
+//	{"error":{"name":…,"message":…},"request":{"method":…,"url":…},"response":{"statusCode":…}}
+//
+// where request.url is relative to the mount path.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, status int, name, message string) error {
+	uri := r.RequestURI
+	if uri == "" || uri[0] != '/' {
+		uri = r.URL.RequestURI()
+	}
+	if hasSegmentPrefixFold(uri, h.MountPath) || (len(uri) > len(h.MountPath) && uri[len(h.MountPath)] == '?' && strings.EqualFold(uri[:len(h.MountPath)], h.MountPath)) {
+		uri = uri[len(h.MountPath):]
+	}
+	buf := make([]byte, 0, 160+len(uri))
+	buf = append(buf, `{"error":{"name":`...)
+	buf = appendJSONString(buf, name)
+	buf = append(buf, `,"message":`...)
+	buf = appendJSONString(buf, message)
+	buf = append(buf, `},"request":{"method":`...)
+	buf = appendJSONString(buf, r.Method)
+	buf = append(buf, `,"url":`...)
+	buf = appendJSONString(buf, uri)
+	buf = append(buf, `},"response":{"statusCode":`...)
+	buf = strconv.AppendInt(buf, int64(status), 10)
+	buf = append(buf, "}}"...)
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json; charset=utf-8")
+	hdr.Set("Content-Length", strconv.Itoa(len(buf)))
+	w.WriteHeader(status)
+	if r.Method == http.MethodHead {
+		return nil
+	}
+	_, err := w.Write(buf)
+	return err
+}
+
+// appendJSONString appends s as a JSON string literal; invalid UTF-8 becomes
+// U+FFFD, as encoding/json does.
+func appendJSONString(buf []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	buf = append(buf, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				buf = append(buf, '\\', c)
+			case c < 0x20 || c == '<' || c == '>' || c == '&':
+				buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				buf = append(buf, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			buf = append(buf, `\ufffd`...)
+		} else if r == '\u2028' || r == '\u2029' {
+			buf = append(buf, '\\', 'u', '2', '0', '2', hex[r&0xf])
+		} else {
+			buf = append(buf, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(buf, '"')
+}

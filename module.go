@@ -1,0 +1,192 @@
+// Package backstageproxy runs a Backstage `app-config.yaml` `proxy:` section on
+// Caddy: the `backstage_proxy` HTTP handler enforces Backstage's credentials
+// policies and header allowlists in front of Caddy's standard `reverse_proxy`,
+// the `backstage` config adapter turns a Backstage config into Caddy JSON, and
+// the `backstage_proxy` Caddyfile directive produces the same routes.
+package backstageproxy
+
+import (
+	"fmt"
+	"regexp"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Credentials policies, as Backstage spells them.
+const (
+	CredentialsRequire                         = "require"
+	CredentialsForward                         = "forward"
+	CredentialsDangerouslyAllowUnauthenticated = "dangerously-allow-unauthenticated"
+)
+
+// DefaultMountPath is where Backstage mounts its proxy plugin.
+const DefaultMountPath = "/api/proxy"
+
+// Handler is the policy half of one Backstage proxy endpoint. Placed before
+// Caddy's `reverse_proxy`, it:
+//
+//   - checks the caller's Backstage credentials (401/403 with Backstage's JSON
+//     error body) according to the credentials policy;
+//   - refuses path traversal (400 `Bad Request`);
+//   - passes on only the allowed request headers, on a copy of the request, so
+//     access logs still show what the client sent;
+//   - rewrites the upstream path exactly as Backstage does (default: strip the
+//     mount path and route, prepend the target's path);
+//   - passes back only the allowed response headers;
+//   - turns upstream failures into Backstage-shaped JSON errors (502/503/504)
+//     that never name an internal address.
+//
+// It never reads the request body.
+//
+// With `barrier` set, it is the credentials
+// barrier that Backstage puts in front of all of `/api/proxy`: placed before a
+// 404 response, unknown paths answer 401 to anonymous callers and 404 to
+// authenticated ones.
+//
+// This handler sets these placeholders after a credential was verified:
+//
+// Placeholder | Description
+// ------------|-------------
+// `{http.auth.user.id}` | The verified subject (user entity ref, `plugin:<id>`, external subject); shown as `user_id` in access logs
+// `{http.backstage_proxy.principal.type}` | `user` or `service`
+// `{http.backstage_proxy.principal.method}` | How it was verified: `user`, `plugin`, `static`, `legacy`, `jwks`
+// `{http.backstage_proxy.route}` | The route key of this endpoint
+type Handler struct {
+	// Credentials is the Backstage credentials policy: `require` (default: a
+	// valid Backstage token is needed and not forwarded), `forward` (needed and
+	// forwarded upstream verbatim) or `dangerously-allow-unauthenticated` (no
+	// token needed).
+	Credentials string `json:"credentials,omitempty"`
+
+	// Route is the route key, e.g. `/catalog`. It is informational (logs and the
+	// `{http.backstage_proxy.route}` placeholder).
+	Route string `json:"route,omitempty"`
+
+	// MountPath is the path under which the proxy is mounted; error bodies give
+	// the request URL relative to it, as Backstage does. Default: `/api/proxy`.
+	MountPath string `json:"mount_path,omitempty"`
+
+	// AllowedHeaders are extra header names allowed in both directions
+	// (Backstage `allowedHeaders`), matched case-insensitively. `*` is a literal
+	// name, not a wildcard, as in Backstage.
+	AllowedHeaders []string `json:"allowed_headers,omitempty"`
+
+	// UpstreamHeaders are the names of the headers this endpoint sets upstream
+	// (the keys of Backstage `headers:`); they are allowed in the request
+	// direction. Their values are set by `reverse_proxy`, overriding the client's.
+	UpstreamHeaders []string `json:"upstream_headers,omitempty"`
+
+	// AllowUpgrade lets WebSocket upgrades through this endpoint (Backstage
+	// `ws: true`): `Upgrade`, `Connection` and `Sec-WebSocket-*` pass in both
+	// directions, after the credentials check. Without it, upgrade requests are
+	// proxied as plain requests without their upgrade headers.
+	AllowUpgrade bool `json:"allow_upgrade,omitempty"`
+
+	// Rewrite computes the upstream path and query. Without it the request URI
+	// is passed on unchanged.
+	Rewrite *UpstreamRewrite `json:"rewrite,omitempty"`
+
+	// UnauthenticatedPaths, relative to MountPath, are path prefixes (on a
+	// segment boundary, case-insensitive) for which no credentials are checked.
+	// Used by the barrier in front of all routes: they are the routes whose policy
+	// is `dangerously-allow-unauthenticated`.
+	UnauthenticatedPaths []string `json:"unauthenticated_paths,omitempty"`
+
+	// Barrier makes the handler only check credentials (honouring
+	// UnauthenticatedPaths) and the path, then call the next handler with the
+	// request unchanged. The config adapter puts a barrier in front of a 404 after
+	// all routes, as Backstage does for unknown paths under its mount path.
+	Barrier bool `json:"barrier,omitempty"`
+
+	identity  *App
+	reqAllow  map[string]struct{}
+	respAllow map[string]struct{}
+	logger    *zap.Logger
+	openPaths []string
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.backstage_proxy",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+// Provision sets up the handler: it precomputes the header allowlists and the
+// rewrite, and attaches the shared `backstage` identity app.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Credentials == "" {
+		h.Credentials = CredentialsRequire
+	}
+	if h.MountPath == "" {
+		h.MountPath = DefaultMountPath
+	}
+	h.MountPath = strings.TrimRight(h.MountPath, "/")
+	app, err := ctx.App("backstage")
+	if err != nil {
+		return fmt.Errorf("loading backstage identity app: %v", err)
+	}
+	h.identity = app.(*App)
+	h.reqAllow, h.respAllow = buildAllowlists(h.Credentials, h.AllowedHeaders, h.UpstreamHeaders, h.AllowUpgrade)
+	for _, p := range h.UnauthenticatedPaths {
+		h.openPaths = append(h.openPaths, strings.ToLower(normalizeRouteKey(p)))
+	}
+	if h.Rewrite != nil {
+		if err := h.Rewrite.provision(); err != nil {
+			return fmt.Errorf("route %s: %v", h.Route, err)
+		}
+	}
+	return nil
+}
+
+var headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	switch h.Credentials {
+	case CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated:
+	default:
+		return fmt.Errorf("unknown credentials policy '%s' for proxy route '%s'; expected one of '%s', '%s', '%s'",
+			h.Credentials, h.Route, CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated)
+	}
+	if !strings.HasPrefix(h.MountPath, "/") {
+		return fmt.Errorf("mount_path must start with '/': %q", h.MountPath)
+	}
+	for _, list := range [][]string{h.AllowedHeaders, h.UpstreamHeaders} {
+		for _, name := range list {
+			if !headerNameRE.MatchString(name) {
+				return fmt.Errorf("route %s: invalid header name %q", h.Route, name)
+			}
+		}
+	}
+	return nil
+}
+
+// normalizeRouteKey gives a route key a leading slash and no trailing slash
+// (divergence D6: Backstage silently ignores keys without a leading slash and
+// demands credentials on most paths under a trailing-slash key).
+func normalizeRouteKey(key string) string {
+	if !strings.HasPrefix(key, "/") {
+		key = "/" + key
+	}
+	for len(key) > 1 && strings.HasSuffix(key, "/") {
+		key = key[:len(key)-1]
+	}
+	return key
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)
