@@ -1,0 +1,665 @@
+package backstageproxy
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+)
+
+func init() {
+	caddyconfig.RegisterAdapter("backstage", Adapter{})
+}
+
+// Adapter adapts a Backstage `app-config.yaml` to Caddy JSON: one route per
+// proxy endpoint, in config order, behind the `backstage_proxy` policy handler,
+// plus the `backstage` identity app built from `backend.auth`.
+//
+//	caddy run --adapter backstage --config app-config.yaml
+type Adapter struct{}
+
+// Adapt converts the Backstage config in body to Caddy JSON. options may be
+// nil (admin API `POST /load` with `Content-Type: text/backstage`); its
+// "filename" names the file, which resolves relative paths and default config
+// discovery.
+func (Adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig.Warning, error) {
+	filename, _ := options["filename"].(string)
+	root, warnings, err := loadBackstageConfig(loadOptions{
+		MainBody: body,
+		MainFile: filename,
+		Env:      os.LookupEnv,
+		Environ:  os.Environ(),
+	})
+	if err != nil {
+		return nil, warnings, err
+	}
+	ad := &adaptation{root: root, warnings: warnings, file: filename}
+	cfg, err := ad.config()
+	if err != nil {
+		return nil, ad.warnings, err
+	}
+	out, err := json.Marshal(cfg)
+	return out, ad.warnings, err
+}
+
+// adaptation is the state of one Adapt call.
+type adaptation struct {
+	root     *configNode
+	file     string
+	warnings []caddyconfig.Warning
+}
+
+func (ad *adaptation) warn(n *configNode, directive, format string, args ...any) {
+	w := caddyconfig.Warning{Directive: directive, Message: fmt.Sprintf(format, args...)}
+	if n != nil {
+		w.File, w.Line = n.File, n.Line
+		if w.File == "" && n.Source != "" {
+			w.File = n.Source
+		}
+	}
+	if w.File == "" {
+		w.File = ad.file
+	}
+	ad.warnings = append(ad.warnings, w)
+}
+
+// config builds the whole Caddy config.
+func (ad *adaptation) config() (*caddy.Config, error) {
+	listen, err := ad.listenAddress()
+	if err != nil {
+		return nil, err
+	}
+	identity, err := ad.identity()
+	if err != nil {
+		return nil, err
+	}
+	routes, err := ad.proxyRoutes()
+	if err != nil {
+		return nil, err
+	}
+	// Everything outside the proxy mount: nothing here serves it.
+	routes = append(routes, caddyhttp.Route{
+		HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(
+			caddyhttp.StaticResponse{StatusCode: caddyhttp.WeakString("404")}, "handler", "static_response", &ad.warnings)},
+	})
+	server := &caddyhttp.Server{
+		Listen:    []string{listen},
+		Routes:    routes,
+		AutoHTTPS: &caddyhttp.AutoHTTPSConfig{Disabled: true},
+	}
+	httpApp := caddyhttp.App{Servers: map[string]*caddyhttp.Server{"backstage": server}}
+	return &caddy.Config{
+		AppsRaw: caddy.ModuleMap{
+			"backstage": caddyconfig.JSON(identity, &ad.warnings),
+			"http":      caddyconfig.JSON(httpApp, &ad.warnings),
+		},
+	}, nil
+}
+
+// listenAddress reads `backend.listen` (backstage-proxy.md §4.5).
+func (ad *adaptation) listenAddress() (string, error) {
+	n := ad.root.Lookup("backend.listen")
+	host, port := "", "7007"
+	switch {
+	case n == nil || n.IsNull():
+	case n.Kind == nodeMap:
+		if h := n.Get("host"); h != nil {
+			s, ok := h.String()
+			if !ok {
+				return "", errorAt(h, "Invalid type in config for key 'backend.listen.host', got %s, wanted string", h.TypeName())
+			}
+			host = s
+		}
+		if p := n.Get("port"); p != nil {
+			f, ok := p.Number()
+			if !ok || f != float64(int(f)) || f < 0 || f > 65535 {
+				return "", errorAt(p, "Invalid type in config for key 'backend.listen.port', got %s, wanted number", p.TypeName())
+			}
+			port = strconv.Itoa(int(f))
+		}
+	case n.Kind == nodeScalar && n.Tag == "!!str":
+		s := n.Value
+		if i := strings.LastIndexByte(s, ':'); i >= 0 {
+			host, port = s[:i], s[i+1:]
+		} else {
+			port = s
+		}
+		if strings.ContainsAny(host, "[]:") {
+			return "", errorAt(n, "Unable to parse listen address %s", s)
+		}
+		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+			return "", errorAt(n, "Unable to parse listen address %s", s)
+		}
+	default:
+		return "", errorAt(n, "Invalid type in config for key 'backend.listen', got %s, wanted object", n.TypeName())
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// proxyEntry is one route key and its value, in config order.
+type proxyEntry struct {
+	key  string
+	node *configNode
+}
+
+// readProxyConfig picks the endpoint map as Backstage's readProxyConfig does
+// (backstage-proxy.md §1.2): `proxy.endpoints` when present, else the
+// deprecated root-level keys starting with `/`.
+func (ad *adaptation) readProxyConfig() ([]proxyEntry, error) {
+	proxy := ad.root.Get("proxy")
+	if proxy == nil || proxy.IsNull() {
+		return nil, nil
+	}
+	if proxy.Kind != nodeMap {
+		return nil, errorAt(proxy, "Invalid type in config for key 'proxy', got %s, wanted object", proxy.TypeName())
+	}
+	var entries []proxyEntry
+	if ep := proxy.Get("endpoints"); ep != nil && !ep.IsNull() {
+		if ep.Kind != nodeMap {
+			return nil, errorAt(ep, "Invalid type in config for key 'proxy.endpoints', got %s, wanted object", ep.TypeName())
+		}
+		for i, k := range ep.Keys {
+			entries = append(entries, proxyEntry{k, ep.Values[i]})
+		}
+		return entries, nil
+	}
+	for i, k := range proxy.Keys {
+		if strings.HasPrefix(k, "/") {
+			entries = append(entries, proxyEntry{k, proxy.Values[i]})
+		}
+	}
+	if len(entries) > 0 {
+		ad.warn(proxy, "proxy", "Configuring proxy endpoints in the root 'proxy' configuration is deprecated. Move this configuration to 'proxy.endpoints' instead.")
+	}
+	return entries, nil
+}
+
+// proxyRoutes builds the routes under the mount path, in config order.
+func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
+	entries, err := ad.readProxyConfig()
+	if err != nil {
+		return nil, err
+	}
+	skipInvalid := false
+	if n := ad.root.Lookup("proxy.skipInvalidProxies"); n != nil {
+		v, ok := n.Bool()
+		if !ok {
+			return nil, errorAt(n, "Unable to convert config value for key 'proxy.skipInvalidProxies' to a boolean")
+		}
+		skipInvalid = v
+	}
+	mount := DefaultMountPath
+	routes := []caddyhttp.Route{buildPluginJWKSRoute(mount, &ad.warnings)}
+	var open []string
+	seen := map[string]string{}
+	for _, e := range entries {
+		spec, err := ad.endpoint(e.key, e.node)
+		if err == nil {
+			if prev, dup := seen[strings.ToLower(spec.routeKey())]; dup {
+				err = fmt.Errorf("Proxy route %q is the same route as %q (route keys are case-insensitive and a trailing slash does not matter)", e.key, prev)
+			}
+		}
+		var route caddyhttp.Route
+		if err == nil {
+			route, err = buildEndpointRoute(spec, &ad.warnings)
+		}
+		if err != nil {
+			if skipInvalid {
+				ad.warn(e.node, e.key, "skipped configuring %s due to %s", e.key, err)
+				continue
+			}
+			return nil, &configError{File: e.node.File, Line: e.node.Line, Source: e.node.Source,
+				Msg: fmt.Sprintf("proxy route %s: %s", e.key, err)}
+		}
+		seen[strings.ToLower(spec.routeKey())] = e.key
+		if spec.Credentials == CredentialsDangerouslyAllowUnauthenticated {
+			open = append(open, spec.routeKey())
+		}
+		if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
+			ad.warn(e.node, e.key, "allowedMethods is empty: no request can use route %s", e.key)
+			continue
+		}
+		routes = append(routes, route)
+	}
+	return append(routes, buildBarrierRoutes(mount, open, &ad.warnings)...), nil
+}
+
+// knownEndpointKeys are the endpoint options this adapter maps to Caddy.
+var knownEndpointKeys = map[string]bool{
+	"target": true, "credentials": true, "allowedMethods": true, "allowedHeaders": true,
+	"headers": true, "changeOrigin": true, "pathRewrite": true, "xfwd": true, "ws": true,
+	"secure": true, "proxyTimeout": true, "ignorePath": true, "prependPath": true,
+	"method": true, "logLevel": true, "reviveRequestBody": true,
+}
+
+// endpoint reads one endpoint value (backstage-proxy.md §1.4). Errors carry
+// Backstage's messages.
+func (ad *adaptation) endpoint(route string, n *configNode) (endpointSpec, error) {
+	spec := endpointSpec{Route: route, Credentials: CredentialsRequire, ChangeOrigin: true}
+	if !strings.HasPrefix(route, "/") || (len(route) > 1 && strings.HasSuffix(route, "/")) {
+		ad.warn(n, route, "route key %q is served as %q (Backstage would ignore a key without a leading '/' and demand credentials under a trailing '/')", route, normalizeRouteKey(route))
+	}
+	if s, ok := n.String(); ok {
+		u, err := parseTarget(route, s)
+		if err != nil {
+			return spec, err
+		}
+		spec.Target = u
+		return spec, nil
+	}
+	if n.Kind != nodeMap {
+		// numbers, arrays and booleans take Backstage's object path
+		return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type undefined", route)
+	}
+
+	if c := n.Get("credentials"); c != nil {
+		v, _ := c.String()
+		switch v {
+		case CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated:
+			spec.Credentials = v
+		default:
+			if !c.IsNull() {
+				return spec, fmt.Errorf("Unknown credentials policy '%s' for proxy route '%s'; expected one of '%s', '%s', '%s'",
+					c.Value, route, CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated)
+			}
+		}
+	}
+	t := n.Get("target")
+	ts, ok := t.String()
+	if !ok {
+		typ := "undefined"
+		if t != nil {
+			switch t.TypeName() {
+			case "number", "nan":
+				typ = "number"
+			case "boolean":
+				typ = "boolean"
+			case "null", "array", "object":
+				typ = "object"
+			}
+		}
+		return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type %s", route, typ)
+	}
+	u, err := parseTarget(route, ts)
+	if err != nil {
+		return spec, err
+	}
+	spec.Target = u
+
+	for i, key := range n.Keys {
+		v := n.Values[i]
+		if !knownEndpointKeys[key] {
+			ad.warn(v, route+"."+key, "proxy route %s: option %q is not supported by this proxy and is ignored", route, key)
+			continue
+		}
+		var err error
+		switch key {
+		case "allowedMethods":
+			spec.AllowedMethods, err = stringList(v, "allowedMethods")
+			if spec.AllowedMethods == nil && err == nil {
+				spec.AllowedMethods = []string{}
+			}
+			for _, m := range spec.AllowedMethods {
+				if m != strings.ToUpper(m) {
+					ad.warn(v, route+".allowedMethods", "method %q is not upper case and never matches (methods are compared exactly, as in Backstage)", m)
+				}
+			}
+		case "allowedHeaders":
+			spec.AllowedHeaders, err = stringList(v, "allowedHeaders")
+		case "headers":
+			spec.Headers, err = headerValues(v)
+		case "changeOrigin":
+			spec.ChangeOrigin, err = boolOption(v, "changeOrigin")
+		case "xfwd":
+			spec.XForwarded, err = boolOption(v, "xfwd")
+		case "ws":
+			spec.WebSocket, err = boolOption(v, "ws")
+		case "secure":
+			var secure bool
+			secure, err = boolOption(v, "secure")
+			spec.InsecureSkipVerify = !secure
+			if spec.InsecureSkipVerify && u.Scheme == "https" {
+				ad.warn(v, route+".secure", "proxy route %s: TLS certificate verification of %s is off (secure: false)", route, u.Host)
+			}
+		case "ignorePath":
+			spec.IgnorePath, err = boolOption(v, "ignorePath")
+		case "prependPath":
+			var prepend bool
+			prepend, err = boolOption(v, "prependPath")
+			spec.NoPrependPath = !prepend
+		case "proxyTimeout":
+			f, ok := v.Number()
+			if !ok || f < 0 {
+				err = fmt.Errorf("proxyTimeout must be a number of milliseconds, got %s", v.TypeName())
+			}
+			spec.ProxyTimeout = time.Duration(f * float64(time.Millisecond))
+		case "method":
+			m, ok := v.String()
+			if !ok || !headerNameRE.MatchString(m) {
+				err = fmt.Errorf("method must be an HTTP method name")
+			}
+			spec.Method = strings.ToUpper(m)
+		case "pathRewrite":
+			spec.PathRewrite, err = pathRewriteRules(v)
+			spec.CustomRewrite = true
+		case "logLevel":
+			// Backstage always overrides it
+		case "reviveRequestBody":
+			// unused by Backstage's router
+		}
+		if err != nil {
+			return spec, fmt.Errorf("%s (%s)", err, v.Source)
+		}
+	}
+	return spec, nil
+}
+
+func boolOption(n *configNode, name string) (bool, error) {
+	v, ok := n.Bool()
+	if !ok {
+		return false, fmt.Errorf("%s must be a boolean, got %s", name, n.TypeName())
+	}
+	return v, nil
+}
+
+func stringList(n *configNode, name string) ([]string, error) {
+	if n.Kind != nodeSeq {
+		return nil, fmt.Errorf("%s must be a list of strings, got %s", name, n.TypeName())
+	}
+	var out []string
+	for _, item := range n.Items {
+		s, ok := item.String()
+		if !ok {
+			return nil, fmt.Errorf("%s must be a list of strings, but has a %s", name, item.TypeName())
+		}
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// headerValues reads `headers:`. Values that came from ${VAR} substitutions
+// are emitted as {env.VAR} placeholders, so the secret stays out of the JSON.
+func headerValues(n *configNode) ([]headerValue, error) {
+	if n.Kind != nodeMap {
+		return nil, fmt.Errorf("headers must be an object, got %s", n.TypeName())
+	}
+	var out []headerValue
+	for i, name := range n.Keys {
+		v := n.Values[i]
+		if !headerNameRE.MatchString(name) {
+			return nil, fmt.Errorf("invalid header name %q", name)
+		}
+		if v.Kind != nodeScalar || v.IsNull() {
+			return nil, fmt.Errorf("header %s must be a string, got %s", name, v.TypeName())
+		}
+		if strings.ContainsAny(v.Value, "\r\n\x00") {
+			return nil, fmt.Errorf("header %s has a line break or NUL in its value", name)
+		}
+		value := v.EnvTemplate
+		if value == "" {
+			value = escapeCaddyPlaceholders(v.Value)
+		}
+		out = append(out, headerValue{Name: name, Value: value})
+	}
+	return out, nil
+}
+
+// pathRewriteRules converts `pathRewrite` (JavaScript regular expressions
+// with String.replace replacements) to Go rules. Syntax RE2 cannot express
+// (look-around, back-references) is an error, never silently different.
+func pathRewriteRules(n *configNode) ([]PathRewriteRule, error) {
+	if n.Kind != nodeMap {
+		return nil, fmt.Errorf("[HPM] Invalid pathRewrite config. Expecting object with pathRewrite config or a rewrite function")
+	}
+	rules := []PathRewriteRule{}
+	for i, find := range n.Keys {
+		v := n.Values[i]
+		if v.Kind != nodeScalar || v.IsNull() {
+			return nil, fmt.Errorf("pathRewrite %q: the replacement must be a string, got %s", find, v.TypeName())
+		}
+		re, err := regexp.Compile(find)
+		if err != nil {
+			return nil, fmt.Errorf("pathRewrite %q is not a regular expression this proxy can run (JavaScript-only syntax such as look-around or back-references has no RE2 equivalent): %v", find, err)
+		}
+		repl, err := jsReplacement(v.Value, re.NumSubexp())
+		if err != nil {
+			return nil, fmt.Errorf("pathRewrite %q: %v", find, err)
+		}
+		rules = append(rules, PathRewriteRule{Find: find, Replace: repl})
+	}
+	return rules, nil
+}
+
+// jsReplacement converts a JavaScript String.replace replacement to Go's
+// regexp.Expand template: $n and $nn → ${n}, $& → ${0}, $<name> → ${name},
+// $$ → $$, any other $ → a literal $.
+func jsReplacement(s string, groups int) (string, error) {
+	var sb strings.Builder
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c != '$' || i+1 == len(s) {
+			if c == '$' {
+				sb.WriteString("$$")
+			} else {
+				sb.WriteByte(c)
+			}
+			continue
+		}
+		next := s[i+1]
+		switch {
+		case next == '$':
+			sb.WriteString("$$")
+			i++
+		case next == '&':
+			sb.WriteString("${0}")
+			i++
+		case next == '`' || next == '\'':
+			return "", fmt.Errorf("the replacement pattern $%c is not supported", next)
+		case next == '<':
+			end := strings.IndexByte(s[i:], '>')
+			if end < 0 {
+				sb.WriteString("$$")
+				continue
+			}
+			sb.WriteString("${" + s[i+2:i+end] + "}")
+			i += end
+		case next >= '0' && next <= '9':
+			n := int(next - '0')
+			width := 1
+			if i+2 < len(s) && s[i+2] >= '0' && s[i+2] <= '9' {
+				if two := n*10 + int(s[i+2]-'0'); two >= 1 && two <= groups {
+					n, width = two, 2
+				}
+			}
+			if n < 1 || n > groups {
+				// JavaScript keeps it literally
+				sb.WriteString("$$")
+				continue
+			}
+			sb.WriteString("${" + strconv.Itoa(n) + "}")
+			i += width
+		default:
+			sb.WriteString("$$")
+		}
+	}
+	return sb.String(), nil
+}
+
+// identity builds the `backstage` app from `backend.auth` and discovery.
+func (ad *adaptation) identity() (*App, error) {
+	app := &App{}
+	auth := ad.root.Lookup("backend.auth")
+	if n := auth.Get("dangerouslyDisableDefaultAuthPolicy"); n != nil {
+		v, ok := n.Bool()
+		if !ok {
+			return nil, errorAt(n, "Unable to convert config value for key 'backend.auth.dangerouslyDisableDefaultAuthPolicy' to a boolean")
+		}
+		app.DangerouslyDisableDefaultAuthPolicy = v
+		if v {
+			ad.warn(n, "backend.auth", "dangerouslyDisableDefaultAuthPolicy is true: every proxy route is open to anonymous callers")
+		}
+	}
+	if ea := auth.Get("externalAccess"); ea != nil && !ea.IsNull() {
+		if ea.Kind != nodeSeq {
+			return nil, errorAt(ea, "Invalid type in config for key 'backend.auth.externalAccess', got %s, wanted array", ea.TypeName())
+		}
+		for i, item := range ea.Items {
+			entry, err := externalAccessEntry(item, i)
+			if err != nil {
+				return nil, err
+			}
+			app.ExternalAccess = append(app.ExternalAccess, entry)
+		}
+	}
+	if keys := auth.Get("keys"); keys != nil && keys.Kind == nodeSeq {
+		ad.warn(keys, "backend.auth.keys", "backend.auth.keys is deprecated; use backend.auth.externalAccess with type 'legacy'")
+		for _, k := range keys.Items {
+			s := k.Get("secret")
+			if _, ok := s.String(); !ok {
+				return nil, errorAt(k, "backend.auth.keys entry must have a string secret")
+			}
+			app.Keys = append(app.Keys, LegacyKey{Secret: secretValue(s)})
+		}
+	}
+	authBase := ad.pluginBaseURL("auth")
+	if authBase != "" {
+		app.UserTokens = &UserTokens{JWKSURL: authBase + "/.well-known/jwks.json"}
+	}
+	if tmpl := ad.pluginBaseURL("{plugin}"); tmpl != "" {
+		app.PluginTokens = &PluginTokens{JWKSURL: tmpl + "/.backstage/auth/v1/jwks.json"}
+	}
+	return app, nil
+}
+
+// secretValue is the value to put in the JSON for a secret: its {env.VAR}
+// placeholder form when it came from the environment.
+func secretValue(n *configNode) string {
+	if n.EnvTemplate != "" {
+		return n.EnvTemplate
+	}
+	return escapeCaddyPlaceholders(n.Value)
+}
+
+func externalAccessEntry(n *configNode, i int) (ExternalAccess, error) {
+	var e ExternalAccess
+	if n.Kind != nodeMap {
+		return e, errorAt(n, "backend.auth.externalAccess[%d] must be an object", i)
+	}
+	typ, _ := n.Get("type").String()
+	e.Type = typ
+	opts := n.Get("options")
+	str := func(key string) string {
+		if v := opts.Get(key); v != nil {
+			if _, ok := v.String(); ok {
+				return secretValue(v)
+			}
+		}
+		return ""
+	}
+	list := func(key string) []string {
+		v := opts.Get(key)
+		if v == nil {
+			return nil
+		}
+		var raw []string
+		if s, ok := v.String(); ok {
+			raw = []string{s}
+		} else if v.Kind == nodeSeq {
+			for _, it := range v.Items {
+				if s, ok := it.String(); ok {
+					raw = append(raw, s)
+				}
+			}
+		}
+		var out []string
+		seen := map[string]bool{}
+		for _, r := range raw {
+			for _, f := range strings.FieldsFunc(r, func(c rune) bool { return c == ' ' || c == ',' }) {
+				if !seen[f] {
+					seen[f] = true
+					out = append(out, f)
+				}
+			}
+		}
+		return out
+	}
+	e.Options = ExternalAccessOptions{
+		Token: str("token"), Subject: str("subject"), Secret: str("secret"), URL: str("url"),
+		Issuer: list("issuer"), Audience: list("audience"), Algorithm: list("algorithm"),
+		SubjectPrefix: str("subjectPrefix"),
+	}
+	if ar := n.Get("accessRestrictions"); ar != nil && ar.Kind == nodeSeq {
+		e.AccessRestrictions = []AccessRestriction{}
+		for _, r := range ar.Items {
+			plugin, _ := r.Get("plugin").String()
+			restriction := AccessRestriction{Plugin: plugin}
+			if p := r.Get("permission"); p != nil {
+				if s, ok := p.String(); ok {
+					restriction.Permission = strings.FieldsFunc(s, func(c rune) bool { return c == ' ' || c == ',' })
+				} else if p.Kind == nodeSeq {
+					for _, it := range p.Items {
+						if s, ok := it.String(); ok {
+							restriction.Permission = append(restriction.Permission, s)
+						}
+					}
+				}
+			}
+			e.AccessRestrictions = append(e.AccessRestrictions, restriction)
+		}
+	}
+	return e, nil
+}
+
+// pluginBaseURL resolves a plugin's base URL as Backstage discovery does:
+// `discovery.endpoints` first, else `backend.baseUrl` + `/api/<plugin>`.
+// plugin may be "{plugin}" to get a template.
+func (ad *adaptation) pluginBaseURL(plugin string) string {
+	if eps := ad.root.Lookup("discovery.endpoints"); eps != nil && eps.Kind == nodeSeq {
+		for _, ep := range eps.Items {
+			plugins := ep.Get("plugins")
+			match := false
+			if plugins != nil && plugins.Kind == nodeSeq {
+				for _, p := range plugins.Items {
+					if s, _ := p.String(); s == plugin || s == "*" {
+						match = true
+					}
+				}
+			}
+			if !match {
+				continue
+			}
+			target := ep.Get("target")
+			if t := target.Get("internal"); t != nil {
+				target = t
+			}
+			if s, ok := target.String(); ok {
+				return strings.TrimRight(strings.ReplaceAll(s, "{{pluginId}}", plugin), "/")
+			}
+		}
+	}
+	base, _ := ad.root.Lookup("backend.baseUrl").String()
+	if base == "" {
+		return ""
+	}
+	return strings.TrimRight(base, "/") + "/api/" + plugin
+}
+
+// configDir is the directory relative paths resolve from.
+func configDir(filename string) string {
+	if filename == "" {
+		return "."
+	}
+	return filepath.Dir(filename)
+}
+
+// Interface guards
+var _ caddyconfig.Adapter = (*Adapter)(nil)
