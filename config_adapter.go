@@ -97,16 +97,52 @@ func (ad *adaptation) config() (*caddy.Config, error) {
 		AutoHTTPS: &caddyhttp.AutoHTTPSConfig{Disabled: true},
 	}
 	httpApp := caddyhttp.App{Servers: map[string]*caddyhttp.Server{"backstage": server}}
-	return &caddy.Config{
+	cfg := &caddy.Config{
 		AppsRaw: caddy.ModuleMap{
 			"backstage": caddyconfig.JSON(identity, &ad.warnings),
 			"http":      caddyconfig.JSON(httpApp, &ad.warnings),
 		},
-	}, nil
+	}
+	if err := ad.adminConfig(cfg); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// adminConfig applies `caddy.admin`: the admin endpoint's address, or "off".
+// Default: Caddy's default (localhost:2019).
+func (ad *adaptation) adminConfig(cfg *caddy.Config) error {
+	n := ad.root.Lookup("caddy.admin")
+	if n == nil {
+		return nil
+	}
+	s, ok := n.String()
+	if !ok {
+		return errorAt(n, "caddy.admin must be a listen address or \"off\", got %s", n.TypeName())
+	}
+	if s == "off" {
+		cfg.Admin = &caddy.AdminConfig{Disabled: true}
+		return nil
+	}
+	if _, err := caddy.ParseNetworkAddress(s); err != nil {
+		return errorAt(n, "caddy.admin: %v", err)
+	}
+	cfg.Admin = &caddy.AdminConfig{Listen: s}
+	return nil
 }
 
 // listenAddress reads `backend.listen` (backstage-proxy.md §4.5).
 func (ad *adaptation) listenAddress() (string, error) {
+	if n := ad.root.Lookup("caddy.listen"); n != nil {
+		s, ok := n.String()
+		if !ok {
+			return "", errorAt(n, "caddy.listen must be a listen address such as \":7007\", got %s", n.TypeName())
+		}
+		if _, err := caddy.ParseNetworkAddress(s); err != nil {
+			return "", errorAt(n, "caddy.listen: %v", err)
+		}
+		return s, nil
+	}
 	n := ad.root.Lookup("backend.listen")
 	host, port := "", "7007"
 	switch {
