@@ -94,3 +94,91 @@ func adaptForTest(adapter, file string, input []byte) (out, warnings string) {
 	}
 	return buf.String(), strings.Join(w, "\n")
 }
+
+// TestYAMLAndCaddyfileProduceSameRoutes proves that the config adapter and
+// the Caddyfile directive share one route builder: the same endpoints give
+// byte-identical routes, barrier included.
+func TestYAMLAndCaddyfileProduceSameRoutes(t *testing.T) {
+	t.Setenv("UPSTREAM_TOKEN", "secret")
+	yamlConfig := `
+proxy:
+  endpoints:
+    /nested:
+      target: http://localhost:9100/outer
+      credentials: dangerously-allow-unauthenticated
+      allowedMethods: [GET]
+    /nested/inner:
+      target: https://upstream.example.com/inner?key=abc
+      credentials: forward
+      allowedHeaders: [X-Foo, Set-Cookie]
+      headers:
+        Authorization: Bearer ${UPSTREAM_TOKEN}
+      changeOrigin: false
+      xfwd: true
+      ws: true
+      secure: false
+      proxyTimeout: 1500
+      pathRewrite:
+        '^/api/proxy/nested/inner/(\w+)': /items/$1
+    /empty-rewrite:
+      target: http://localhost:9100
+      pathRewrite: {}
+`
+	caddyfileConfig := `:9080 {
+	backstage_proxy /nested http://localhost:9100/outer {
+		credentials dangerously-allow-unauthenticated
+		allowed_methods GET
+	}
+	backstage_proxy /nested/inner https://upstream.example.com/inner?key=abc {
+		credentials forward
+		allowed_headers X-Foo Set-Cookie
+		header Authorization "Bearer {env.UPSTREAM_TOKEN}"
+		change_origin false
+		xfwd
+		ws
+		insecure_skip_verify
+		proxy_timeout 1500ms
+		path_rewrite ^/api/proxy/nested/inner/(\w+) /items/$1
+	}
+	backstage_proxy /empty-rewrite http://localhost:9100 {
+		path_rewrite off
+	}
+	backstage_proxy_barrier
+}
+`
+	routesOf := func(adapter, input string) []json.RawMessage {
+		t.Helper()
+		js, _, err := caddyconfig.GetAdapter(adapter).Adapt([]byte(input), nil)
+		if err != nil {
+			t.Fatalf("%s: %v", adapter, err)
+		}
+		var cfg struct {
+			Apps struct {
+				HTTP struct {
+					Servers map[string]struct {
+						Routes []json.RawMessage `json:"routes"`
+					} `json:"servers"`
+				} `json:"http"`
+			} `json:"apps"`
+		}
+		if err := json.Unmarshal(js, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		for _, srv := range cfg.Apps.HTTP.Servers {
+			return srv.Routes
+		}
+		t.Fatalf("%s: no server", adapter)
+		return nil
+	}
+	fromYAML := routesOf("backstage", yamlConfig)
+	fromCaddyfile := routesOf("caddyfile", caddyfileConfig)
+	// YAML: jwks route, 3 endpoints, barrier, non-proxy 404; Caddyfile: 3 endpoints, barrier
+	if len(fromYAML) != 6 || len(fromCaddyfile) != 4 {
+		t.Fatalf("unexpected route counts: yaml %d, caddyfile %d", len(fromYAML), len(fromCaddyfile))
+	}
+	for i := 0; i < 4; i++ {
+		if !bytes.Equal(fromYAML[i+1], fromCaddyfile[i]) {
+			t.Errorf("route %d differs:\nyaml:      %s\ncaddyfile: %s", i, fromYAML[i+1], fromCaddyfile[i])
+		}
+	}
+}
