@@ -123,7 +123,17 @@ func (Handler) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the handler: it precomputes the header allowlists and the
 // rewrite, and attaches the shared `backstage` identity app.
 func (h *Handler) Provision(ctx caddy.Context) error {
-	h.logger = ctx.Logger()
+	app, err := ctx.App("backstage")
+	if err != nil {
+		return fmt.Errorf("loading backstage identity app: %v", err)
+	}
+	return h.setup(app.(*App), ctx.Logger())
+}
+
+// setup derives the handler's request-time state from its configuration.
+func (h *Handler) setup(identity *App, logger *zap.Logger) error {
+	h.logger = logger
+	h.identity = identity
 	if h.Credentials == "" {
 		h.Credentials = CredentialsRequire
 	}
@@ -131,12 +141,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		h.MountPath = DefaultMountPath
 	}
 	h.MountPath = strings.TrimRight(h.MountPath, "/")
-	app, err := ctx.App("backstage")
-	if err != nil {
-		return fmt.Errorf("loading backstage identity app: %v", err)
-	}
-	h.identity = app.(*App)
 	h.reqAllow, h.respAllow = buildAllowlists(h.Credentials, h.AllowedHeaders, h.UpstreamHeaders, h.AllowUpgrade)
+	h.openPaths = h.openPaths[:0]
 	for _, p := range h.UnauthenticatedPaths {
 		h.openPaths = append(h.openPaths, strings.ToLower(normalizeRouteKey(p)))
 	}
