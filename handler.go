@@ -63,6 +63,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 
+	// The route matched Caddy's normalised path (decoded, cleaned, slashes
+	// merged), Backstage matches the path as received: `/api/proxy//open/a`,
+	// `/api/proxy/./open/a` or `/api/proxy/op%65n/a` are not under `/open`
+	// there (404), and rewriting them here would send the mount path upstream.
+	if h.Rewrite != nil && !hasSegmentPrefixFold(r.URL.EscapedPath(), h.Rewrite.StripPrefix) {
+		w.WriteHeader(http.StatusNotFound)
+		return nil
+	}
+
 	// 3. The upstream request: a shallow copy, so the original stays intact
 	// for logs and for later routes.
 	r2 := new(http.Request)
@@ -165,6 +174,10 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, status int,
 	}
 	if hasSegmentPrefixFold(uri, h.MountPath) || (len(uri) > len(h.MountPath) && uri[len(h.MountPath)] == '?' && strings.EqualFold(uri[:len(h.MountPath)], h.MountPath)) {
 		uri = uri[len(h.MountPath):]
+		if uri == "" || uri[0] == '?' {
+			// Express mounts ensure a leading slash: /api/proxy?x=1 is /?x=1
+			uri = "/" + uri
+		}
 	}
 	buf := make([]byte, 0, 160+len(uri))
 	buf = append(buf, `{"error":{"name":`...)

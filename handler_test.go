@@ -1,0 +1,438 @@
+package backstageproxy
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// htAuth accepts one token.
+type htAuth struct{ calls int }
+
+func (a *htAuth) authenticate(_ context.Context, token string) (principal, *authError) {
+	a.calls++
+	switch token {
+	case "good":
+		return principal{Type: principalService, Subject: "external:ci", Method: "static"}, nil
+	case "restricted":
+		return principal{}, errNotAllowed("This token's access is restricted to plugin(s) 'catalog'")
+	}
+	return principal{}, errIllegalToken
+}
+
+// htHandler is a provisioned Handler without a Caddy context: what Provision
+// computes, done by hand.
+func htHandler(t *testing.T, h Handler, auth *htAuth, disable bool) *Handler {
+	t.Helper()
+	if h.Credentials == "" {
+		h.Credentials = CredentialsRequire
+	}
+	if h.MountPath == "" {
+		h.MountPath = DefaultMountPath
+	}
+	h.MountPath = strings.TrimRight(h.MountPath, "/")
+	if auth == nil {
+		auth = &htAuth{}
+	}
+	h.identity = &App{authn: auth, DangerouslyDisableDefaultAuthPolicy: disable}
+	h.logger = zap.NewNop()
+	h.reqAllow, h.respAllow = buildAllowlists(h.Credentials, h.AllowedHeaders, h.UpstreamHeaders, h.AllowUpgrade)
+	for _, p := range h.UnauthenticatedPaths {
+		h.openPaths = append(h.openPaths, strings.ToLower(normalizeRouteKey(p)))
+	}
+	if h.Rewrite != nil {
+		if err := h.Rewrite.provision(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return &h
+}
+
+func TestWriteError(t *testing.T) {
+	h := htHandler(t, Handler{}, nil, false)
+	cases := []struct {
+		name, method, uri string
+		status            int
+		errName, message  string
+		want              string
+	}{
+		{"shape", "GET", "/api/proxy/simple/just-some-path", 401, "AuthenticationError", "Missing credentials",
+			`{"error":{"name":"AuthenticationError","message":"Missing credentials"},"request":{"method":"GET","url":"/simple/just-some-path"},"response":{"statusCode":401}}`},
+		{"query kept", "POST", "/api/proxy/a/b?x=1&y=%20", 403, "NotAllowedError", "no",
+			`{"error":{"name":"NotAllowedError","message":"no"},"request":{"method":"POST","url":"/a/b?x=1\u0026y=%20"},"response":{"statusCode":403}}`},
+		{"mount any case", "GET", "/API/Proxy/x", 401, "E", "m",
+			`{"error":{"name":"E","message":"m"},"request":{"method":"GET","url":"/x"},"response":{"statusCode":401}}`},
+		{"mount itself", "GET", "/api/proxy", 401, "E", "m",
+			`{"error":{"name":"E","message":"m"},"request":{"method":"GET","url":"/"},"response":{"statusCode":401}}`},
+		{"mount with query", "GET", "/api/proxy?a=b", 401, "E", "m",
+			`{"error":{"name":"E","message":"m"},"request":{"method":"GET","url":"/?a=b"},"response":{"statusCode":401}}`},
+		{"not under the mount", "GET", "/api/proxyx/a", 401, "E", "m",
+			`{"error":{"name":"E","message":"m"},"request":{"method":"GET","url":"/api/proxyx/a"},"response":{"statusCode":401}}`},
+		{"escaping", "GET", `/api/proxy/a"b\c<d>&e`, 502, `N"\`, "line\nbreak\ttab\x01\u2028\u2029é",
+			`{"error":{"name":"N\"\\","message":"line\u000abreak\u0009tab\u0001\u2028\u2029é"},"request":{"method":"GET","url":"/a\"b\\c\u003cd\u003e\u0026e"},"response":{"statusCode":502}}`},
+		{"invalid UTF-8", "GET", "/api/proxy/\xff\xfe", 400, "E", "\xc3",
+			`{"error":{"name":"E","message":"\ufffd"},"request":{"method":"GET","url":"/\ufffd\ufffd"},"response":{"statusCode":400}}`},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := httptest.NewRequest(c.method, "/", nil)
+			r.RequestURI = c.uri
+			w := httptest.NewRecorder()
+			if err := h.writeError(w, r, c.status, c.errName, c.message); err != nil {
+				t.Fatal(err)
+			}
+			if w.Code != c.status {
+				t.Errorf("status %d", w.Code)
+			}
+			if got := w.Body.String(); got != c.want {
+				t.Errorf("body\n got %s\nwant %s", got, c.want)
+			}
+			if !json.Valid(w.Body.Bytes()) {
+				t.Errorf("invalid JSON")
+			}
+			if ct := w.Header().Get("Content-Type"); ct != "application/json; charset=utf-8" {
+				t.Errorf("Content-Type %q", ct)
+			}
+			if cl := w.Header().Get("Content-Length"); cl != strconv.Itoa(w.Body.Len()) {
+				t.Errorf("Content-Length %s for %d bytes", cl, w.Body.Len())
+			}
+		})
+	}
+
+	t.Run("HEAD: headers, no body", func(t *testing.T) {
+		r := httptest.NewRequest("HEAD", "/api/proxy/x", nil)
+		w := httptest.NewRecorder()
+		_ = h.writeError(w, r, 401, "AuthenticationError", "Missing credentials")
+		want := `{"error":{"name":"AuthenticationError","message":"Missing credentials"},"request":{"method":"HEAD","url":"/x"},"response":{"statusCode":401}}`
+		if w.Code != 401 || w.Body.Len() != 0 || w.Header().Get("Content-Length") != strconv.Itoa(len(want)) {
+			t.Errorf("%d %q Content-Length %s", w.Code, w.Body, w.Header().Get("Content-Length"))
+		}
+	})
+
+	t.Run("custom mount path", func(t *testing.T) {
+		hm := htHandler(t, Handler{MountPath: "/proxy/"}, nil, false)
+		r := httptest.NewRequest("GET", "/proxy/a?b", nil)
+		w := httptest.NewRecorder()
+		_ = hm.writeError(w, r, 401, "E", "m")
+		if !strings.Contains(w.Body.String(), `"url":"/a?b"`) {
+			t.Errorf("%s", w.Body)
+		}
+	})
+
+	t.Run("absolute-form request target", func(t *testing.T) {
+		r := httptest.NewRequest("GET", "http://backstage.example/api/proxy/a?b=1", nil)
+		r.RequestURI = "http://backstage.example/api/proxy/a?b=1"
+		w := httptest.NewRecorder()
+		_ = h.writeError(w, r, 401, "E", "m")
+		if !strings.Contains(w.Body.String(), `"url":"/a?b=1"`) {
+			t.Errorf("%s", w.Body)
+		}
+	})
+}
+
+// appendJSONString decodes back to the input (invalid UTF-8 → U+FFFD per
+// byte, as encoding/json does).
+func TestAppendJSONString(t *testing.T) {
+	for _, s := range []string{
+		"", "plain", `"quoted"`, `back\slash`, "<script>&amp;</script>", "\x00\x1f\x7f", "\r\n\t\b\f",
+		"é ü 日本 🎉", "\u2028\u2029", "\xff", "a\xc3", "\xed\xa0\x80", "mixed\xffé\x00",
+	} {
+		got := appendJSONString(nil, s)
+		var back string
+		if err := json.Unmarshal(got, &back); err != nil {
+			t.Errorf("%q: invalid JSON %s: %v", s, got, err)
+			continue
+		}
+		std, _ := json.Marshal(s)
+		var want string
+		_ = json.Unmarshal(std, &want)
+		if back != want {
+			t.Errorf("%q: round trip %q, want %q", s, back, want)
+		}
+		for _, b := range got {
+			if b < 0x20 || b == '<' || b == '>' || b == '&' {
+				t.Errorf("%q: unescaped byte %q in %s", s, b, got)
+			}
+		}
+		if strings.Contains(string(got), "\u2028") || strings.Contains(string(got), "\u2029") {
+			t.Errorf("%q: raw line separator in %s", s, got)
+		}
+	}
+}
+
+func TestNeedsCredentials(t *testing.T) {
+	barrier := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/open", "/trail/", "noslash", "/Mixed", "/a/b"}}, nil, false)
+	root := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/"}}, nil, false)
+	mount := htHandler(t, Handler{Barrier: true, MountPath: "/proxy", UnauthenticatedPaths: []string{"/open"}}, nil, false)
+	openRoute := htHandler(t, Handler{Credentials: CredentialsDangerouslyAllowUnauthenticated}, nil, false)
+	requireRoute := htHandler(t, Handler{}, nil, false)
+	disabled := htHandler(t, Handler{Credentials: CredentialsForward}, nil, true)
+
+	cases := []struct {
+		h    *Handler
+		path string
+		want bool
+	}{
+		{barrier, "/api/proxy/open", false},
+		{barrier, "/api/proxy/open/", false},
+		{barrier, "/api/proxy/open/x/y", false},
+		{barrier, "/api/proxy/OPEN/x", false},
+		{barrier, "/API/PROXY/open/x", false},
+		{barrier, "/api/proxy/openx", true},
+		{barrier, "/api/proxy/openx/a", true},
+		{barrier, "/api/proxy/ope", true},
+		{barrier, "/api/proxy/x/open", true},
+		{barrier, "/api/proxy", true},
+		{barrier, "/api/proxy/", true},
+		{barrier, "/api/proxyopen", true},
+		{barrier, "/api/proxy/trail", false},   // D6
+		{barrier, "/api/proxy/trail/a", false}, // D6
+		{barrier, "/api/proxy/trails", true},
+		{barrier, "/api/proxy/noslash/a", false}, // D6
+		{barrier, "/api/proxy/mixed/a", false},
+		{barrier, "/api/proxy/a/b", false},
+		{barrier, "/api/proxy/a/b/c", false},
+		{barrier, "/api/proxy/a", true},
+		{barrier, "/api/proxy/a/bc", true},
+		{barrier, "/other/open", true},
+		{root, "/api/proxy/anything", false},
+		{root, "/api/proxy", false},
+		{mount, "/proxy/open/x", false},
+		{mount, "/api/proxy/open/x", true},
+		{openRoute, "/api/proxy/x", false},
+		{requireRoute, "/api/proxy/x", true},
+		{disabled, "/api/proxy/x", false},
+	}
+	for _, c := range cases {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.URL.Path = c.path
+		if got := c.h.needsCredentials(r); got != c.want {
+			t.Errorf("needsCredentials(%q) with %v = %v, want %v", c.path, c.h.UnauthenticatedPaths, got, c.want)
+		}
+	}
+}
+
+// htNext records the request it gets and answers like reverse_proxy would.
+type htNext struct {
+	called int
+	req    *http.Request
+	status int
+	err    error
+}
+
+func (n *htNext) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
+	n.called++
+	n.req = r
+	if n.err != nil {
+		if n.status != 0 {
+			w.WriteHeader(n.status)
+		}
+		return n.err
+	}
+	w.Header().Set("Content-Type", "text/plain")
+	w.Header().Set("X-Upstream", "1")
+	w.WriteHeader(http.StatusOK)
+	_, _ = w.Write([]byte("upstream"))
+	return nil
+}
+
+func htRequest(method, target string, headers ...string) *http.Request {
+	r := httptest.NewRequest(method, target, nil)
+	for i := 0; i+1 < len(headers); i += 2 {
+		r.Header.Add(headers[i], headers[i+1])
+	}
+	repl := caddy.NewReplacer()
+	return r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+}
+
+func TestServeHTTP(t *testing.T) {
+	route := func(cred string) Handler {
+		return Handler{Credentials: cred, Route: "/r", Rewrite: &UpstreamRewrite{StripPrefix: "/api/proxy/r", TargetPath: "/base"}}
+	}
+
+	t.Run("proxied: filtered copy, rewritten URL, original intact", func(t *testing.T) {
+		h := htHandler(t, route(CredentialsDangerouslyAllowUnauthenticated), nil, false)
+		next := &htNext{}
+		r := htRequest("GET", "/api/proxy/r/a%2Fb?q=1", "Authorization", "Bearer x", "Accept", "a", "Cookie", "c=d")
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, r, next); err != nil {
+			t.Fatal(err)
+		}
+		if next.called != 1 {
+			t.Fatalf("next called %d times", next.called)
+		}
+		if got := next.req.URL.RequestURI(); got != "/base/a%2Fb?q=1" || next.req.RequestURI != got {
+			t.Errorf("upstream URI %q / %q", got, next.req.RequestURI)
+		}
+		if !hdEqual(next.req.Header, http.Header{"Accept": {"a"}}) {
+			t.Errorf("upstream headers %v", next.req.Header)
+		}
+		if r.Header.Get("Authorization") == "" || r.Header.Get("Cookie") == "" || r.URL.RequestURI() != "/api/proxy/r/a%2Fb?q=1" {
+			t.Errorf("the original request was changed: %v %s", r.Header, r.URL)
+		}
+		if w.Code != 200 || w.Body.String() != "upstream" || w.Header().Get("X-Upstream") != "" {
+			t.Errorf("response %d %q %v", w.Code, w.Body, w.Header())
+		}
+	})
+
+	t.Run("require: missing, illegal, restricted, good", func(t *testing.T) {
+		auth := &htAuth{}
+		h := htHandler(t, route(CredentialsRequire), auth, false)
+		for _, c := range []struct {
+			auth   string
+			status int
+			body   string
+		}{
+			{"", 401, `{"error":{"name":"AuthenticationError","message":"Missing credentials"},"request":{"method":"GET","url":"/r/p"},"response":{"statusCode":401}}`},
+			{"Basic Zm9v", 401, `{"error":{"name":"AuthenticationError","message":"Missing credentials"},"request":{"method":"GET","url":"/r/p"},"response":{"statusCode":401}}`},
+			{"Bearer bad", 401, `{"error":{"name":"AuthenticationError","message":"Illegal token"},"request":{"method":"GET","url":"/r/p"},"response":{"statusCode":401}}`},
+			{"Bearer restricted", 403, `{"error":{"name":"NotAllowedError","message":"This token's access is restricted to plugin(s) 'catalog'"},"request":{"method":"GET","url":"/r/p"},"response":{"statusCode":403}}`},
+			{"bearer good", 200, "upstream"},
+		} {
+			next := &htNext{}
+			r := htRequest("GET", "/api/proxy/r/p")
+			if c.auth != "" {
+				r.Header.Set("Authorization", c.auth)
+			}
+			w := httptest.NewRecorder()
+			if err := h.ServeHTTP(w, r, next); err != nil {
+				t.Fatal(err)
+			}
+			if w.Code != c.status || w.Body.String() != c.body {
+				t.Errorf("%q: %d %s", c.auth, w.Code, w.Body)
+			}
+			if (next.called == 1) != (c.status == 200) {
+				t.Errorf("%q: next called %d times", c.auth, next.called)
+			}
+			if c.status == 200 {
+				if next.req.Header.Get("Authorization") != "" {
+					t.Errorf("require forwarded the token")
+				}
+				repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+				for k, want := range map[string]string{
+					"http.auth.user.id": "external:ci", "http.backstage_proxy.principal.type": "service",
+					"http.backstage_proxy.principal.method": "static", "http.backstage_proxy.route": "/r",
+				} {
+					if got, _ := repl.GetString(k); got != want {
+						t.Errorf("placeholder %s = %q, want %q", k, got, want)
+					}
+				}
+			}
+		}
+	})
+
+	t.Run("forward forwards the token verbatim", func(t *testing.T) {
+		h := htHandler(t, route(CredentialsForward), nil, false)
+		next := &htNext{}
+		r := htRequest("GET", "/api/proxy/r/p", "Authorization", "Bearer  good")
+		if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+			t.Fatal(err)
+		}
+		if next.called != 1 || next.req.Header.Get("Authorization") != "Bearer  good" {
+			t.Errorf("called %d, Authorization %q", next.called, next.req.Header.Get("Authorization"))
+		}
+	})
+
+	t.Run("path guard after credentials", func(t *testing.T) {
+		h := htHandler(t, route(CredentialsRequire), nil, false)
+		for _, c := range []struct {
+			auth   string
+			status int
+		}{{"", 401}, {"Bearer good", 400}} {
+			next := &htNext{}
+			r := htRequest("GET", "/api/proxy/r/a/..;/b")
+			if c.auth != "" {
+				r.Header.Set("Authorization", c.auth)
+			}
+			w := httptest.NewRecorder()
+			_ = h.ServeHTTP(w, r, next)
+			if w.Code != c.status || next.called != 0 {
+				t.Errorf("%q: %d, next called %d", c.auth, w.Code, next.called)
+			}
+			if c.status == 400 && (w.Body.String() != "Bad Request" || w.Header().Get("Content-Type") != "text/plain; charset=utf-8") {
+				t.Errorf("400: %q %v", w.Body, w.Header())
+			}
+		}
+	})
+
+	t.Run("barrier passes the request unchanged", func(t *testing.T) {
+		h := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/open"}}, nil, false)
+		next := &htNext{}
+		r := htRequest("GET", "/api/proxy/open/x?y", "Cookie", "c", "Authorization", "Bearer bad")
+		_ = h.ServeHTTP(httptest.NewRecorder(), r, next)
+		if next.called != 1 || next.req != r {
+			t.Errorf("barrier: called %d, same request %v", next.called, next.req == r)
+		}
+		w := httptest.NewRecorder()
+		next = &htNext{}
+		_ = h.ServeHTTP(w, htRequest("GET", "/api/proxy/other/x"), next)
+		if w.Code != 401 || next.called != 0 {
+			t.Errorf("barrier, anonymous, unknown path: %d, next called %d", w.Code, next.called)
+		}
+	})
+
+	t.Run("path outside the route's literal prefix", func(t *testing.T) {
+		h := htHandler(t, route(CredentialsDangerouslyAllowUnauthenticated), nil, false)
+		for _, target := range []string{"/api/proxy//r/a", "/api/proxy/./r/a", "/api/proxy/%72/a", "/api/proxy/r%2Fa"} {
+			next := &htNext{}
+			w := httptest.NewRecorder()
+			if err := h.ServeHTTP(w, htRequest("GET", target), next); err != nil {
+				t.Fatal(err)
+			}
+			if w.Code != 404 || w.Body.Len() != 0 || w.Header().Get("Content-Type") != "" || next.called != 0 {
+				t.Errorf("%s: %d %q %v, next called %d", target, w.Code, w.Body, w.Header(), next.called)
+			}
+		}
+	})
+
+	t.Run("upstream errors", func(t *testing.T) {
+		h := htHandler(t, route(CredentialsDangerouslyAllowUnauthenticated), nil, false)
+		cause := errors.New("dial tcp 10.1.2.3:8080: connect: connection refused")
+		for _, c := range []struct {
+			err       error
+			written   int
+			status    int
+			body      string
+			returnErr bool
+		}{
+			{caddyhttp.Error(502, cause), 0, 502, `{"error":{"name":"BadGatewayError","message":"The upstream of this proxy route could not be reached"},"request":{"method":"GET","url":"/r/p?x=1"},"response":{"statusCode":502}}`, false},
+			{caddyhttp.Error(503, cause), 0, 503, `{"error":{"name":"ServiceUnavailableError","message":"No upstream of this proxy route is available"},"request":{"method":"GET","url":"/r/p?x=1"},"response":{"statusCode":503}}`, false},
+			{caddyhttp.Error(504, cause), 0, 504, `{"error":{"name":"GatewayTimeoutError","message":"The upstream of this proxy route did not answer in time"},"request":{"method":"GET","url":"/r/p?x=1"},"response":{"statusCode":504}}`, false},
+			{caddyhttp.Error(499, cause), 0, 200, "", true},   // client went away: left to Caddy
+			{caddyhttp.Error(500, cause), 0, 200, "", true},   // left to Caddy
+			{cause, 0, 200, "", true},                         // not a HandlerError
+			{caddyhttp.Error(502, cause), 200, 200, "", true}, // the response was already under way
+		} {
+			next := &htNext{err: c.err, status: c.written}
+			w := httptest.NewRecorder()
+			err := h.ServeHTTP(w, htRequest("GET", "/api/proxy/r/p?x=1"), next)
+			if (err != nil) != c.returnErr {
+				t.Errorf("%v (written %d): returned %v", c.err, c.written, err)
+			}
+			if c.returnErr {
+				if !errors.Is(err, c.err) && err != c.err {
+					t.Errorf("%v: returned a different error %v", c.err, err)
+				}
+				continue
+			}
+			if w.Code != c.status || w.Body.String() != c.body {
+				t.Errorf("%v: %d %s", c.err, w.Code, w.Body)
+			}
+			if strings.Contains(w.Body.String(), "10.1.2.3") {
+				t.Errorf("internal address leaked")
+			}
+		}
+	})
+}
