@@ -3,6 +3,7 @@ package backstageproxy
 import (
 	"errors"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -17,9 +18,10 @@ import (
 // of the request.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl != nil && h.Route != "" {
-		repl.Set("http.backstage_proxy.route", h.Route)
+	if repl != nil && h.routeValue != nil {
+		repl.Set("http.backstage_proxy.route", h.routeValue)
 	}
+	escapedPath := r.URL.EscapedPath()
 
 	// 1. Credentials, before the path guard: Backstage's barrier runs first, so
 	// anonymous traversal attempts on protected routes get 401.
@@ -46,7 +48,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// 2. Path guard (backstage-proxy.md §1.11, divergence D10).
-	if !pathIsSafe(r.URL.EscapedPath()) {
+	if !pathIsSafe(escapedPath) {
 		if repl != nil {
 			repl.Set("http.backstage_proxy.error", "path traversal")
 		}
@@ -67,32 +69,45 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// merged), Backstage matches the path as received: `/api/proxy//open/a`,
 	// `/api/proxy/./open/a` or `/api/proxy/op%65n/a` are not under `/open`
 	// there (404), and rewriting them here would send the mount path upstream.
-	if h.Rewrite != nil && !hasSegmentPrefixFold(r.URL.EscapedPath(), h.Rewrite.StripPrefix) {
+	if h.Rewrite != nil && !hasSegmentPrefixFold(escapedPath, h.Rewrite.StripPrefix) {
 		w.WriteHeader(http.StatusNotFound)
 		return nil
 	}
 
 	// 3. The upstream request: a shallow copy, so the original stays intact
-	// for logs and for later routes.
-	r2 := new(http.Request)
-	*r2 = *r
+	// for logs and for later routes. The copy, its URL and the response
+	// filter share one allocation.
+	st := new(proxyState)
+	st.req = *r
+	r2 := &st.req
 	r2.Header = h.filterRequestHeaders(r.Header)
 	if h.Rewrite != nil {
-		u2 := *r.URL
-		path, query := h.Rewrite.apply(r.URL.EscapedPath(), r.URL.RawQuery, r.URL.ForceQuery || r.URL.RawQuery != "")
-		setEscapedPath(&u2, path)
-		u2.RawQuery = query
-		u2.ForceQuery = false
-		r2.URL = &u2
-		r2.RequestURI = u2.RequestURI()
+		st.url = *r.URL
+		path, query := h.Rewrite.apply(escapedPath, r.URL.RawQuery, r.URL.ForceQuery || r.URL.RawQuery != "")
+		setEscapedPath(&st.url, path)
+		st.url.RawQuery = query
+		st.url.ForceQuery = false
+		r2.URL = &st.url
+		r2.RequestURI = st.url.EscapedPath()
+		if query != "" {
+			r2.RequestURI += "?" + query
+		}
 	}
 
-	rf := newResponseFilter(w, h.respAllow, h.AllowUpgrade)
+	rf := &st.rf
+	rf.init(w, h.respAllow, h.AllowUpgrade)
 	err := next.ServeHTTP(rf, r2)
 	if err == nil || rf.wroteHeader {
 		return err
 	}
 	return h.upstreamError(rf, r, err)
+}
+
+// proxyState is what one proxied request needs beyond the original request.
+type proxyState struct {
+	req http.Request
+	url url.URL
+	rf  responseFilter
 }
 
 // needsCredentials reports whether this request must carry valid credentials.

@@ -29,30 +29,14 @@ func (a *htAuth) authenticate(_ context.Context, token string) (principal, *auth
 	return principal{}, errIllegalToken
 }
 
-// htHandler is a provisioned Handler without a Caddy context: what Provision
-// computes, done by hand.
+// htHandler is a provisioned Handler without a Caddy context.
 func htHandler(t *testing.T, h Handler, auth *htAuth, disable bool) *Handler {
 	t.Helper()
-	if h.Credentials == "" {
-		h.Credentials = CredentialsRequire
-	}
-	if h.MountPath == "" {
-		h.MountPath = DefaultMountPath
-	}
-	h.MountPath = strings.TrimRight(h.MountPath, "/")
 	if auth == nil {
 		auth = &htAuth{}
 	}
-	h.identity = &App{authn: auth, DangerouslyDisableDefaultAuthPolicy: disable}
-	h.logger = zap.NewNop()
-	h.reqAllow, h.respAllow = buildAllowlists(h.Credentials, h.AllowedHeaders, h.UpstreamHeaders, h.AllowUpgrade)
-	for _, p := range h.UnauthenticatedPaths {
-		h.openPaths = append(h.openPaths, strings.ToLower(normalizeRouteKey(p)))
-	}
-	if h.Rewrite != nil {
-		if err := h.Rewrite.provision(); err != nil {
-			t.Fatal(err)
-		}
+	if err := h.setup(&App{authn: auth, DangerouslyDisableDefaultAuthPolicy: disable}, zap.NewNop()); err != nil {
+		t.Fatal(err)
 	}
 	if err := h.Validate(); err != nil {
 		t.Fatal(err)

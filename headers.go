@@ -104,7 +104,7 @@ func (h *Handler) filterRequestHeaders(in http.Header) http.Header {
 // ran before this one (present when the filter was installed) are kept: they
 // are the server's own, not the upstream's.
 type responseFilter struct {
-	*caddyhttp.ResponseWriterWrapper
+	caddyhttp.ResponseWriterWrapper
 	allow       map[string]struct{}
 	upgrade     bool
 	preexisting map[string][]string
@@ -112,18 +112,21 @@ type responseFilter struct {
 }
 
 func newResponseFilter(w http.ResponseWriter, allow map[string]struct{}, upgrade bool) *responseFilter {
-	rf := &responseFilter{
-		ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: w},
-		allow:                 allow,
-		upgrade:               upgrade,
-	}
+	rf := new(responseFilter)
+	rf.init(w, allow, upgrade)
+	return rf
+}
+
+func (rf *responseFilter) init(w http.ResponseWriter, allow map[string]struct{}, upgrade bool) {
+	rf.ResponseWriterWrapper.ResponseWriter = w
+	rf.allow = allow
+	rf.upgrade = upgrade
 	if hdr := w.Header(); len(hdr) > 0 {
 		rf.preexisting = make(map[string][]string, len(hdr))
 		for k, v := range hdr {
 			rf.preexisting[k] = v
 		}
 	}
-	return rf
 }
 
 func (rf *responseFilter) filter(status int) {

@@ -105,11 +105,12 @@ type Handler struct {
 	// all routes, as Backstage does for unknown paths under its mount path.
 	Barrier bool `json:"barrier,omitempty"`
 
-	identity  *App
-	reqAllow  map[string]struct{}
-	respAllow map[string]struct{}
-	logger    *zap.Logger
-	openPaths []string
+	identity   *App
+	routeValue any // Route, boxed once for the placeholder
+	reqAllow   map[string]struct{}
+	respAllow  map[string]struct{}
+	logger     *zap.Logger
+	openPaths  []string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -134,6 +135,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) setup(identity *App, logger *zap.Logger) error {
 	h.logger = logger
 	h.identity = identity
+	if h.Route != "" {
+		h.routeValue = h.Route
+	}
 	if h.Credentials == "" {
 		h.Credentials = CredentialsRequire
 	}
