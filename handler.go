@@ -83,15 +83,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	r2.Header = h.filterRequestHeaders(r.Header)
 	if h.Rewrite != nil {
 		st.url = *r.URL
-		path, query := h.Rewrite.apply(escapedPath, r.URL.RawQuery, r.URL.ForceQuery || r.URL.RawQuery != "")
-		setEscapedPath(&st.url, path)
-		st.url.RawQuery = query
+		uri, pathEnd := h.Rewrite.applyURI(escapedPath, r.URL.RawQuery, r.URL.ForceQuery || r.URL.RawQuery != "")
+		setEscapedPath(&st.url, uri[:pathEnd])
+		st.url.RawQuery = ""
+		if pathEnd < len(uri) {
+			st.url.RawQuery = uri[pathEnd+1:]
+		}
 		st.url.ForceQuery = false
 		r2.URL = &st.url
-		r2.RequestURI = st.url.EscapedPath()
-		if query != "" {
-			r2.RequestURI += "?" + query
-		}
+		r2.RequestURI = uri
 	}
 
 	rf := &st.rf

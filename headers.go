@@ -83,7 +83,15 @@ func buildAllowlists(credentials string, allowed, upstreamSet []string, upgrade 
 // for access logs; nobody downstream mutates value slices in place (reverse_proxy
 // copies them into its own map).
 func (h *Handler) filterRequestHeaders(in http.Header) http.Header {
-	out := make(http.Header, len(in))
+	// Count first: a map sized for what is kept allocates less than one sized
+	// for everything the client sent.
+	n := 0
+	for name := range in {
+		if _, ok := h.reqAllow[name]; ok {
+			n++
+		}
+	}
+	out := make(http.Header, n)
 	for name, values := range in {
 		if _, ok := h.reqAllow[name]; ok {
 			out[name] = values

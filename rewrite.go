@@ -5,6 +5,7 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
+	"unsafe"
 )
 
 // UpstreamRewrite computes the upstream request path and query from the
@@ -92,7 +93,17 @@ func (u *UpstreamRewrite) provision() error {
 
 // apply returns the upstream escaped path and raw query for the original
 // escaped path and raw query.
-func (u *UpstreamRewrite) apply(escapedPath, rawQuery string, hasQuery bool) (string, string) {
+func (u *UpstreamRewrite) apply(escapedPath, rawQuery string, hasQuery bool) (path, query string) {
+	uri, pathEnd := u.applyURI(escapedPath, rawQuery, hasQuery)
+	if pathEnd < len(uri) {
+		return uri[:pathEnd], uri[pathEnd+1:]
+	}
+	return uri, ""
+}
+
+// applyURI is apply returning the upstream request URI (path, then `?` and
+// the query when there is one) in one string, and where the path ends.
+func (u *UpstreamRewrite) applyURI(escapedPath, rawQuery string, hasQuery bool) (uri string, pathEnd int) {
 	var reqPath, reqQuery string
 	switch {
 	case u.IgnorePath:
@@ -124,17 +135,19 @@ func (u *UpstreamRewrite) apply(escapedPath, rawQuery string, hasQuery bool) (st
 	if u.NoPrependPath {
 		target = ""
 	}
-	path := joinCollapse(target, reqPath)
-
 	query := reqQuery
+	sep := ""
 	if u.TargetQuery != "" {
+		query = u.TargetQuery
 		if hasQuery && reqQuery != "" {
-			query = u.TargetQuery + "&" + reqQuery
+			sep = "&"
 		} else {
-			query = u.TargetQuery
+			reqQuery = ""
 		}
+	} else {
+		reqQuery = ""
 	}
-	return path, query
+	return joinCollapse(target, reqPath, query, sep, reqQuery)
 }
 
 func cutQuery(s string) (path, query string, hasQuery bool) {
@@ -164,34 +177,35 @@ func (u *UpstreamRewrite) stripDefault(p string) string {
 	}
 }
 
-// joinCollapse joins the non-empty parts with `/` and collapses runs of `/`
-// (http-proxy's urlJoin). The result always starts with `/`.
-func joinCollapse(a, b string) string {
-	var sb strings.Builder
-	sb.Grow(len(a) + len(b) + 2)
-	last := byte(0)
-	write := func(s string) {
+// joinCollapse joins the non-empty path parts a and b with `/` and collapses
+// runs of `/` (http-proxy's urlJoin); the result always starts with `/`. When
+// q1 (with q2 after sep) is non-empty, `?` and the query follow. It returns the
+// URI and where its path ends, building both in one allocation.
+func joinCollapse(a, b, q1, sep, q2 string) (string, int) {
+	buf := make([]byte, 0, len(a)+len(b)+len(q1)+len(sep)+len(q2)+3)
+	buf = append(buf, '/')
+	appendCollapsed := func(s string) {
 		for i := 0; i < len(s); i++ {
 			c := s[i]
-			if c == '/' && last == '/' {
+			if c == '/' && buf[len(buf)-1] == '/' {
 				continue
 			}
-			sb.WriteByte(c)
-			last = c
+			buf = append(buf, c)
 		}
 	}
-	if a != "" {
-		write(a)
-	}
+	appendCollapsed(a)
 	if b != "" {
 		if a != "" {
-			write("/")
+			appendCollapsed("/")
 		}
-		write(b)
+		appendCollapsed(b)
 	}
-	out := sb.String()
-	if out == "" || out[0] != '/' {
-		out = "/" + out
+	pathEnd := len(buf)
+	if q1 != "" || q2 != "" {
+		buf = append(buf, '?')
+		buf = append(buf, q1...)
+		buf = append(buf, sep...)
+		buf = append(buf, q2...)
 	}
-	return out
+	return unsafe.String(unsafe.SliceData(buf), len(buf)), pathEnd
 }

@@ -224,8 +224,25 @@ func TestJoinCollapse(t *testing.T) {
 		{"//a//", "//b//c", "/a/b/c"},
 	}
 	for _, c := range cases {
-		if got := joinCollapse(c.a, c.b); got != c.want {
+		if got, end := joinCollapse(c.a, c.b, "", "", ""); got != c.want || end != len(got) {
 			t.Errorf("joinCollapse(%q, %q) = %q, want %q", c.a, c.b, got, c.want)
+		}
+	}
+}
+
+func TestJoinCollapseQuery(t *testing.T) {
+	for _, c := range []struct{ a, b, q1, sep, q2, want string }{
+		{"/api", "/x", "", "", "", "/api/x"},
+		{"/api", "/x", "z=1", "", "", "/api/x?z=1"},
+		{"/api", "/x", "key=abc", "&", "z=1", "/api/x?key=abc&z=1"},
+		{"", "//a", "", "", "q", "/a?q"},
+	} {
+		got, end := joinCollapse(c.a, c.b, c.q1, c.sep, c.q2)
+		if got != c.want {
+			t.Errorf("joinCollapse(%q, %q, %q, %q, %q) = %q, want %q", c.a, c.b, c.q1, c.sep, c.q2, got, c.want)
+		}
+		if want := strings.IndexByte(c.want+"?", '?'); end != want {
+			t.Errorf("path end of %q = %d, want %d", got, end, want)
 		}
 	}
 }
