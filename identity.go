@@ -53,9 +53,10 @@ type UserTokens struct {
 	// `<auth base URL>/.well-known/jwks.json`. Placeholders are resolved once.
 	JWKSURL string `json:"jwks_url,omitempty"`
 
-	// Algorithms the signature may use. Default: ES256, RS256, ES384, ES512,
-	// RS384, RS512, PS256, PS384, PS512, EdDSA (the asymmetric algorithms Backstage's
-	// auth backend can be configured with). HMAC and `none` are never accepted.
+	// Algorithms the signature may use. Default: `ES256`, the algorithm of
+	// Backstage's auth backend; list others (RS256, RS384, RS512, PS256, PS384,
+	// PS512, ES384, ES512, EdDSA, Ed25519) if `auth.identityTokenAlgorithm` is
+	// set. HMAC and `none` are never accepted.
 	Algorithms []string `json:"algorithms,omitempty"`
 }
 
@@ -67,9 +68,13 @@ type PluginTokens struct {
 	// `http://backstage:7007/api/{plugin}/.backstage/auth/v1/jwks.json`.
 	JWKSURL string `json:"jwks_url,omitempty"`
 
-	// Plugins, if set, is the allowlist of calling plugin ids. Tokens from other
-	// plugins are refused before any key is fetched.
+	// Plugins, if set, is the allowlist of calling plugin ids (exact match).
+	// Tokens from other plugins are refused before any key is fetched.
 	Plugins []string `json:"plugins,omitempty"`
+
+	// Algorithms the signature may use. Default: `ES256`, the default of
+	// Backstage's plugin key store. HMAC and `none` are never accepted.
+	Algorithms []string `json:"algorithms,omitempty"`
 }
 
 // ExternalAccess is one `backend.auth.externalAccess` entry.
@@ -97,11 +102,14 @@ type ExternalAccessOptions struct {
 	Secret string `json:"secret,omitempty"`
 	// URL is the JWKS URL (type `jwks`).
 	URL string `json:"url,omitempty"`
-	// Issuer lists the accepted `iss` values (type `jwks`).
+	// Issuer lists the accepted `iss` values (type `jwks`); none: not checked.
+	// Items may hold several values separated by spaces or commas, as in Backstage.
 	Issuer []string `json:"issuer,omitempty"`
-	// Audience lists the accepted `aud` values (type `jwks`).
+	// Audience lists the accepted `aud` values (type `jwks`); none: not checked.
 	Audience []string `json:"audience,omitempty"`
-	// Algorithm lists the accepted signature algorithms (type `jwks`).
+	// Algorithm lists the accepted signature algorithms (type `jwks`). Default:
+	// every asymmetric algorithm (RS*, PS*, ES256/384/512, EdDSA, Ed25519); HMAC
+	// and `none` are never accepted.
 	Algorithm []string `json:"algorithm,omitempty"`
 	// SubjectPrefix makes the subject `external:<prefix>:<sub>` (type `jwks`).
 	SubjectPrefix string `json:"subject_prefix,omitempty"`
@@ -123,6 +131,9 @@ type AccessRestriction struct {
 type LegacyKey struct {
 	// Secret is the base64-encoded HMAC secret.
 	Secret string `json:"secret"`
+
+	// AccessRestrictions limits the key to some plugins, as for ExternalAccess.
+	AccessRestrictions []AccessRestriction `json:"access_restrictions,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.

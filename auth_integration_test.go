@@ -1,0 +1,444 @@
+package backstageproxy
+
+// Integration tests of the identity layer through a real Caddy: every
+// credentials policy × every kind of Backstage credential, loaded as JSON
+// (`apps.backstage` + an `apps.http` route `backstage_proxy` → `reverse_proxy`)
+// through the admin API. Key sets are served by httptest servers that count
+// requests; tokens are signed with keys generated here.
+//
+// caddytest runs one Caddy per test binary (admin localhost:2999, listener
+// :9080), so these tests never use t.Parallel and are skipped with -short.
+
+import (
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddytest"
+)
+
+const aiAddr = "127.0.0.1:9080"
+
+// aiUpstream records the headers of what it receives.
+type aiUpstream struct {
+	*httptest.Server
+	mu   sync.Mutex
+	last http.Header
+	uri  string
+	hits int
+}
+
+func newAIUpstream(t *testing.T) *aiUpstream {
+	u := &aiUpstream{}
+	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.mu.Lock()
+		u.last, u.uri = r.Header.Clone(), r.RequestURI
+		u.hits++
+		u.mu.Unlock()
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"ok":true}`)
+	}))
+	t.Cleanup(u.Close)
+	return u
+}
+
+func (u *aiUpstream) seen() (http.Header, int) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.last, u.hits
+}
+
+// aiFixture holds the key servers, the keys and the upstream.
+type aiFixture struct {
+	userKey, catalogKey, extKey *testKey
+	users                       *jwksServer
+	plugins                     *pluginServer
+	ext                         *jwksServer
+	upstream                    *aiUpstream
+	legacySecret, keysSecret    []byte
+}
+
+func newAIFixture(t *testing.T) *aiFixture {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("integration test: runs a real Caddy")
+	}
+	f := &aiFixture{
+		userKey: newECKey(t, "user-key"), catalogKey: newECKey(t, "catalog-key"), extKey: newRSAKey(t, "ext-key"),
+		legacySecret: []byte("integration-legacy-secret"), keysSecret: []byte("integration-keys-secret"),
+	}
+	f.users = newJWKSServer(t, f.userKey)
+	f.plugins = newPluginServer(t)
+	f.plugins.set("catalog", f.catalogKey)
+	f.ext = newJWKSServer(t, f.extKey)
+	f.upstream = newAIUpstream(t)
+	return f
+}
+
+// app is the `apps.backstage` JSON.
+func (f *aiFixture) app(disableDefaultPolicy bool) map[string]any {
+	app := map[string]any{
+		"user_tokens":   map[string]any{"jwks_url": f.users.url()},
+		"plugin_tokens": map[string]any{"jwks_url": f.plugins.template()},
+		"external_access": []any{
+			map[string]any{"type": "static", "options": map[string]any{"token": "static-token-123", "subject": "static-subject"}},
+			map[string]any{"type": "static", "options": map[string]any{"token": "restricted-token-123", "subject": "r"},
+				"access_restrictions": []any{map[string]any{"plugin": "catalog"}}},
+			map[string]any{"type": "legacy", "options": map[string]any{"secret": base64.StdEncoding.EncodeToString(f.legacySecret), "subject": "legacy-subject"}},
+			map[string]any{"type": "jwks", "options": map[string]any{
+				"url": f.ext.url(), "issuer": []string{"https://ext.example.com"}, "audience": []string{"backstage-proxy"},
+				"algorithm": []string{"RS256"}, "subject_prefix": "ext",
+			}},
+		},
+		"keys": []any{map[string]any{"secret": base64.StdEncoding.EncodeToString(f.keysSecret)}},
+	}
+	if disableDefaultPolicy {
+		app["dangerously_disable_default_auth_policy"] = true
+	}
+	return app
+}
+
+// config is the whole Caddy JSON config: one route per credentials policy.
+func (f *aiFixture) config(t *testing.T, app map[string]any, routes ...string) string {
+	t.Helper()
+	var rs []any
+	for _, r := range routes {
+		name, creds, _ := strings.Cut(r, "=")
+		rs = append(rs, map[string]any{
+			"match": []any{map[string]any{"path": []string{"/api/proxy/" + name, "/api/proxy/" + name + "/*"}}},
+			"handle": []any{
+				map[string]any{"handler": "backstage_proxy", "route": "/" + name, "credentials": creds},
+				map[string]any{
+					"handler":   "reverse_proxy",
+					"upstreams": []any{map[string]any{"dial": f.upstream.Listener.Addr().String()}},
+					"headers": map[string]any{"request": map[string]any{"set": map[string]any{
+						"X-Principal":        []string{"{http.auth.user.id}"},
+						"X-Principal-Type":   []string{"{http.backstage_proxy.principal.type}"},
+						"X-Principal-Method": []string{"{http.backstage_proxy.principal.method}"},
+					}}},
+				},
+			},
+			"terminal": true,
+		})
+	}
+	cfg := map[string]any{
+		"admin": map[string]any{"listen": "localhost:2999"},
+		"apps": map[string]any{
+			"backstage": app,
+			"http": map[string]any{
+				"http_port": 9080, "https_port": 9443, "grace_period": 1,
+				"servers": map[string]any{fmt.Sprintf("identity%d", serverNonce.Add(1)): map[string]any{
+					"listen":          []string{":9080"},
+					"automatic_https": map[string]any{"disable": true},
+					"routes":          rs,
+				}},
+			},
+			"pki": map[string]any{"certificate_authorities": map[string]any{"local": map[string]any{"install_trust": false}}},
+		},
+	}
+	b, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func aiLoad(t *testing.T, cfg string) {
+	t.Helper()
+	caddytest.NewTester(t).InitServer(cfg, "json")
+	if t.Failed() {
+		t.FailNow()
+	}
+	// The ports are fixed: a test binary running at the same time (another
+	// package, another checkout) may load its own config into this Caddy.
+	// Say so when a test fails, rather than leave a puzzling failure.
+	var want struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]json.RawMessage `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	_ = json.Unmarshal([]byte(cfg), &want)
+	t.Cleanup(func() {
+		if !t.Failed() {
+			return
+		}
+		res, err := http.Get("http://localhost:2999/config/apps/http/servers")
+		if err != nil {
+			return
+		}
+		defer res.Body.Close()
+		var got map[string]json.RawMessage
+		_ = json.NewDecoder(res.Body).Decode(&got)
+		for name := range want.Apps.HTTP.Servers {
+			if _, ok := got[name]; !ok {
+				t.Logf("NOTE: the test's Caddy config was replaced during the test (server %q is gone): another test process is using ports 2999/9080", name)
+			}
+		}
+	})
+}
+
+// aiGet sends GET <path> with the given Authorization header ("" = none).
+func aiGet(t *testing.T, path, authorization string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(http.MethodGet, "http://"+aiAddr+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if authorization != "" {
+		req.Header.Set("Authorization", authorization)
+	}
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	res, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res.StatusCode, body
+}
+
+// aiCase is one credential and what a protected route makes of it.
+type aiCase struct {
+	name   string
+	header string
+	status int       // on require/forward routes
+	msg    string    // error message when status is not 200
+	want   principal // when status is 200
+}
+
+func (f *aiFixture) cases(t *testing.T) []aiCase {
+	now := time.Now().Unix()
+	u, c, e := f.userKey, f.catalogKey, f.extKey
+	user := map[string]any{"sub": "user:default/alice", "aud": "backstage", "iat": now, "exp": now + 3600, "ent": []string{"user:default/alice"}}
+	limited := u.sign(t, u.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
+	plugin := map[string]any{"sub": "catalog", "aud": "proxy", "iat": now, "exp": now + 3600}
+	legacy := map[string]any{"sub": "backstage-server", "iat": now, "exp": now + 3600}
+	ext := map[string]any{"sub": "svc-1", "iss": "https://ext.example.com", "aud": "backstage-proxy", "iat": now, "exp": now + 3600}
+	hs := map[string]any{"alg": "HS256", "typ": "JWT"}
+	svc := func(sub, method string) principal { return principal{Type: "service", Subject: sub, Method: method} }
+	return []aiCase{
+		{"no credentials", "", 401, "Missing credentials", principal{}},
+		{"basic scheme", "Basic YWJjOmRlZg==", 401, "Missing credentials", principal{}},
+		{"invalid token", "Bearer not-valid", 401, "Illegal token", principal{}},
+		{"static", "Bearer static-token-123", 200, "", svc("static-subject", "static")},
+		{"static lowercase scheme", "bearer  static-token-123", 200, "", svc("static-subject", "static")},
+		{"static restricted", "Bearer restricted-token-123", 403, "This token's access is restricted to plugin(s) 'catalog'", principal{}},
+		{"user", "Bearer " + u.sign(t, u.hdr(typUser), user), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
+		{"user untyped", "Bearer " + u.sign(t, u.hdr(""), user), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
+		{"user expired", "Bearer " + u.sign(t, u.hdr(typUser), with(user, "exp", now-60)), 401, "Failed user token verification", principal{}},
+		{"user unknown key", "Bearer " + newECKey(t, "other").sign(t, map[string]any{"alg": "ES256", "kid": "other", "typ": typUser}, user), 401, "Failed user token verification", principal{}},
+		{"limited user", "Bearer " + limited, 401, "Illegal limited user token", principal{}},
+		{"plugin", "Bearer " + c.sign(t, c.hdr(typPlugin), plugin), 200, "", svc("plugin:catalog", "plugin")},
+		{"plugin obo", "Bearer " + c.sign(t, c.hdr(typPlugin), with(plugin, "obo", limited)), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "plugin"}},
+		{"plugin for another target", "Bearer " + c.sign(t, c.hdr(typPlugin), with(plugin, "aud", "search")), 401, "Failed plugin token verification", principal{}},
+		{"plugin forbidden subject", "Bearer " + c.sign(t, c.hdr(typPlugin), with(plugin, "sub", "ca talog")), 401, "Invalid plugin token: forbidden subject format", principal{}},
+		{"plugin without JWKS", "Bearer " + c.sign(t, c.hdr(typPlugin), with(plugin, "sub", "nosuchplugin")), 401, errPluginNoJWKS("nosuchplugin").message, principal{}},
+		{"legacy", "Bearer " + hs256(t, f.legacySecret, hs, legacy), 200, "", svc("legacy-subject", "legacy")},
+		{"legacy keys", "Bearer " + hs256(t, f.keysSecret, hs, legacy), 200, "", svc("external:backstage-plugin", "legacy")},
+		{"legacy expired (D4)", "Bearer " + hs256(t, f.legacySecret, hs, with(legacy, "exp", now-60)), 401, "Failed legacy token verification", principal{}},
+		{"legacy other key", "Bearer " + hs256(t, []byte("nope"), hs, legacy), 401, "Illegal token", principal{}},
+		{"jwks", "Bearer " + e.sign(t, e.hdr(""), ext), 200, "", svc("external:ext:svc-1", "jwks")},
+		{"jwks wrong audience", "Bearer " + e.sign(t, e.hdr(""), with(ext, "aud", "other")), 401, "Illegal token", principal{}},
+	}
+}
+
+// checkError checks a Backstage JSON error body.
+func checkError(t *testing.T, body []byte, status int, path, msg, header string) {
+	t.Helper()
+	var got struct {
+		Error struct {
+			Name    string `json:"name"`
+			Message string `json:"message"`
+		} `json:"error"`
+		Request struct {
+			Method string `json:"method"`
+			URL    string `json:"url"`
+		} `json:"request"`
+		Response struct {
+			StatusCode int `json:"statusCode"`
+		} `json:"response"`
+	}
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatalf("error body %q: %v", body, err)
+	}
+	name := "AuthenticationError"
+	if status == 403 {
+		name = "NotAllowedError"
+	}
+	if got.Error.Name != name || got.Error.Message != msg || got.Response.StatusCode != status ||
+		got.Request.Method != "GET" || got.Request.URL != strings.TrimPrefix(path, "/api/proxy") {
+		t.Fatalf("error body %s, want %s %q for %s", body, name, msg, path)
+	}
+	if tok, ok := strings.CutPrefix(strings.ToLower(header), "bearer "); ok {
+		assertNoTokenContent(t, strings.TrimSpace(header[len(header)-len(tok):]), string(body))
+	}
+}
+
+func TestIntegrationIdentityMatrix(t *testing.T) {
+	f := newAIFixture(t)
+	aiLoad(t, f.config(t, f.app(false), "require=require", "forward=forward", "open=dangerously-allow-unauthenticated"))
+	for _, tc := range f.cases(t) {
+		for _, mode := range []string{"require", "forward", "open"} {
+			t.Run(mode+"/"+tc.name, func(t *testing.T) {
+				path := "/api/proxy/" + mode + "/p"
+				_, before := f.upstream.seen()
+				status, body := aiGet(t, path, tc.header)
+				want := tc.status
+				if mode == "open" {
+					want = 200
+				}
+				if status != want {
+					t.Fatalf("status %d, want %d: %s", status, want, body)
+				}
+				got, after := f.upstream.seen()
+				if want != 200 {
+					checkError(t, body, want, path, tc.msg, tc.header)
+					if after != before {
+						t.Fatal("a rejected request reached the upstream")
+					}
+					return
+				}
+				if after != before+1 {
+					t.Fatal("the upstream did not get the request")
+				}
+				authz := got.Get("Authorization")
+				if mode == "forward" {
+					if authz != tc.header {
+						t.Fatalf("upstream Authorization %q, want %q", authz, tc.header)
+					}
+				} else if authz != "" {
+					t.Fatalf("upstream got Authorization %q", authz)
+				}
+				if mode != "open" {
+					if p := (principal{Type: got.Get("X-Principal-Type"), Subject: got.Get("X-Principal"), Method: got.Get("X-Principal-Method")}); p != (principal{Type: tc.want.Type, Subject: tc.want.Subject, Method: tc.want.Method}) {
+						t.Fatalf("placeholders %+v, want %+v", p, tc.want)
+					}
+				}
+			})
+		}
+	}
+	// One fetch per key set for the whole matrix, plus, for the user key set,
+	// at most one forced refetch per request carrying the unknown kid (two:
+	// require and forward) if that token was issued after the last fetch.
+	if n := f.users.hits.Load(); n < 1 || n > 3 {
+		t.Errorf("user key set fetched %d times, want 1 to 3", n)
+	}
+	if n := f.plugins.hitsFor("catalog"); n != 1 {
+		t.Errorf("catalog key set fetched %d times, want 1", n)
+	}
+	if n := f.ext.hits.Load(); n != 1 {
+		t.Errorf("external key set fetched %d times, want 1", n)
+	}
+}
+
+func TestIntegrationIdentityDisabledDefaultPolicy(t *testing.T) {
+	// Conformance case 21.
+	f := newAIFixture(t)
+	aiLoad(t, f.config(t, f.app(true), "req=require", "fwd=forward"))
+	for _, tc := range []struct {
+		path, header, upstreamAuthz string
+	}{
+		{"/api/proxy/req/a", "Bearer garbage", ""},
+		{"/api/proxy/fwd/a", "", ""},
+		{"/api/proxy/fwd/a", "Bearer garbage", "Bearer garbage"},
+	} {
+		status, body := aiGet(t, tc.path, tc.header)
+		if status != 200 {
+			t.Fatalf("%s %q: %d %s", tc.path, tc.header, status, body)
+		}
+		if got, _ := f.upstream.seen(); got.Get("Authorization") != tc.upstreamAuthz {
+			t.Fatalf("%s %q: upstream Authorization %q", tc.path, tc.header, got.Get("Authorization"))
+		}
+	}
+	if n := f.users.hits.Load() + f.ext.hits.Load() + f.plugins.all.Load(); n != 0 {
+		t.Fatalf("%d key set fetches with the default policy disabled", n)
+	}
+}
+
+func TestIntegrationIdentityReload(t *testing.T) {
+	f := newAIFixture(t)
+	now := time.Now().Unix()
+	u, c := f.userKey, f.catalogKey
+	userTok := func(sub string) string {
+		return "Bearer " + u.sign(t, u.hdr(typUser), map[string]any{"sub": sub, "iat": now, "exp": now + 3600})
+	}
+	pluginTok := "Bearer " + c.sign(t, c.hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": now, "exp": now + 3600})
+	expect200 := func(path, header string) {
+		t.Helper()
+		if status, body := aiGet(t, path, header); status != 200 {
+			t.Fatalf("%s: %d %s", path, status, body)
+		}
+	}
+
+	aiLoad(t, f.config(t, f.app(false), "require=require"))
+	expect200("/api/proxy/require/a", userTok("user:default/a"))
+	expect200("/api/proxy/require/a", pluginTok)
+
+	// A changed config (one more route) is a reload: the new config is
+	// provisioned while the old one runs, so the key caches carry over.
+	aiLoad(t, f.config(t, f.app(false), "require=require", "forward=forward"))
+	expect200("/api/proxy/forward/b", userTok("user:default/b"))
+	expect200("/api/proxy/require/b", pluginTok)
+	if n := f.users.hits.Load(); n != 1 {
+		t.Fatalf("user key set fetched %d times across a reload, want 1", n)
+	}
+	if n := f.plugins.hitsFor("catalog"); n != 1 {
+		t.Fatalf("catalog key set fetched %d times across a reload, want 1", n)
+	}
+
+	// A config that no longer uses a key set releases it.
+	app := f.app(false)
+	app["user_tokens"] = map[string]any{"jwks_url": f.users.url() + "?v=2"}
+	aiLoad(t, f.config(t, app, "require=require"))
+	expect200("/api/proxy/require/c", userTok("user:default/c"))
+	if n := f.users.hits.Load(); n != 2 {
+		t.Fatalf("user key set fetched %d times, want 2", n)
+	}
+	if _, ok := keyPool.References(poolKey{kind: "jwks", url: f.users.url()}); ok {
+		t.Fatal("the old key cache is still in the pool")
+	}
+}
+
+func TestIntegrationIdentityKeyServerDown(t *testing.T) {
+	// Loading a config never waits for key servers; without keys, tokens are
+	// refused; once the server answers, they are accepted.
+	f := newAIFixture(t)
+	f.users.fail(http.StatusServiceUnavailable, "down")
+	gate := make(chan struct{})
+	f.ext.mu.Lock()
+	f.ext.gate = gate // would hang a Provision that fetched
+	f.ext.mu.Unlock()
+	defer close(gate)
+	start := time.Now()
+	aiLoad(t, f.config(t, f.app(false), "require=require"))
+	if d := time.Since(start); d > 3*time.Second {
+		t.Fatalf("loading the config took %v", d)
+	}
+	now := time.Now().Unix()
+	tok := "Bearer " + f.userKey.sign(t, f.userKey.hdr(typUser), map[string]any{"sub": "user:default/a", "iat": now, "exp": now + 3600})
+	status, body := aiGet(t, "/api/proxy/require/x", tok)
+	if status != 401 {
+		t.Fatalf("%d %s", status, body)
+	}
+	checkError(t, body, 401, "/api/proxy/require/x", "Failed user token verification", tok)
+	if status, _ := aiGet(t, "/api/proxy/require/x", "Bearer static-token-123"); status != 200 {
+		t.Fatalf("static token: %d", status)
+	}
+	f.users.fail(0, "")
+	time.Sleep(jwksRetryMin + 100*time.Millisecond) // the retry backoff after the failed fetch
+	if status, body := aiGet(t, "/api/proxy/require/x", tok); status != 200 {
+		t.Fatalf("after recovery: %d %s (key set requests: %d, paths %v)", status, body, f.users.hits.Load(), f.users.requestPaths())
+	}
+}

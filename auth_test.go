@@ -1,0 +1,1247 @@
+package backstageproxy
+
+// Test helpers for the identity tests: real keys, real signatures, real HTTP
+// key-set servers. Nothing here uses the verification code under test.
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"math/big"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+var b64 = base64.RawURLEncoding
+
+// testKey is a signing key with its public JWK.
+type testKey struct {
+	kid  string
+	alg  string
+	priv crypto.Signer
+	jwk  map[string]any
+}
+
+func newECKey(t testing.TB, kid string) *testKey {
+	t.Helper()
+	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ecTestKey(t, priv, kid)
+}
+
+func ecTestKey(t testing.TB, priv *ecdsa.PrivateKey, kid string) *testKey {
+	t.Helper()
+	pub, err := priv.PublicKey.ECDH()
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw := pub.Bytes() // 0x04 || X || Y
+	return &testKey{kid: kid, alg: "ES256", priv: priv, jwk: map[string]any{
+		"kty": "EC", "crv": "P-256", "x": b64.EncodeToString(raw[1:33]), "y": b64.EncodeToString(raw[33:]),
+		"kid": kid, "alg": "ES256", "use": "sig",
+	}}
+}
+
+func newRSAKey(t testing.TB, kid string) *testKey {
+	t.Helper()
+	priv, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testKey{kid: kid, alg: "RS256", priv: priv, jwk: map[string]any{
+		"kty": "RSA", "n": b64.EncodeToString(priv.N.Bytes()), "e": b64.EncodeToString(big.NewInt(int64(priv.E)).Bytes()),
+		"kid": kid, "alg": "RS256", "use": "sig",
+	}}
+}
+
+func newEdKey(t testing.TB, kid string) *testKey {
+	t.Helper()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testKey{kid: kid, alg: "EdDSA", priv: priv, jwk: map[string]any{
+		"kty": "OKP", "crv": "Ed25519", "x": b64.EncodeToString(pub), "kid": kid,
+	}}
+}
+
+// jwkWithout returns the key's JWK without the given members.
+func (k *testKey) jwkWithout(members ...string) map[string]any {
+	out := map[string]any{}
+	for n, v := range k.jwk {
+		out[n] = v
+	}
+	for _, m := range members {
+		delete(out, m)
+	}
+	return out
+}
+
+func encodeSegment(t testing.TB, v any) string {
+	t.Helper()
+	if s, ok := v.(string); ok { // a raw JSON text
+		return b64.EncodeToString([]byte(s))
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b64.EncodeToString(b)
+}
+
+// sign signs header.claims with key k using the header's alg as written.
+func (k *testKey) sign(t testing.TB, header, claims any) string {
+	t.Helper()
+	input := encodeSegment(t, header) + "." + encodeSegment(t, claims)
+	return input + "." + b64.EncodeToString(k.signature(t, input))
+}
+
+func (k *testKey) signature(t testing.TB, input string) []byte {
+	t.Helper()
+	h := sha256.Sum256([]byte(input))
+	switch priv := k.priv.(type) {
+	case *ecdsa.PrivateKey:
+		r, s, err := ecdsa.Sign(rand.Reader, priv, h[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		sig := make([]byte, 64)
+		r.FillBytes(sig[:32])
+		s.FillBytes(sig[32:])
+		return sig
+	case *rsa.PrivateKey:
+		sig, err := rsa.SignPKCS1v15(rand.Reader, priv, crypto.SHA256, h[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return sig
+	case ed25519.PrivateKey:
+		return ed25519.Sign(priv, []byte(input))
+	}
+	t.Fatalf("unsupported key %T", k.priv)
+	return nil
+}
+
+// hs256 signs header.claims with an HMAC secret.
+func hs256(t testing.TB, secret []byte, header, claims any) string {
+	t.Helper()
+	input := encodeSegment(t, header) + "." + encodeSegment(t, claims)
+	m := hmac.New(sha256.New, secret)
+	m.Write([]byte(input))
+	return input + "." + b64.EncodeToString(m.Sum(nil))
+}
+
+// hdr is a JWS header for key k with the given typ ("" for none).
+func (k *testKey) hdr(typ string) map[string]any {
+	h := map[string]any{"alg": k.alg, "kid": k.kid}
+	if typ != "" {
+		h["typ"] = typ
+	}
+	return h
+}
+
+// fakeClock is the injectable clock, advanced by tests.
+type fakeClock struct {
+	ns atomic.Int64
+}
+
+func (c *fakeClock) Now() time.Time            { return time.Unix(0, c.ns.Load()) }
+func (c *fakeClock) Advance(d time.Duration)   { c.ns.Add(int64(d)) }
+func (c *fakeClock) Unix() int64               { return c.Now().Unix() }
+func (c *fakeClock) At(d time.Duration) int64  { return c.Now().Add(d).Unix() }
+func (c *fakeClock) Set(t time.Time)           { c.ns.Store(t.UnixNano()) }
+func (c *fakeClock) fn() func() time.Time      { return c.Now }
+func (c *fakeClock) String() string            { return c.Now().UTC().Format(time.RFC3339) }
+func (c *fakeClock) Since(t time.Time) float64 { return c.Now().Sub(t).Seconds() }
+
+// useFakeClock installs a fake clock, at a fixed whole second, for the test.
+func useFakeClock(t testing.TB) *fakeClock {
+	t.Helper()
+	c := &fakeClock{}
+	c.Set(time.Unix(1_900_000_000, 0))
+	f := c.fn()
+	clock.Store(&f)
+	t.Cleanup(func() { clock.Store(nil) })
+	return c
+}
+
+// serverNonce makes every test server's URLs unique, even when a port is
+// reused: key caches are shared by URL, and a running Caddy may still hold the
+// cache of a server from an earlier test.
+var serverNonce atomic.Int64
+
+// jwksServer serves a key set (at any path) and counts requests.
+type jwksServer struct {
+	*httptest.Server
+	hits  atomic.Int64
+	nonce string
+
+	mu           sync.Mutex
+	keys         []map[string]any
+	status       int    // 0: 200
+	body         string // if set, served instead of the key set
+	cacheControl string
+	gate         chan struct{} // if set, each request waits for a receive
+	paths        []string
+}
+
+func newJWKSServer(t testing.TB, keys ...*testKey) *jwksServer {
+	t.Helper()
+	s := &jwksServer{nonce: fmt.Sprintf("/n%d", serverNonce.Add(1))}
+	s.setKeys(keys...)
+	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *jwksServer) serve(w http.ResponseWriter, r *http.Request) {
+	s.hits.Add(1)
+	s.mu.Lock()
+	gate := s.gate
+	s.paths = append(s.paths, r.URL.Path)
+	s.mu.Unlock()
+	if gate != nil {
+		<-gate
+	}
+	s.mu.Lock()
+	status, body, cc := s.status, s.body, s.cacheControl
+	keys := s.keys
+	s.mu.Unlock()
+	if cc != "" {
+		w.Header().Set("Cache-Control", cc)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	if status != 0 {
+		w.WriteHeader(status)
+	}
+	if body != "" {
+		_, _ = w.Write([]byte(body))
+		return
+	}
+	_ = json.NewEncoder(w).Encode(map[string]any{"keys": keys})
+}
+
+func (s *jwksServer) setKeys(keys ...*testKey) {
+	list := make([]map[string]any, 0, len(keys))
+	for _, k := range keys {
+		list = append(list, k.jwk)
+	}
+	s.setJWKs(list...)
+}
+
+func (s *jwksServer) setJWKs(list ...map[string]any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.keys = list
+}
+
+func (s *jwksServer) fail(status int, body string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.status, s.body = status, body
+}
+
+func (s *jwksServer) requestPaths() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.paths...)
+}
+
+// url is the key set URL.
+func (s *jwksServer) url() string { return s.URL + s.nonce + "/.well-known/jwks.json" }
+
+// pluginTemplate is a plugin key set URL template on this server.
+func (s *jwksServer) pluginTemplate() string {
+	return s.URL + s.nonce + "/api/{plugin}/.backstage/auth/v1/jwks.json"
+}
+
+// pluginServer serves key sets per plugin: /api/<id>/.backstage/auth/v1/jwks.json.
+type pluginServer struct {
+	*httptest.Server
+	nonce string
+	mu    sync.Mutex
+	sets  map[string]string // plugin → body ("" = 404)
+	hits  map[string]int
+	all   atomic.Int64
+}
+
+func newPluginServer(t testing.TB) *pluginServer {
+	t.Helper()
+	s := &pluginServer{sets: map[string]string{}, hits: map[string]int{}, nonce: fmt.Sprintf("/n%d", serverNonce.Add(1))}
+	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		s.all.Add(1)
+		id := strings.TrimPrefix(r.URL.Path, s.nonce+"/api/")
+		id, ok := strings.CutSuffix(id, "/.backstage/auth/v1/jwks.json")
+		s.mu.Lock()
+		s.hits[id]++
+		body, found := s.sets[id]
+		s.mu.Unlock()
+		if !ok || !found {
+			http.NotFound(w, r)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(body))
+	}))
+	t.Cleanup(s.Close)
+	return s
+}
+
+func (s *pluginServer) set(id string, keys ...*testKey) {
+	list := make([]map[string]any, 0, len(keys))
+	for _, k := range keys {
+		list = append(list, k.jwk)
+	}
+	b, _ := json.Marshal(map[string]any{"keys": list})
+	s.setBody(id, string(b))
+}
+
+func (s *pluginServer) setBody(id, body string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sets[id] = body
+}
+
+func (s *pluginServer) hitsFor(id string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.hits[id]
+}
+
+func (s *pluginServer) template() string {
+	return s.URL + s.nonce + "/api/{plugin}/.backstage/auth/v1/jwks.json"
+}
+
+// testContext is a real caddy.Context, cancelled at the end of the test.
+func testContext(t testing.TB) caddy.Context {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// build provisions an authenticator for app and releases it at the end of the test.
+func build(t testing.TB, app *App) *identityAuthenticator {
+	t.Helper()
+	authn, release, err := buildAuthenticator(testContext(t), app)
+	if err != nil {
+		t.Fatalf("buildAuthenticator: %v", err)
+	}
+	t.Cleanup(release)
+	return authn.(*identityAuthenticator)
+}
+
+// expectOK authenticates token and requires success.
+func expectOK(t testing.TB, a authenticator, token string) principal {
+	t.Helper()
+	p, err := a.authenticate(context.Background(), token)
+	if err != nil {
+		t.Fatalf("authenticate: unexpected %d %s: %s", err.status, err.name, err.message)
+	}
+	return p
+}
+
+// expectErr authenticates token and requires the given status and message.
+func expectErr(t testing.TB, a authenticator, token string, status int, message string) {
+	t.Helper()
+	p, err := a.authenticate(context.Background(), token)
+	if err == nil {
+		t.Fatalf("authenticate: accepted as %+v, want %d %q", p, status, message)
+	}
+	if err.status != status || err.message != message {
+		t.Fatalf("authenticate: got %d %q, want %d %q", err.status, err.message, status, message)
+	}
+	wantName := "AuthenticationError"
+	if status == http.StatusForbidden {
+		wantName = "NotAllowedError"
+	}
+	if err.name != wantName {
+		t.Fatalf("error name %q, want %q", err.name, wantName)
+	}
+	assertNoTokenContent(t, token, err.message)
+}
+
+// assertNoTokenContent fails if msg contains any segment of token.
+func assertNoTokenContent(t testing.TB, token, msg string) {
+	t.Helper()
+	for _, part := range strings.Split(token, ".") {
+		if len(part) >= 8 && strings.Contains(msg, part) {
+			t.Fatalf("error message %q contains token content %q", msg, part)
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Credential extraction (conformance cases 1, 3, 12, 13, 14)
+// ---------------------------------------------------------------------------
+
+func TestBearerToken(t *testing.T) {
+	tests := []struct {
+		name   string
+		values []string
+		token  string
+		errMsg string
+	}{
+		{"none", nil, "", "Missing credentials"},
+		{"bearer", []string{"Bearer static-token-123"}, "static-token-123", ""},
+		{"lowercase scheme (case 12a)", []string{"bearer static-token-123"}, "static-token-123", ""},
+		{"uppercase scheme", []string{"BEARER abc"}, "abc", ""},
+		{"two spaces (case 12b)", []string{"Bearer  static-token-123"}, "static-token-123", ""},
+		{"trailing space trimmed", []string{"Bearer x "}, "x", ""},
+		{"basic (case 13)", []string{"Basic abc"}, "", "Missing credentials"},
+		{"bearer without token", []string{"Bearer"}, "", "Missing credentials"},
+		{"bearer and spaces only", []string{"Bearer    "}, "", "Missing credentials"},
+		{"tab separator", []string{"Bearer\tabc"}, "", "Missing credentials"},
+		{"no separator", []string{"Bearerabc"}, "", "Missing credentials"},
+		{"two tokens", []string{"Bearer a b"}, "", "Missing credentials"},
+		{"tab inside token", []string{"Bearer a\tb"}, "", "Missing credentials"},
+		{"nbsp inside token", []string{"Bearer a\xa0b"}, "", "Missing credentials"},
+		{"empty header", []string{""}, "", "Missing credentials"},
+		{"several headers", []string{"Bearer a", "Bearer b"}, "", "Multiple Authorization headers"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := http.Header{}
+			if tc.values != nil {
+				h["Authorization"] = tc.values
+			}
+			h.Set("Cookie", "backstage-auth=some-limited-token") // case 14: never read
+			token, err := bearerToken(h)
+			if tc.errMsg != "" {
+				if err == nil || err.message != tc.errMsg || err.status != http.StatusUnauthorized {
+					t.Fatalf("got token %q err %v, want %q", token, err, tc.errMsg)
+				}
+				return
+			}
+			if err != nil || token != tc.token {
+				t.Fatalf("got %q, %v; want %q", token, err, tc.token)
+			}
+		})
+	}
+}
+
+// ---------------------------------------------------------------------------
+// User tokens (conformance cases 15, 16)
+// ---------------------------------------------------------------------------
+
+// userFixture is an auth backend key set and an authenticator using it.
+type userFixture struct {
+	clk  *fakeClock
+	key  *testKey
+	srv  *jwksServer
+	auth *identityAuthenticator
+}
+
+func newUserFixture(t *testing.T, algorithms ...string) *userFixture {
+	t.Helper()
+	f := &userFixture{clk: useFakeClock(t), key: newECKey(t, "user-key-1")}
+	f.srv = newJWKSServer(t, f.key)
+	f.auth = build(t, &App{UserTokens: &UserTokens{JWKSURL: f.srv.url(), Algorithms: algorithms}})
+	return f
+}
+
+// userClaims are the claims issueUserToken puts in a user token.
+func (f *userFixture) userClaims(sub string) map[string]any {
+	return map[string]any{
+		"iss": "http://localhost:7007/api/auth", "sub": sub, "ent": []string{sub},
+		"aud": "backstage", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour), "uip": "proof",
+	}
+}
+
+func without(m map[string]any, names ...string) map[string]any {
+	out := map[string]any{}
+	for k, v := range m {
+		out[k] = v
+	}
+	for _, n := range names {
+		delete(out, n)
+	}
+	return out
+}
+
+func with(m map[string]any, kv ...any) map[string]any {
+	out := without(m)
+	for i := 0; i < len(kv); i += 2 {
+		out[kv[i].(string)] = kv[i+1]
+	}
+	return out
+}
+
+func TestUserTokens(t *testing.T) {
+	f := newUserFixture(t)
+	k := f.key
+	claims := f.userClaims("user:default/alice")
+	other := newECKey(t, "user-key-1") // same kid, different key
+	unknownKid := newECKey(t, "no-such-kid")
+	rsaKey := newRSAKey(t, "user-key-1")
+
+	// HS256 "signed" with the public key's JSON: algorithm confusion.
+	pubJSON, _ := json.Marshal(k.jwk)
+	confused := hs256(t, pubJSON, map[string]any{"alg": "HS256", "typ": typUser, "kid": k.kid}, claims)
+	unsigned := encodeSegment(t, map[string]any{"alg": "none", "typ": typUser}) + "." + encodeSegment(t, claims) + "."
+
+	const failed = "Failed user token verification"
+	tests := []struct {
+		name    string
+		token   string
+		subject string // "" = rejected
+		message string
+	}{
+		{"16a typed ES256", k.sign(t, k.hdr(typUser), claims), "user:default/alice", ""},
+		{"16b expired", k.sign(t, k.hdr(typUser), with(claims, "exp", f.clk.At(-time.Second))), "", failed},
+		{"expires now", k.sign(t, k.hdr(typUser), with(claims, "exp", f.clk.Unix())), "", failed},
+		{"16c untyped aud backstage", k.sign(t, k.hdr(""), claims), "user:default/alice", ""},
+		{"untyped typ JWT aud backstage", k.sign(t, k.hdr("JWT"), claims), "user:default/alice", ""},
+		{"16d untyped aud other", k.sign(t, k.hdr(""), with(claims, "aud", "other")), "", "Illegal token"},
+		{"untyped aud array is not dispatched", k.sign(t, k.hdr(""), with(claims, "aud", []string{"backstage"})), "", "Illegal token"},
+		{"16e unknown kid", unknownKid.sign(t, unknownKid.hdr(typUser), claims), "", failed},
+		{"typed with other aud is fine", k.sign(t, k.hdr(typUser), with(claims, "aud", "whatever")), "user:default/alice", ""},
+		{"typed without aud is fine", k.sign(t, k.hdr(typUser), without(claims, "aud")), "user:default/alice", ""},
+		{"iss is not checked", k.sign(t, k.hdr(typUser), with(claims, "iss", "https://evil")), "user:default/alice", ""},
+		{"future iat accepted (like jose)", k.sign(t, k.hdr(typUser), with(claims, "iat", f.clk.At(time.Hour))), "user:default/alice", ""},
+		{"nbf in the future", k.sign(t, k.hdr(typUser), with(claims, "nbf", f.clk.At(time.Second))), "", failed},
+		{"nbf now", k.sign(t, k.hdr(typUser), with(claims, "nbf", f.clk.Unix())), "user:default/alice", ""},
+		{"typed missing iat", k.sign(t, k.hdr(typUser), without(claims, "iat")), "", failed},
+		{"typed missing exp", k.sign(t, k.hdr(typUser), without(claims, "exp")), "", failed},
+		{"typed missing sub", k.sign(t, k.hdr(typUser), without(claims, "sub")), "", failed},
+		{"untyped missing sub", k.sign(t, k.hdr(""), without(claims, "sub")), "", "No user sub found in token"},
+		{"untyped empty sub", k.sign(t, k.hdr(""), with(claims, "sub", "")), "", "No user sub found in token"},
+		{"untyped missing exp", k.sign(t, k.hdr(""), without(claims, "exp")), "", "User token is missing expiration"},
+		{"untyped expired", k.sign(t, k.hdr(""), with(claims, "exp", f.clk.At(-time.Minute))), "", failed},
+		{"wrong key, same kid", other.sign(t, other.hdr(typUser), claims), "", failed},
+		{"alg none", unsigned, "", failed},
+		{"alg confusion HS256 with public key", confused, "", failed},
+		{"RS256 not in default allowlist", rsaKey.sign(t, rsaKey.hdr(typUser), claims), "", failed},
+		{"tampered payload", k.sign(t, k.hdr(typUser), claims)[:20] + "x" + k.sign(t, k.hdr(typUser), claims)[21:], "", ""},
+		{"15 limited user token", k.sign(t, k.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", "Illegal limited user token"},
+		{"limited user token bad signature", other.sign(t, other.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", failed},
+		{"crit header", k.sign(t, map[string]any{"alg": "ES256", "kid": k.kid, "typ": typUser, "crit": []string{"exp"}, "exp": 1}, claims), "", failed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.subject == "" {
+				p, err := f.auth.authenticate(context.Background(), tc.token)
+				if err == nil {
+					t.Fatalf("accepted as %+v", p)
+				}
+				if tc.message != "" && err.message != tc.message {
+					t.Fatalf("got %q, want %q", err.message, tc.message)
+				}
+				if err.status != http.StatusUnauthorized {
+					t.Fatalf("status %d", err.status)
+				}
+				assertNoTokenContent(t, tc.token, err.message)
+				return
+			}
+			p := expectOK(t, f.auth, tc.token)
+			want := principal{Type: "user", Subject: tc.subject, Method: "user"}
+			if p != want {
+				t.Fatalf("got %+v, want %+v", p, want)
+			}
+		})
+	}
+}
+
+func TestUserTokenAlgorithms(t *testing.T) {
+	clk := useFakeClock(t)
+	ec, rs, ed := newECKey(t, "ec"), newRSAKey(t, "rs"), newEdKey(t, "ed")
+	srv := newJWKSServer(t, ec, rs, ed)
+	claims := map[string]any{"sub": "user:default/bob", "iat": clk.Unix(), "exp": clk.At(time.Hour)}
+
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url(), Algorithms: []string{"RS256, EdDSA"}}})
+	expectOK(t, auth, rs.sign(t, rs.hdr(typUser), claims))
+	expectOK(t, auth, ed.sign(t, ed.hdr(typUser), claims))
+	expectErr(t, auth, ec.sign(t, ec.hdr(typUser), claims), 401, "Failed user token verification")
+
+	// An RSA key declared for RS256 cannot verify a PS256 token, and an ES256
+	// header cannot be verified with an RSA key even if the kid says so.
+	mislabeled := rs.sign(t, map[string]any{"alg": "ES256", "kid": "rs", "typ": typUser}, claims)
+	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url(), Algorithms: []string{"ES256", "PS256"}}})
+	expectErr(t, auth2, mislabeled, 401, "Failed user token verification")
+	expectErr(t, auth2, rs.sign(t, map[string]any{"alg": "PS256", "kid": "rs", "typ": typUser}, claims), 401, "Failed user token verification")
+}
+
+func TestUserTokenWithoutKid(t *testing.T) {
+	clk := useFakeClock(t)
+	k1, k2 := newECKey(t, "a"), newECKey(t, "b")
+	srv := newJWKSServer(t, k1, k2)
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
+	claims := map[string]any{"sub": "user:default/c", "iat": clk.Unix(), "exp": clk.At(time.Hour)}
+	// No kid: every compatible key is tried (jose's behaviour).
+	expectOK(t, auth, k2.sign(t, map[string]any{"alg": "ES256", "typ": typUser}, claims))
+	// A kid that is not a string is ignored, as jose does.
+	expectOK(t, auth, k2.sign(t, map[string]any{"alg": "ES256", "typ": typUser, "kid": 7}, claims))
+	// A key without kid does not match a token that names one.
+	srv.setJWKs(k1.jwkWithout("kid"))
+	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.URL + "/other"}})
+	expectErr(t, auth2, k1.sign(t, k1.hdr(typUser), claims), 401, "Failed user token verification")
+	expectOK(t, auth2, k1.sign(t, map[string]any{"alg": "ES256", "typ": typUser}, claims))
+}
+
+func TestUserTokensNotConfigured(t *testing.T) {
+	clk := useFakeClock(t)
+	k := newECKey(t, "k")
+	auth := build(t, &App{})
+	claims := map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(time.Hour), "aud": "backstage"}
+	expectErr(t, auth, k.sign(t, k.hdr(typUser), claims), 401, "Failed user token verification")
+	expectErr(t, auth, k.sign(t, k.hdr(""), claims), 401, "Failed user token verification")
+	expectErr(t, auth, k.sign(t, k.hdr(""), with(claims, "aud", "x")), 401, "Illegal token")
+}
+
+// ---------------------------------------------------------------------------
+// Plugin tokens (conformance case 17)
+// ---------------------------------------------------------------------------
+
+type pluginFixture struct {
+	clk     *fakeClock
+	userKey *testKey
+	catalog *testKey
+	users   *jwksServer
+	plugins *pluginServer
+	auth    *identityAuthenticator
+}
+
+func newPluginFixture(t *testing.T, allow []string) *pluginFixture {
+	t.Helper()
+	f := &pluginFixture{clk: useFakeClock(t), userKey: newECKey(t, "user-key"), catalog: newECKey(t, "catalog-key")}
+	f.users = newJWKSServer(t, f.userKey)
+	f.plugins = newPluginServer(t)
+	f.plugins.set("catalog", f.catalog)
+	f.plugins.set("Search", f.catalog)
+	f.plugins.setBody("nokeys", `{"other":[]}`)
+	f.auth = build(t, &App{
+		UserTokens:   &UserTokens{JWKSURL: f.users.url()},
+		PluginTokens: &PluginTokens{JWKSURL: f.plugins.template(), Plugins: allow},
+	})
+	return f
+}
+
+func (f *pluginFixture) claims(sub string) map[string]any {
+	return map[string]any{"sub": sub, "aud": "proxy", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}
+}
+
+func (f *pluginFixture) limitedUserToken(t *testing.T, sub string, exp time.Duration) string {
+	return f.userKey.sign(t, f.userKey.hdr(typLimitedUser), map[string]any{"sub": sub, "iat": f.clk.Unix(), "exp": f.clk.At(exp)})
+}
+
+func TestPluginTokens(t *testing.T) {
+	f := newPluginFixture(t, nil)
+	c := f.catalog
+	hdr := c.hdr(typPlugin)
+	obo := f.limitedUserToken(t, "user:default/alice", 30*time.Minute)
+	fullUser := f.userKey.sign(t, f.userKey.hdr(typUser), map[string]any{"sub": "user:default/bob", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
+	badObo := newECKey(t, "user-key").sign(t, f.userKey.hdr(typLimitedUser), map[string]any{"sub": "user:default/eve", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
+	noJWKS := func(id string) string {
+		return "Received a plugin token where the source '" + id + "' plugin unexpectedly does not have a JWKS endpoint. The target plugin needs to be migrated to be installed in an app using the new backend system."
+	}
+	const failed = "Failed plugin token verification"
+	tests := []struct {
+		name    string
+		token   string
+		want    principal
+		message string
+	}{
+		{"17a service", c.sign(t, hdr, f.claims("catalog")), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
+		{"17b aud search", c.sign(t, hdr, with(f.claims("catalog"), "aud", "search")), principal{}, failed},
+		{"aud array with proxy", c.sign(t, hdr, with(f.claims("catalog"), "aud", []string{"search", "proxy"})), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
+		{"17c obo limited user", c.sign(t, hdr, with(f.claims("catalog"), "obo", obo)), principal{Type: "user", Subject: "user:default/alice", Actor: "plugin:catalog", Method: "plugin"}, ""},
+		{"obo full user token", c.sign(t, hdr, with(f.claims("catalog"), "obo", fullUser)), principal{Type: "user", Subject: "user:default/bob", Actor: "plugin:catalog", Method: "plugin"}, ""},
+		{"obo garbage", c.sign(t, hdr, with(f.claims("catalog"), "obo", "garbage")), principal{}, "Invalid user token in plugin token obo claim"},
+		{"obo not a string", c.sign(t, hdr, with(f.claims("catalog"), "obo", 42)), principal{}, "Invalid user token in plugin token obo claim"},
+		{"obo untyped other aud", c.sign(t, hdr, with(f.claims("catalog"), "obo", f.userKey.sign(t, f.userKey.hdr(""), map[string]any{"sub": "u", "aud": "x"}))), principal{}, "Invalid user token in plugin token obo claim"},
+		{"obo bad signature", c.sign(t, hdr, with(f.claims("catalog"), "obo", badObo)), principal{}, "Failed user token verification"},
+		{"obo empty string is no obo", c.sign(t, hdr, with(f.claims("catalog"), "obo", "")), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
+		{"17d forbidden subject", c.sign(t, hdr, f.claims("ca talog")), principal{}, "Invalid plugin token: forbidden subject format"},
+		{"subject with slash", c.sign(t, hdr, f.claims("../auth")), principal{}, "Invalid plugin token: forbidden subject format"},
+		{"subject with host", c.sign(t, hdr, f.claims("x@evil.example")), principal{}, "Invalid plugin token: forbidden subject format"},
+		{"subject with query", c.sign(t, hdr, f.claims("a?b")), principal{}, "Invalid plugin token: forbidden subject format"},
+		{"missing subject", c.sign(t, hdr, without(f.claims("catalog"), "sub")), principal{}, "Invalid plugin token: missing subject"},
+		{"17e no such plugin", c.sign(t, hdr, f.claims("nosuchplugin")), principal{}, noJWKS("nosuchplugin")},
+		{"key set without keys", c.sign(t, hdr, f.claims("nokeys")), principal{}, noJWKS("nokeys")},
+		{"case-insensitive id", c.sign(t, hdr, f.claims("Search")), principal{Type: "service", Subject: "plugin:Search", Method: "plugin"}, ""},
+		{"expired", c.sign(t, hdr, with(f.claims("catalog"), "exp", f.clk.Unix())), principal{}, failed},
+		{"missing iat", c.sign(t, hdr, without(f.claims("catalog"), "iat")), principal{}, failed},
+		{"missing exp", c.sign(t, hdr, without(f.claims("catalog"), "exp")), principal{}, failed},
+		{"missing aud", c.sign(t, hdr, without(f.claims("catalog"), "aud")), principal{}, failed},
+		{"signed by another plugin's key", f.userKey.sign(t, map[string]any{"alg": "ES256", "kid": c.kid, "typ": typPlugin}, f.claims("catalog")), principal{}, failed},
+		{"malformed payload", encodeSegment(t, hdr) + ".bm90IGpzb24." + "c2ln", principal{}, failed},
+		{"alg none", encodeSegment(t, map[string]any{"alg": "none", "typ": typPlugin}) + "." + encodeSegment(t, f.claims("catalog")) + ".", principal{}, failed},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.message != "" {
+				expectErr(t, f.auth, tc.token, 401, tc.message)
+				return
+			}
+			if p := expectOK(t, f.auth, tc.token); p != tc.want {
+				t.Fatalf("got %+v, want %+v", p, tc.want)
+			}
+		})
+	}
+	// The forbidden subjects never produced a request.
+	f.plugins.mu.Lock()
+	for id := range f.plugins.hits {
+		if !validPluginID(id) {
+			t.Errorf("a request was made for plugin id %q", id)
+		}
+	}
+	f.plugins.mu.Unlock()
+	// The positive key set check of catalog was made once and kept.
+	if n := f.plugins.hitsFor("catalog"); n != 1 {
+		t.Errorf("catalog key set fetched %d times, want 1", n)
+	}
+	// Negative checks are not remembered (Backstage neither).
+	before := f.plugins.hitsFor("nosuchplugin")
+	expectErr(t, f.auth, c.sign(t, hdr, f.claims("nosuchplugin")), 401, noJWKS("nosuchplugin"))
+	if n := f.plugins.hitsFor("nosuchplugin"); n != before+1 {
+		t.Errorf("nosuchplugin fetched %d times, want %d", n, before+1)
+	}
+}
+
+func TestPluginTokenOboExpiry(t *testing.T) {
+	f := newPluginFixture(t, nil)
+	obo := f.limitedUserToken(t, "user:default/alice", 10*time.Second)
+	tok := f.catalog.sign(t, f.catalog.hdr(typPlugin), with(f.claims("catalog"), "obo", obo))
+	expectOK(t, f.auth, tok)
+	f.clk.Advance(11 * time.Second) // the plugin token is still valid, its obo is not
+	expectErr(t, f.auth, tok, 401, "Failed user token verification")
+}
+
+func TestPluginAllowlist(t *testing.T) {
+	f := newPluginFixture(t, []string{"scaffolder"})
+	f.plugins.set("scaffolder", f.catalog)
+	expectErr(t, f.auth, f.catalog.sign(t, f.catalog.hdr(typPlugin), f.claims("catalog")), 401, "Failed plugin token verification")
+	if n := f.plugins.all.Load(); n != 0 {
+		t.Fatalf("%d key set requests for a plugin outside the allowlist", n)
+	}
+	expectOK(t, f.auth, f.catalog.sign(t, f.catalog.hdr(typPlugin), f.claims("scaffolder")))
+}
+
+func TestPluginTokensNotConfigured(t *testing.T) {
+	clk := useFakeClock(t)
+	k := newECKey(t, "k")
+	auth := build(t, &App{})
+	tok := k.sign(t, k.hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	expectErr(t, auth, tok, 401, errPluginNoJWKS("catalog").message)
+}
+
+// ---------------------------------------------------------------------------
+// External access: static, legacy, jwks, keys, accessRestrictions
+// (conformance cases 2, 3, 18, 19, 20)
+// ---------------------------------------------------------------------------
+
+func TestStaticTokens(t *testing.T) {
+	useFakeClock(t)
+	auth := build(t, &App{ExternalAccess: []ExternalAccess{
+		{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "static-subject"}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "restricted-token-123", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "two-plugins-token", Subject: "r2"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}, {Plugin: "search"}}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "with-proxy-token", Subject: "r3"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}, {Plugin: "proxy", Permission: []string{"x"}}}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "empty-restrictions", Subject: "r4"}, AccessRestrictions: []AccessRestriction{}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "shadowed"}},
+	}})
+	if p := expectOK(t, auth, "static-token-123"); p != (principal{Type: "service", Subject: "static-subject", Method: "static"}) {
+		t.Fatalf("case 2: got %+v", p)
+	}
+	expectErr(t, auth, "not-valid", 401, "Illegal token")                                                       // case 3
+	expectErr(t, auth, "static-token-12", 401, "Illegal token")                                                 // prefix
+	expectErr(t, auth, "static-token-1234", 401, "Illegal token")                                               // longer
+	expectErr(t, auth, "STATIC-TOKEN-123", 401, "Illegal token")                                                // case-sensitive
+	expectErr(t, auth, "restricted-token-123", 403, "This token's access is restricted to plugin(s) 'catalog'") // case 20
+	expectErr(t, auth, "two-plugins-token", 403, "This token's access is restricted to plugin(s) 'catalog', 'search'")
+	if p := expectOK(t, auth, "with-proxy-token"); p.Subject != "r3" {
+		t.Fatalf("got %+v", p)
+	}
+	if p := expectOK(t, auth, "empty-restrictions"); p.Subject != "r4" {
+		t.Fatalf("got %+v", p)
+	}
+	// Static results are not cached.
+	if n := auth.cache.len(); n != 0 {
+		t.Fatalf("%d cached entries after static tokens", n)
+	}
+}
+
+func TestStaticTokenPlaceholder(t *testing.T) {
+	t.Setenv("BACKSTAGE_TEST_STATIC_TOKEN", "from-the-environment")
+	auth := build(t, &App{ExternalAccess: []ExternalAccess{
+		{Type: "static", Options: ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_STATIC_TOKEN}", Subject: "env-subject"}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "literal{braces}token", Subject: "braces"}},
+	}})
+	if p := expectOK(t, auth, "from-the-environment"); p.Subject != "env-subject" {
+		t.Fatalf("got %+v", p)
+	}
+	expectOK(t, auth, "literal{braces}token")
+}
+
+func TestLegacyTokens(t *testing.T) {
+	clk := useFakeClock(t)
+	secretA := []byte("peer-legacy-shared-secret-0123456789")
+	secretB := []byte("another-secret-for-backend-auth-keys")
+	auth := build(t, &App{
+		ExternalAccess: []ExternalAccess{
+			{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.StdEncoding.EncodeToString(secretA), Subject: "legacy-subject"}},
+			{Type: "static", Options: ExternalAccessOptions{Token: "static-after-legacy", Subject: "s"}},
+		},
+		Keys: []LegacyKey{
+			{Secret: base64.RawURLEncoding.EncodeToString(secretB)},
+			{Secret: base64.StdEncoding.EncodeToString([]byte("restricted-key")), AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+		},
+	})
+	hdr := map[string]any{"alg": "HS256", "typ": "JWT"}
+	claims := map[string]any{"sub": "backstage-server", "iat": clk.Unix(), "exp": clk.At(time.Hour)}
+	legacySvc := func(sub string) principal { return principal{Type: "service", Subject: sub, Method: "legacy"} }
+	tests := []struct {
+		name    string
+		token   string
+		want    principal
+		status  int
+		message string
+	}{
+		{"18a signed with A", hs256(t, secretA, hdr, claims), legacySvc("legacy-subject"), 0, ""},
+		{"18b signed with B (backend.auth.keys)", hs256(t, secretB, hdr, claims), legacySvc("external:backstage-plugin"), 0, ""},
+		{"18c other key", hs256(t, []byte("other"), hdr, claims), principal{}, 401, "Illegal token"},
+		{"18d aud x", hs256(t, secretA, hdr, with(claims, "aud", "x")), principal{}, 401, "Illegal token"},
+		{"aud empty string is no aud", hs256(t, secretA, hdr, with(claims, "aud", "")), legacySvc("legacy-subject"), 0, ""},
+		{"aud empty array is an aud", hs256(t, secretA, hdr, with(claims, "aud", []string{})), principal{}, 401, "Illegal token"},
+		{"18e expired (D4: 401, no payload)", hs256(t, secretA, hdr, with(claims, "exp", clk.At(-time.Second))), principal{}, 401, "Failed legacy token verification"},
+		{"expired, signed with B", hs256(t, secretB, hdr, with(claims, "exp", clk.Unix())), principal{}, 401, "Failed legacy token verification"},
+		{"nbf in the future", hs256(t, secretA, hdr, with(claims, "nbf", clk.At(time.Minute))), principal{}, 401, "Failed legacy token verification"},
+		{"18f no exp never expires", hs256(t, secretA, hdr, without(claims, "exp")), legacySvc("legacy-subject"), 0, ""},
+		{"other sub", hs256(t, secretA, hdr, with(claims, "sub", "someone")), principal{}, 401, "Illegal token"},
+		{"HS384 header", hs256(t, secretA, map[string]any{"alg": "HS384"}, claims), principal{}, 401, "Illegal token"},
+		{"restricted key", hs256(t, []byte("restricted-key"), hdr, claims), principal{}, 403, "This token's access is restricted to plugin(s) 'catalog'"},
+		{"static entry after legacy", "static-after-legacy", principal{Type: "service", Subject: "s", Method: "static"}, 0, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.status != 0 {
+				expectErr(t, auth, tc.token, tc.status, tc.message)
+				return
+			}
+			if p := expectOK(t, auth, tc.token); p != tc.want {
+				t.Fatalf("got %+v, want %+v", p, tc.want)
+			}
+		})
+	}
+}
+
+type extFixture struct {
+	clk  *fakeClock
+	key  *testKey
+	srv  *jwksServer
+	auth *identityAuthenticator
+}
+
+func newExtFixture(t *testing.T, opts ExternalAccessOptions, more ...ExternalAccess) *extFixture {
+	t.Helper()
+	f := &extFixture{clk: useFakeClock(t), key: newRSAKey(t, "ext-1")}
+	f.srv = newJWKSServer(t, f.key)
+	opts.URL = f.srv.url()
+	entries := append([]ExternalAccess{{Type: "jwks", Options: opts}}, more...)
+	f.auth = build(t, &App{ExternalAccess: entries})
+	return f
+}
+
+func TestJWKSExternalAccess(t *testing.T) {
+	f := newExtFixture(t, ExternalAccessOptions{
+		Issuer: []string{"https://ext.example.com"}, Audience: []string{"backstage-proxy"},
+		Algorithm: []string{"RS256"}, SubjectPrefix: "ext",
+	}, ExternalAccess{Type: "static", Options: ExternalAccessOptions{Token: "static-after-jwks", Subject: "s"}})
+	k := f.key
+	claims := map[string]any{"iss": "https://ext.example.com", "aud": "backstage-proxy", "sub": "svc-1", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}
+	ec := newECKey(t, "ext-1")
+	tests := []struct {
+		name    string
+		token   string
+		subject string
+	}{
+		{"19a valid", k.sign(t, k.hdr(""), claims), "external:ext:svc-1"},
+		{"aud array", k.sign(t, k.hdr(""), with(claims, "aud", []string{"x", "backstage-proxy"})), "external:ext:svc-1"},
+		{"19b other aud", k.sign(t, k.hdr(""), with(claims, "aud", "other-aud")), ""},
+		{"19c no sub", k.sign(t, k.hdr(""), without(claims, "sub")), ""},
+		{"other iss", k.sign(t, k.hdr(""), with(claims, "iss", "https://evil")), ""},
+		{"no iss", k.sign(t, k.hdr(""), without(claims, "iss")), ""},
+		{"expired", k.sign(t, k.hdr(""), with(claims, "exp", f.clk.Unix())), ""},
+		{"no exp is accepted (jose)", k.sign(t, k.hdr(""), without(claims, "exp")), "external:ext:svc-1"},
+		{"ES256 not allowed", ec.sign(t, ec.hdr(""), claims), ""},
+		{"unknown kid", newRSAKey(t, "x").sign(t, map[string]any{"alg": "RS256", "kid": "x"}, claims), ""},
+		{"static after jwks", "static-after-jwks", "s"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if tc.subject == "" {
+				expectErr(t, f.auth, tc.token, 401, "Illegal token")
+				return
+			}
+			p := expectOK(t, f.auth, tc.token)
+			wantMethod := "jwks"
+			if tc.subject == "s" {
+				wantMethod = "static"
+			}
+			if p != (principal{Type: "service", Subject: tc.subject, Method: wantMethod}) {
+				t.Fatalf("got %+v", p)
+			}
+		})
+	}
+}
+
+func TestJWKSExternalAccessDefaults(t *testing.T) {
+	// No issuer/audience/algorithm: any asymmetric algorithm, no iss/aud checks,
+	// subject external:<sub>; lists given as one space/comma separated string.
+	f := newExtFixture(t, ExternalAccessOptions{})
+	claims := map[string]any{"sub": "svc-2", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}
+	if p := expectOK(t, f.auth, f.key.sign(t, f.key.hdr(""), claims)); p.Subject != "external:svc-2" {
+		t.Fatalf("got %+v", p)
+	}
+	g := newExtFixture(t, ExternalAccessOptions{Audience: []string{"a, b c"}, Issuer: []string{"i1,i2"}})
+	claims = map[string]any{"sub": "svc-3", "aud": "c", "iss": "i2", "exp": g.clk.At(time.Hour)}
+	expectOK(t, g.auth, g.key.sign(t, g.key.hdr(""), claims))
+	expectErr(t, g.auth, g.key.sign(t, g.key.hdr(""), with(claims, "aud", "a, b c")), 401, "Illegal token")
+}
+
+func TestJWKSRestricted(t *testing.T) {
+	clk := useFakeClock(t)
+	k := newECKey(t, "r")
+	srv := newJWKSServer(t, k)
+	auth := build(t, &App{ExternalAccess: []ExternalAccess{{
+		Type: "jwks", Options: ExternalAccessOptions{URL: srv.url()},
+		AccessRestrictions: []AccessRestriction{{Plugin: "catalog", PermissionAttribute: map[string][]string{"action": {"read"}}}},
+	}}})
+	tok := k.sign(t, k.hdr(""), map[string]any{"sub": "s", "exp": clk.At(time.Hour)})
+	expectErr(t, auth, tok, 403, "This token's access is restricted to plugin(s) 'catalog'")
+	expectErr(t, auth, tok, 403, "This token's access is restricted to plugin(s) 'catalog'") // not cached as success
+}
+
+func TestJWKSEntryOrder(t *testing.T) {
+	// Two jwks entries: a token for the second is "not mine" for the first.
+	clk := useFakeClock(t)
+	k1, k2 := newECKey(t, "one"), newECKey(t, "two")
+	s1, s2 := newJWKSServer(t, k1), newJWKSServer(t, k2)
+	auth := build(t, &App{ExternalAccess: []ExternalAccess{
+		{Type: "jwks", Options: ExternalAccessOptions{URL: s1.url(), Issuer: []string{"one"}, SubjectPrefix: "one"}},
+		{Type: "jwks", Options: ExternalAccessOptions{URL: s2.url(), SubjectPrefix: "two"}},
+	}})
+	tok := k2.sign(t, k2.hdr(""), map[string]any{"sub": "x", "iss": "two", "exp": clk.At(time.Hour)})
+	if p := expectOK(t, auth, tok); p.Subject != "external:two:x" {
+		t.Fatalf("got %+v", p)
+	}
+	// The first entry's issuer did not match: its key set was never fetched.
+	if n := s1.hits.Load(); n != 0 {
+		t.Fatalf("first entry's key set fetched %d times", n)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch order and malformed input
+// ---------------------------------------------------------------------------
+
+func TestDispatchOrder(t *testing.T) {
+	clk := useFakeClock(t)
+	userKey := newECKey(t, "u")
+	users := newJWKSServer(t, userKey)
+	ext := newJWKSServer(t, userKey) // an external entry that would accept the user key
+	auth := build(t, &App{
+		UserTokens:     &UserTokens{JWKSURL: users.url()},
+		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: ext.url()}}},
+	})
+	// A user token that fails verification is refused by the user handler:
+	// the external entries are not tried.
+	expired := userKey.sign(t, userKey.hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.Unix()})
+	expectErr(t, auth, expired, 401, "Failed user token verification")
+	// A plugin token is handled by the plugin handler only.
+	plugin := userKey.sign(t, userKey.hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	expectErr(t, auth, plugin, 401, errPluginNoJWKS("catalog").message)
+	if n := ext.hits.Load(); n != 0 {
+		t.Fatalf("external key set fetched %d times", n)
+	}
+	// Anything else falls through to the external entries.
+	other := userKey.sign(t, userKey.hdr("JWT"), map[string]any{"sub": "svc", "exp": clk.At(time.Hour)})
+	if p := expectOK(t, auth, other); p.Subject != "external:svc" || p.Method != "jwks" {
+		t.Fatalf("got %+v", p)
+	}
+}
+
+func TestMalformedTokens(t *testing.T) {
+	clk := useFakeClock(t)
+	k := newECKey(t, "k")
+	srv := newJWKSServer(t, k)
+	auth := build(t, &App{
+		UserTokens:     &UserTokens{JWKSURL: srv.url()},
+		PluginTokens:   &PluginTokens{JWKSURL: srv.pluginTemplate()},
+		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url()}}, {Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0", Subject: "l"}}},
+	})
+	good := k.sign(t, k.hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	parts := strings.Split(good, ".")
+	tests := map[string]string{
+		"empty":              "",
+		"one part":           "abc",
+		"two parts":          parts[0] + "." + parts[1],
+		"four parts":         good + ".x",
+		"JWE shape":          parts[0] + ".a.b.c.d",
+		"padding":            parts[0] + "==." + parts[1] + "." + parts[2],
+		"std alphabet":       strings.NewReplacer("-", "+", "_", "/").Replace(parts[0]) + "+/." + parts[1] + "." + parts[2],
+		"header not json":    b64.EncodeToString([]byte("not json")) + "." + parts[1] + "." + parts[2],
+		"header array":       b64.EncodeToString([]byte(`["alg"]`)) + "." + parts[1] + "." + parts[2],
+		"header null":        b64.EncodeToString([]byte(`null`)) + "." + parts[1] + "." + parts[2],
+		"payload not json":   b64.EncodeToString([]byte(`{"alg":"ES256","aud":"backstage"}`)) + ".e30x." + parts[2],
+		"huge":               strings.Repeat("a", maxTokenBytes+1),
+		"huge jwt":           parts[0] + "." + strings.Repeat("A", maxTokenBytes) + "." + parts[2],
+		"signature garbage":  parts[0] + "." + parts[1] + ".!!!",
+		"empty signature":    parts[0] + "." + parts[1] + ".",
+		"dots":               "..",
+		"typ number":         b64.EncodeToString([]byte(`{"alg":"ES256","typ":5}`)) + "." + parts[1] + "." + parts[2],
+		"legacy bad sig b64": hs256(t, []byte("x"), map[string]any{"alg": "HS256"}, map[string]any{"sub": "backstage-server"})[:40] + ".%%%",
+	}
+	for name, tok := range tests {
+		t.Run(name, func(t *testing.T) {
+			p, err := auth.authenticate(context.Background(), tok)
+			if err == nil {
+				t.Fatalf("accepted as %+v", p)
+			}
+			if err.status != 401 {
+				t.Fatalf("status %d", err.status)
+			}
+			assertNoTokenContent(t, tok, err.message)
+		})
+	}
+	// A token over 16 KiB is refused before anything else happens.
+	before := srv.hits.Load()
+	expectErr(t, auth, strings.Repeat("x", maxTokenBytes+1), 401, "Illegal token")
+	if srv.hits.Load() != before {
+		t.Fatal("an oversized token caused a key set fetch")
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Configuration errors (Provision)
+// ---------------------------------------------------------------------------
+
+func TestBuildAuthenticatorErrors(t *testing.T) {
+	srv := newJWKSServer(t)
+	good := ExternalAccess{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123", Subject: "s"}}
+	tests := []struct {
+		name string
+		app  App
+		want string
+	}{
+		{"unknown type", App{ExternalAccess: []ExternalAccess{good, {Type: "magic"}}}, "external_access[1] (type 'magic'): Unknown type 'magic' in backend.auth.externalAccess, expected one of 'static', 'legacy', 'jwks'"},
+		{"short token", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "short", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be at least 8 characters length"},
+		{"token with space", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "a token with spaces", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be a set of non-space characters"},
+		{"empty token", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Subject: "s"}}}}, "Illegal token, must be a set of non-space characters"},
+		{"unset env token", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_SURELY_UNSET}", Subject: "s"}}}}, "Illegal token, must be a set of non-space characters"},
+		{"static subject missing", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123"}}}}, "Illegal subject, must be a set of non-space characters"},
+		{"static subject with space", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123", Subject: "a b"}}}}, "Illegal subject, must be a set of non-space characters"},
+		{"legacy bad base64", App{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Secret: "not*base64!", Subject: "s"}}}}, "external_access[0] (type 'legacy'): Illegal secret, must be a valid base64 string"},
+		{"legacy no secret", App{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Subject: "s"}}}}, "Illegal secret, must be a valid base64 string"},
+		{"legacy no subject", App{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0"}}}}, "external_access[0] (type 'legacy'): Illegal subject, must be a set of non-space characters"},
+		{"jwks no url", App{ExternalAccess: []ExternalAccess{good, good, {Type: "jwks"}}}, "external_access[2] (type 'jwks'): missing required option 'url'"},
+		{"jwks relative url", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "/jwks.json"}}}}, "external_access[0] (type 'jwks'): Illegal JWKS URL, must be an absolute http or https URL"},
+		{"jwks url with space", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "http://a b/"}}}}, "Illegal JWKS URL, must be a set of non-space characters"},
+		{"jwks unknown algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url(), Algorithm: []string{"ES256 XS256"}}}}}, "external_access[0] (type 'jwks'): algorithm: unknown algorithm 'XS256'"},
+		{"jwks HMAC algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url(), Algorithm: []string{"HS256"}}}}}, "algorithm 'HS256' is not allowed"},
+		{"jwks none algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url(), Algorithm: []string{"none"}}}}}, "algorithm 'none' is not allowed"},
+		{"restriction without plugin", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{}}}}}, "external_access[0] (type 'static'): accessRestrictions: missing required value 'plugin'"},
+		{"duplicate restriction", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a"}, {Plugin: "a"}}}}}, "attempted to declare 'accessRestrictions' twice for plugin 'a'"},
+		{"bad permission attribute", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttribute: map[string][]string{"action": {"write"}}}}}}}, "invalid value 'write' at 'action'"},
+		{"bad permission attribute key", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttribute: map[string][]string{"kind": {"read"}}}}}}}, "invalid key 'kind' in 'permissionAttribute'"},
+		{"keys bad secret", App{Keys: []LegacyKey{{Secret: "c2VjcmV0"}, {Secret: "%%%"}}}, "keys[1] (type 'legacy'): Illegal secret, must be a valid base64 string"},
+		{"keys empty secret", App{Keys: []LegacyKey{{Secret: ""}}}, "keys[0] (type 'legacy'): Illegal secret"},
+		{"user no url", App{UserTokens: &UserTokens{}}, "user_tokens: jwks_url: must be a set of non-space characters"},
+		{"user ftp url", App{UserTokens: &UserTokens{JWKSURL: "ftp://x/jwks"}}, "user_tokens: jwks_url: must be an absolute http or https URL"},
+		{"user HS256", App{UserTokens: &UserTokens{JWKSURL: srv.url(), Algorithms: []string{"HS256"}}}, "user_tokens: algorithms: algorithm 'HS256' is not allowed"},
+		{"plugin template without placeholder", App{PluginTokens: &PluginTokens{JWKSURL: srv.url()}}, "plugin_tokens: jwks_url: must contain the placeholder {plugin}"},
+		{"plugin bad allowlist", App{PluginTokens: &PluginTokens{JWKSURL: srv.pluginTemplate(), Plugins: []string{"catalog", "../x"}}}, "plugin_tokens: plugins[1]: '../x' is not a valid plugin id"},
+		{"plugin bad algorithm", App{PluginTokens: &PluginTokens{JWKSURL: srv.pluginTemplate(), Algorithms: []string{"RS1"}}}, "plugin_tokens: algorithms: unknown algorithm 'RS1'"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			app := tc.app
+			_, release, err := buildAuthenticator(testContext(t), &app)
+			if err == nil {
+				release()
+				t.Fatal("no error")
+			}
+			if !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %q does not contain %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestBuildFailureReleasesCaches(t *testing.T) {
+	srv := newJWKSServer(t)
+	app := &App{
+		UserTokens:     &UserTokens{JWKSURL: srv.url()},
+		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url()}}, {Type: "bogus"}},
+	}
+	if _, _, err := buildAuthenticator(testContext(t), app); err == nil {
+		t.Fatal("no error")
+	}
+	if n, ok := keyPool.References(poolKey{kind: "jwks", url: srv.url()}); ok {
+		t.Fatalf("key cache still referenced %d times after a failed build", n)
+	}
+}
+
+func TestAuthErrorsCarryNoTokenContent(t *testing.T) {
+	// Every rejection message is one of a fixed set (plus the plugin id in
+	// Backstage's JWKS message).
+	fixed := map[string]bool{}
+	for _, e := range []*authError{errMissingCredentials, errIllegalToken, errMultipleAuthHeader, errFailedUser, errNoUserSub,
+		errIllegalLimited, errUserMissingExp, errFailedPlugin, errPluginSubFormat, errPluginMissingSub, errInvalidObo, errFailedLegacy} {
+		if e.status != 401 || e.name != "AuthenticationError" {
+			t.Errorf("%q: %d %s", e.message, e.status, e.name)
+		}
+		fixed[e.message] = true
+	}
+	if len(fixed) != 12 {
+		t.Fatalf("duplicate messages: %d", len(fixed))
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Fuzzing: bearerToken + authenticate with arbitrary Authorization headers
+// ---------------------------------------------------------------------------
+
+// fuzzKey is a fixed ES256 key, so that the committed seed corpus
+// (testdata/fuzz/FuzzBearerAndToken) holds validly signed tokens.
+func fuzzKey(t testing.TB) *testKey {
+	t.Helper()
+	d := sha256.Sum256([]byte("caddy-backstage-proxy FuzzBearerAndToken key"))
+	priv, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), d[:])
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ecTestKey(t, priv, "fuzz")
+}
+
+var fuzzLegacySecret = []byte("fuzz-legacy-secret-0123456789")
+
+// fuzzSeeds are Authorization header values covering every token type, valid
+// and invalid, for the fixed fuzz key at the fuzz clock (1_900_000_000).
+func fuzzSeeds(t testing.TB) []string {
+	k := fuzzKey(t)
+	const iat, exp = 1_900_000_000, 1_900_003_600
+	user := map[string]any{"sub": "user:default/alice", "aud": "backstage", "iat": iat, "exp": exp, "ent": []string{"group:default/a"}}
+	limited := k.sign(t, k.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
+	plugin := map[string]any{"sub": "catalog", "aud": "proxy", "iat": iat, "exp": exp}
+	legacy := map[string]any{"sub": "backstage-server", "iat": iat, "exp": exp}
+	ext := map[string]any{"sub": "svc-1", "iss": "fuzz-issuer", "aud": "fuzz-aud", "iat": iat, "exp": exp}
+	pubJSON, _ := json.Marshal(k.jwk)
+	return []string{
+		"Bearer static-token-123",
+		"bearer  restricted-token-123",
+		"Basic YWxhZGRpbjpvcGVuc2VzYW1l",
+		"Bearer",
+		"Bearer a b",
+		"Bearer a.b.c",
+		"Bearer ..",
+		"Bearer " + k.sign(t, k.hdr(typUser), user),
+		"Bearer " + k.sign(t, k.hdr(""), user),
+		"Bearer " + k.sign(t, k.hdr(typUser), with(user, "exp", iat)),
+		"Bearer " + limited,
+		"Bearer " + k.sign(t, k.hdr(typPlugin), plugin),
+		"Bearer " + k.sign(t, k.hdr(typPlugin), with(plugin, "obo", limited)),
+		"Bearer " + k.sign(t, k.hdr(typPlugin), with(plugin, "sub", "../admin")),
+		"Bearer " + hs256(t, fuzzLegacySecret, map[string]any{"alg": "HS256", "typ": "JWT"}, legacy),
+		"Bearer " + hs256(t, fuzzLegacySecret, map[string]any{"alg": "HS256"}, with(legacy, "exp", iat-1)),
+		"Bearer " + k.sign(t, map[string]any{"alg": "ES256", "kid": "fuzz"}, ext),
+		"Bearer " + encodeSegment(t, map[string]any{"alg": "none", "typ": typUser}) + "." + encodeSegment(t, user) + ".",
+		"Bearer " + hs256(t, pubJSON, map[string]any{"alg": "HS256", "typ": typUser, "kid": "fuzz"}, user),
+		"Bearer " + encodeSegment(t, `{"alg":"ES256","typ":"vnd.backstage.user","kid":{"x":1}}`) + "." + encodeSegment(t, `{"sub":1e999}`) + ".AAAA",
+	}
+}
+
+// bytesContainAny is strings.ContainsAny on bytes (set may hold invalid UTF-8).
+func bytesContainAny(s, set string) bool {
+	for i := 0; i < len(s); i++ {
+		if strings.IndexByte(set, s[i]) >= 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func FuzzBearerAndToken(f *testing.F) {
+	useFakeClock(f)
+	k := fuzzKey(f)
+	srv := newJWKSServer(f, k) // serves the key for the user, plugin (any id) and external URLs
+	auth := build(f, &App{
+		UserTokens:   &UserTokens{JWKSURL: srv.url()},
+		PluginTokens: &PluginTokens{JWKSURL: srv.pluginTemplate()},
+		ExternalAccess: []ExternalAccess{
+			{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "static-subject"}},
+			{Type: "static", Options: ExternalAccessOptions{Token: "restricted-token-123", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+			{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.StdEncoding.EncodeToString(fuzzLegacySecret), Subject: "legacy-subject"}},
+			{Type: "jwks", Options: ExternalAccessOptions{URL: srv.URL + "/ext/jwks.json", Issuer: []string{"fuzz-issuer"}, Audience: []string{"fuzz-aud"}, SubjectPrefix: "ext"}},
+		},
+		Keys: []LegacyKey{{Secret: base64.StdEncoding.EncodeToString([]byte("fuzz-keys-secret"))}},
+	})
+	for _, s := range fuzzSeeds(f) {
+		f.Add(s)
+	}
+	fixed := map[string]bool{}
+	for _, e := range []*authError{errMissingCredentials, errIllegalToken, errMultipleAuthHeader, errFailedUser, errNoUserSub,
+		errIllegalLimited, errUserMissingExp, errFailedPlugin, errPluginSubFormat, errPluginMissingSub, errInvalidObo, errFailedLegacy} {
+		fixed[e.message] = true
+	}
+	noJWKSPrefix, noJWKSSuffix, _ := strings.Cut(errPluginNoJWKS("\x00").message, "\x00")
+	methods := map[string]bool{"user": true, "plugin": true, "static": true, "legacy": true, "jwks": true}
+
+	f.Fuzz(func(t *testing.T, header string) {
+		token, aerr := bearerToken(http.Header{"Authorization": {header}})
+		if aerr != nil {
+			if aerr != errMissingCredentials {
+				t.Fatalf("bearerToken: %v", aerr)
+			}
+			return
+		}
+		if token == "" || bytesContainAny(token, " \t\n\r\v\f\xa0") ||
+			!strings.HasSuffix(strings.TrimRight(header, " \t"), token) {
+			t.Fatalf("bearerToken(%q) = %q", header, token)
+		}
+		p, err := auth.authenticate(context.Background(), token)
+		p2, err2 := auth.authenticate(context.Background(), token)
+		if (err == nil) != (err2 == nil) || p != p2 || (err != nil && err.message != err2.message) {
+			t.Fatalf("not deterministic: %+v %v, then %+v %v", p, err, p2, err2)
+		}
+		if err != nil {
+			switch {
+			case err.status == 401 && err.name == "AuthenticationError" && fixed[err.message]:
+			case err.status == 401 && err.name == "AuthenticationError" && strings.HasPrefix(err.message, noJWKSPrefix) && strings.HasSuffix(err.message, noJWKSSuffix):
+				id := strings.TrimSuffix(strings.TrimPrefix(err.message, noJWKSPrefix), noJWKSSuffix)
+				if !validPluginID(id) {
+					t.Fatalf("plugin id %q in a message", id)
+				}
+				return // the plugin id is the only token content an error may carry
+			case err.status == 403 && err.name == "NotAllowedError" && err.message == "This token's access is restricted to plugin(s) 'catalog'":
+			default:
+				t.Fatalf("unexpected rejection %d %s %q", err.status, err.name, err.message)
+			}
+			if len(token) >= 16 && strings.Contains(err.message, token) {
+				t.Fatalf("message %q contains the token", err.message)
+			}
+			return
+		}
+		if (p.Type != "user" && p.Type != "service") || p.Subject == "" || !methods[p.Method] {
+			t.Fatalf("bad principal %+v", p)
+		}
+	})
+}

@@ -1,0 +1,730 @@
+package backstageproxy
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/rsa"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/lestrrat-go/jwx/v3/jwa"
+	"github.com/lestrrat-go/jwx/v3/jwk"
+	"go.uber.org/zap"
+)
+
+// Key sets (JWKS) are fetched over HTTP and cached. The caches live in a
+// package-level caddy.UsagePool keyed by URL, so a config reload (which
+// provisions the new config before cleaning up the old one) neither refetches
+// keys nor fails a request. Each cache owns a context of its own, cancelled
+// when the last config using it is cleaned up.
+//
+// Fetch policy:
+//   - Provision never touches the network. The first request that needs a key
+//     set fetches it synchronously (singleflight, jwksFetchTimeout).
+//   - A token whose kid is unknown forces one synchronous refetch, shared by all
+//     concurrent requests (singleflight), and rate-limited: at most
+//     jwksForcedMax per jwksForcedWindow, and at most one per jwksForcedMinGap
+//     unless the token was issued after the last fetch started (a freshly
+//     rotated key). A key rotation therefore costs no failed request.
+//   - Keys are refreshed in the background every jwksDefaultRefresh, or the
+//     response's Cache-Control max-age clamped to [jwksMinRefresh,
+//     jwksMaxRefresh]: by a timer, and on use once they are older than that.
+//   - When the endpoint is down or serves garbage, the last good keys are kept
+//     (a Warn is logged once per outage, an Info when it recovers); failed
+//     fetches back off from jwksRetryMin to jwksRetryMax. Without any key ever
+//     fetched, tokens are refused (fail closed).
+const (
+	jwksFetchTimeout   = 5 * time.Second
+	jwksDialTimeout    = 3 * time.Second
+	jwksMaxBodyBytes   = 1 << 20
+	jwksMaxKeys        = 256
+	jwksDefaultRefresh = 10 * time.Minute
+	jwksMinRefresh     = 1 * time.Minute
+	jwksMaxRefresh     = 1 * time.Hour
+	jwksForcedMinGap   = 10 * time.Second
+	jwksForcedWindow   = 60 * time.Second
+	jwksForcedMax      = 10
+	jwksRetryMin       = 1 * time.Second
+	jwksRetryMax       = 30 * time.Second
+	// jwksMaxCandidates bounds the signature checks spent on one token when
+	// several keys match it (a token without kid).
+	jwksMaxCandidates = 8
+	// maxPluginKeySets bounds how many distinct calling plugins are remembered.
+	maxPluginKeySets = 1024
+)
+
+// clock is the injectable time source for token validation (exp, nbf), the
+// verification cache and the key-cache schedule. Tests swap it with setClock.
+var clock atomic.Pointer[func() time.Time]
+
+func now() time.Time {
+	if f := clock.Load(); f != nil {
+		return (*f)()
+	}
+	return time.Now()
+}
+
+// jwksLog returns the logger key caches use. It is looked up when a message is
+// written, so a cache that outlives the config that created it still follows
+// the current default log configuration.
+var jwksLog = func() *zap.Logger { return caddy.Log().Named("backstage.jwks") }
+
+// jwksHTTPClient fetches key sets: bounded dial, handshake and total time, few
+// redirects. Response bodies are capped at jwksMaxBodyBytes by fetchKeySet.
+var jwksHTTPClient = &http.Client{
+	Timeout: jwksFetchTimeout,
+	Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           (&net.Dialer{Timeout: jwksDialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+		TLSHandshakeTimeout:   jwksFetchTimeout,
+		ResponseHeaderTimeout: jwksFetchTimeout,
+		MaxIdleConnsPerHost:   2,
+		IdleConnTimeout:       90 * time.Second,
+		ForceAttemptHTTP2:     true,
+	},
+	CheckRedirect: func(_ *http.Request, via []*http.Request) error {
+		if len(via) >= 3 {
+			return errors.New("stopped after 3 redirects")
+		}
+		return nil
+	},
+}
+
+// keyPool holds the key caches shared across config reloads.
+var keyPool = caddy.NewUsagePool()
+
+// poolKey identifies a shared key cache: a JWKS URL, or a plugin JWKS URL
+// template (for the set of per-plugin caches).
+type poolKey struct {
+	kind string // "jwks" or "plugin-jwks"
+	url  string
+}
+
+// algInfo describes an accepted signature algorithm. HMAC and "none" are
+// deliberately absent: key sets only ever hold public keys.
+type algInfo struct {
+	name string
+	sig  jwa.SignatureAlgorithm
+	kty  string // JWK kty the key must have
+	crv  string // JWK crv the key must have, or ""
+}
+
+var asymmetricAlgs = map[string]algInfo{
+	"RS256":   {"RS256", jwa.RS256(), "RSA", ""},
+	"RS384":   {"RS384", jwa.RS384(), "RSA", ""},
+	"RS512":   {"RS512", jwa.RS512(), "RSA", ""},
+	"PS256":   {"PS256", jwa.PS256(), "RSA", ""},
+	"PS384":   {"PS384", jwa.PS384(), "RSA", ""},
+	"PS512":   {"PS512", jwa.PS512(), "RSA", ""},
+	"ES256":   {"ES256", jwa.ES256(), "EC", "P-256"},
+	"ES384":   {"ES384", jwa.ES384(), "EC", "P-384"},
+	"ES512":   {"ES512", jwa.ES512(), "EC", "P-521"},
+	"EdDSA":   {"EdDSA", jwa.EdDSA(), "OKP", "Ed25519"}, //nolint:staticcheck // the JOSE name Backstage's jose accepts
+	"Ed25519": {"Ed25519", jwa.EdDSAEd25519(), "OKP", "Ed25519"},
+}
+
+// supportedAlgNames lists asymmetricAlgs in a stable order, for messages.
+const supportedAlgNames = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, ES512, EdDSA, Ed25519"
+
+// parseAlgorithms validates a configured algorithm list (items may themselves
+// be space- or comma-separated, as in Backstage). An empty result means def.
+func parseAlgorithms(list []string, def []string) ([]algInfo, error) {
+	names := splitList(list)
+	if len(names) == 0 {
+		names = def
+	}
+	out := make([]algInfo, 0, len(names))
+	for _, n := range names {
+		ai, ok := asymmetricAlgs[n]
+		if !ok {
+			u := strings.ToUpper(n)
+			if strings.HasPrefix(u, "HS") || u == "NONE" {
+				return nil, fmt.Errorf("algorithm '%s' is not allowed: only asymmetric algorithms (%s) can be verified against a key set", n, supportedAlgNames)
+			}
+			return nil, fmt.Errorf("unknown algorithm '%s', expected one of %s", n, supportedAlgNames)
+		}
+		out = append(out, ai)
+	}
+	return out, nil
+}
+
+// splitList splits every item on spaces and commas and removes duplicates and
+// empty strings, like Backstage's readStringOrStringArrayFromConfig.
+func splitList(list []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, item := range list {
+		for _, v := range strings.FieldsFunc(item, func(r rune) bool { return r == ' ' || r == ',' }) {
+			if !seen[v] {
+				seen[v] = true
+				out = append(out, v)
+			}
+		}
+	}
+	return out
+}
+
+// verifyKey is one usable public key of a key set.
+type verifyKey struct {
+	kid    string
+	hasKid bool
+	alg    string // the key's declared alg, or ""
+	kty    string // "EC", "RSA" or "OKP"
+	crv    string // "P-256", "P-384", "P-521", "Ed25519", or "" for RSA
+	key    any    // *ecdsa.PublicKey, *rsa.PublicKey or ed25519.PublicKey
+}
+
+// keySet is an immutable snapshot of a fetched key set.
+type keySet struct {
+	keys         []verifyKey
+	fetchedAt    time.Time // when the fetch that produced it started
+	refreshAfter time.Time // refresh in the background once now passes this
+}
+
+// match returns the keys a token signed with alg and carrying kid (if hasKid)
+// may be verified with, following jose's JWKS key selection: same kty (and
+// curve), same kid when the token names one, same alg when the key declares
+// one. Unusable keys (use other than sig, key_ops without verify) were
+// dropped when the set was parsed.
+func (ks *keySet) match(ai algInfo, kid string, hasKid bool) []*verifyKey {
+	var out []*verifyKey
+	for i := range ks.keys {
+		k := &ks.keys[i]
+		if k.kty != ai.kty || (ai.crv != "" && k.crv != ai.crv) {
+			continue
+		}
+		if hasKid && (!k.hasKid || k.kid != kid) {
+			continue
+		}
+		if k.alg != "" && k.alg != ai.name {
+			continue
+		}
+		out = append(out, k)
+		if len(out) == jwksMaxCandidates {
+			break
+		}
+	}
+	return out
+}
+
+var (
+	errKeysUnavailable = errors.New("key set unavailable")
+	errNoMatchingKey   = errors.New("no matching key in key set")
+)
+
+// fetchKeySet downloads and parses a key set. The response must be 200 with a
+// JSON object holding a "keys" array. Keys that cannot be parsed or used
+// (symmetric keys, RSA below 2048 bits, use other than sig…) are skipped; a
+// set whose keys are all unusable is an error, so garbage never replaces good
+// keys. maxAge is the response's Cache-Control max-age (or 0 with
+// no-cache/no-store), hasMaxAge whether there was one.
+func fetchKeySet(ctx context.Context, rawURL string) (keys []verifyKey, maxAge time.Duration, hasMaxAge bool, err error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	req.Header.Set("Accept", "application/json")
+	resp, err := jwksHTTPClient.Do(req)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+		return nil, 0, false, fmt.Errorf("unexpected HTTP status %d", resp.StatusCode)
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, jwksMaxBodyBytes+1))
+	if err != nil {
+		return nil, 0, false, fmt.Errorf("reading response: %v", err)
+	}
+	if len(body) > jwksMaxBodyBytes {
+		return nil, 0, false, fmt.Errorf("response larger than %d bytes", jwksMaxBodyBytes)
+	}
+	keys, err = parseKeySet(body)
+	if err != nil {
+		return nil, 0, false, err
+	}
+	maxAge, hasMaxAge = cacheMaxAge(resp.Header.Values("Cache-Control"))
+	return keys, maxAge, hasMaxAge, nil
+}
+
+// parseKeySet parses a JWKS document into usable public keys.
+func parseKeySet(body []byte) ([]verifyKey, error) {
+	var doc struct {
+		Keys *[]json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(body, &doc); err != nil {
+		return nil, fmt.Errorf("invalid key set: not a JSON object with a keys array")
+	}
+	if doc.Keys == nil {
+		return nil, fmt.Errorf("invalid key set: no keys member")
+	}
+	raws := *doc.Keys
+	if len(raws) > jwksMaxKeys {
+		raws = raws[:jwksMaxKeys]
+	}
+	keys := make([]verifyKey, 0, len(raws))
+	for _, raw := range raws {
+		if k, ok := parseVerifyKey(raw); ok {
+			keys = append(keys, k)
+		}
+	}
+	if len(raws) > 0 && len(keys) == 0 {
+		return nil, fmt.Errorf("invalid key set: none of its %d keys is a usable public signature key", len(raws))
+	}
+	return keys, nil
+}
+
+func parseVerifyKey(raw []byte) (verifyKey, bool) {
+	k, err := jwk.ParseKey(raw)
+	if err != nil {
+		return verifyKey{}, false
+	}
+	if use, ok := k.KeyUsage(); ok && use != "sig" {
+		return verifyKey{}, false
+	}
+	if ops, ok := k.KeyOps(); ok {
+		verify := false
+		for _, op := range ops {
+			if op == jwk.KeyOpVerify {
+				verify = true
+			}
+		}
+		if !verify {
+			return verifyKey{}, false
+		}
+	}
+	pub, err := k.PublicKey()
+	if err != nil {
+		return verifyKey{}, false
+	}
+	var rawKey any
+	if err := jwk.Export(pub, &rawKey); err != nil {
+		return verifyKey{}, false
+	}
+	vk := verifyKey{}
+	switch pk := rawKey.(type) {
+	case *ecdsa.PublicKey:
+		vk.kty, vk.crv, vk.key = "EC", pk.Curve.Params().Name, pk
+	case *rsa.PublicKey:
+		if pk.N.BitLen() < 2048 {
+			return verifyKey{}, false
+		}
+		vk.kty, vk.key = "RSA", pk
+	case ed25519.PublicKey:
+		vk.kty, vk.crv, vk.key = "OKP", "Ed25519", pk
+	default:
+		return verifyKey{}, false
+	}
+	vk.kid, vk.hasKid = k.KeyID()
+	if alg, ok := k.Algorithm(); ok {
+		vk.alg = alg.String()
+	}
+	return vk, true
+}
+
+// cacheMaxAge reads max-age from Cache-Control header values.
+func cacheMaxAge(values []string) (time.Duration, bool) {
+	for _, v := range values {
+		for _, d := range strings.Split(v, ",") {
+			d = strings.ToLower(strings.TrimSpace(d))
+			switch {
+			case d == "no-store" || d == "no-cache":
+				return 0, true
+			case strings.HasPrefix(d, "max-age="):
+				n, err := strconv.ParseInt(strings.Trim(d[len("max-age="):], `"`), 10, 64)
+				if err == nil && n >= 0 {
+					if n > int64(jwksMaxRefresh/time.Second) {
+						n = int64(jwksMaxRefresh / time.Second)
+					}
+					return time.Duration(n) * time.Second, true
+				}
+			}
+		}
+	}
+	return 0, false
+}
+
+func refreshInterval(maxAge time.Duration, hasMaxAge bool) time.Duration {
+	if !hasMaxAge {
+		return jwksDefaultRefresh
+	}
+	return min(max(maxAge, jwksMinRefresh), jwksMaxRefresh)
+}
+
+// fetchCall is one in-flight fetch, shared by everyone who needs its result.
+type fetchCall struct {
+	done    chan struct{}
+	started time.Time
+	err     error
+}
+
+// keyCache caches one JWKS URL.
+type keyCache struct {
+	url    string
+	ctx    context.Context
+	cancel context.CancelFunc
+	log    func() *zap.Logger
+
+	keys    atomic.Pointer[keySet] // last good key set, nil until the first success
+	fetches atomic.Int64           // completed fetch attempts (counted once their outcome is recorded and logged)
+
+	mu          sync.Mutex
+	inflight    *fetchCall
+	lastAttempt time.Time // start of the latest fetch attempt
+	retryAt     time.Time // after a failure, no on-demand fetch before this
+	failures    int
+	forced      []time.Time // forced refreshes within jwksForcedWindow
+	interval    time.Duration
+	outage      bool
+	timerOn     bool
+}
+
+func newKeyCache(parent context.Context, rawURL string, log func() *zap.Logger) *keyCache {
+	ctx, cancel := context.WithCancel(parent)
+	return &keyCache{url: rawURL, ctx: ctx, cancel: cancel, log: log, interval: jwksDefaultRefresh}
+}
+
+// Destruct implements caddy.Destructor: it stops background refreshes.
+func (c *keyCache) Destruct() error {
+	c.cancel()
+	return nil
+}
+
+// redactedURL is the URL for log messages, without userinfo.
+func (c *keyCache) redactedURL() string {
+	u, err := url.Parse(c.url)
+	if err != nil {
+		return "<invalid URL>"
+	}
+	return u.Redacted()
+}
+
+// startFetchLocked starts a fetch in the background. c.mu must be held and no
+// fetch must be in flight.
+func (c *keyCache) startFetchLocked() *fetchCall {
+	call := &fetchCall{done: make(chan struct{}), started: now()}
+	c.inflight = call
+	c.lastAttempt = call.started
+	go c.run(call)
+	return call
+}
+
+func (c *keyCache) run(call *fetchCall) {
+	ctx, cancel := context.WithTimeout(c.ctx, jwksFetchTimeout)
+	keys, maxAge, hasMaxAge, err := fetchKeySet(ctx, c.url)
+	cancel()
+	c.finish(call, keys, maxAge, hasMaxAge, err)
+}
+
+// finish records the outcome of a fetch and wakes up everyone waiting for it.
+func (c *keyCache) finish(call *fetchCall, keys []verifyKey, maxAge time.Duration, hasMaxAge bool, err error) {
+	var logFn func()
+	c.mu.Lock()
+	if err == nil {
+		c.interval = refreshInterval(maxAge, hasMaxAge)
+		c.keys.Store(&keySet{keys: keys, fetchedAt: call.started, refreshAfter: call.started.Add(c.interval)})
+		c.failures, c.retryAt = 0, time.Time{}
+		if c.outage {
+			c.outage = false
+			n := len(keys)
+			logFn = func() { c.log().Info("key set fetched again", zap.String("url", c.redactedURL()), zap.Int("keys", n)) }
+		}
+		if !c.timerOn && c.ctx.Err() == nil {
+			c.timerOn = true
+			go c.refreshLoop()
+		}
+	} else {
+		c.failures++
+		backoff := jwksRetryMin << min(c.failures-1, 5)
+		c.retryAt = now().Add(min(backoff, jwksRetryMax))
+		if c.ctx.Err() == nil {
+			last := c.keys.Load()
+			if !c.outage {
+				c.outage = true
+				logFn = func() {
+					if last == nil {
+						c.log().Warn("cannot fetch key set; tokens it should verify are refused until it can be fetched",
+							zap.String("url", c.redactedURL()), zap.Error(err))
+					} else {
+						c.log().Warn("cannot refresh key set; keeping the last good keys",
+							zap.String("url", c.redactedURL()), zap.Int("keys", len(last.keys)),
+							zap.Time("fetched_at", last.fetchedAt), zap.Error(err))
+					}
+				}
+			} else {
+				logFn = func() { c.log().Debug("key set still unavailable", zap.String("url", c.redactedURL()), zap.Error(err)) }
+			}
+		}
+	}
+	call.err = err
+	c.inflight = nil
+	c.mu.Unlock()
+	if logFn != nil {
+		logFn()
+	}
+	c.fetches.Add(1)
+	close(call.done)
+}
+
+// refreshLoop refreshes the key set periodically until the cache is destroyed.
+func (c *keyCache) refreshLoop() {
+	for {
+		c.mu.Lock()
+		d := c.interval
+		c.mu.Unlock()
+		t := time.NewTimer(d)
+		select {
+		case <-c.ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		if c.inflight == nil {
+			c.startFetchLocked()
+		}
+		c.mu.Unlock()
+	}
+}
+
+func waitFetch(ctx context.Context, call *fetchCall) error {
+	select {
+	case <-call.done:
+		return call.err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// current returns the key set, fetching it synchronously if none was ever
+// fetched, and starting a background refresh if it is due.
+func (c *keyCache) current(ctx context.Context) (*keySet, error) {
+	if ks := c.keys.Load(); ks != nil {
+		if !now().Before(ks.refreshAfter) {
+			c.mu.Lock()
+			if c.inflight == nil && !now().Before(c.retryAt) {
+				c.startFetchLocked()
+			}
+			c.mu.Unlock()
+		}
+		return ks, nil
+	}
+	c.mu.Lock()
+	if ks := c.keys.Load(); ks != nil {
+		c.mu.Unlock()
+		return ks, nil
+	}
+	call := c.inflight
+	if call == nil {
+		if now().Before(c.retryAt) {
+			c.mu.Unlock()
+			return nil, errKeysUnavailable
+		}
+		call = c.startFetchLocked()
+	}
+	c.mu.Unlock()
+	_ = waitFetch(ctx, call)
+	if ks := c.keys.Load(); ks != nil {
+		return ks, nil
+	}
+	return nil, errKeysUnavailable
+}
+
+// lookup returns the keys that may verify a token signed with ai and carrying
+// kid (if hasKid), issued at iat (if hasIat). On a miss it refetches the key
+// set once, synchronously, if the rate limit allows.
+func (c *keyCache) lookup(ctx context.Context, ai algInfo, kid string, hasKid bool, iat int64, hasIat bool) ([]*verifyKey, error) {
+	ks, err := c.current(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if m := ks.match(ai, kid, hasKid); len(m) > 0 {
+		return m, nil
+	}
+	c.mu.Lock()
+	call := c.inflight
+	if call == nil && c.mayForceLocked(iat, hasIat) {
+		call = c.startFetchLocked()
+	}
+	c.mu.Unlock()
+	if call == nil {
+		return nil, errNoMatchingKey
+	}
+	_ = waitFetch(ctx, call)
+	if ks = c.keys.Load(); ks != nil {
+		if m := ks.match(ai, kid, hasKid); len(m) > 0 {
+			return m, nil
+		}
+	}
+	return nil, errNoMatchingKey
+}
+
+// mayForceLocked decides whether a key miss may trigger a refetch. c.mu must
+// be held.
+func (c *keyCache) mayForceLocked(iat int64, hasIat bool) bool {
+	t := now()
+	if t.Before(c.retryAt) {
+		return false
+	}
+	// A token issued after the last fetch started may be signed with a key
+	// published since: refetch even if that fetch was recent.
+	issuedSince := hasIat && iat >= c.lastAttempt.Unix()
+	if t.Sub(c.lastAttempt) < jwksForcedMinGap && !issuedSince {
+		return false
+	}
+	cut := t.Add(-jwksForcedWindow)
+	kept := c.forced[:0]
+	for _, f := range c.forced {
+		if f.After(cut) {
+			kept = append(kept, f)
+		}
+	}
+	c.forced = kept
+	if len(c.forced) >= jwksForcedMax {
+		return false
+	}
+	c.forced = append(c.forced, t)
+	return true
+}
+
+// acquireKeyCache gets the shared cache of a JWKS URL from the pool. The
+// returned release function must be called exactly once.
+func acquireKeyCache(rawURL string) (*keyCache, func(), error) {
+	key := poolKey{kind: "jwks", url: rawURL}
+	v, _, err := keyPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newKeyCache(context.Background(), rawURL, jwksLog), nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var once sync.Once
+	return v.(*keyCache), func() { once.Do(func() { _, _ = keyPool.Delete(key) }) }, nil
+}
+
+// pluginKeySets holds the key caches of calling plugins for one plugin JWKS
+// URL template. A plugin's cache is created once its key set has been fetched
+// successfully: that first fetch is Backstage's "does the source plugin have a
+// JWKS endpoint" check, and its positive result is kept.
+type pluginKeySets struct {
+	template string
+	ctx      context.Context
+	cancel   context.CancelFunc
+	log      func() *zap.Logger
+
+	mu        sync.Mutex
+	confirmed map[string]*keyCache
+	checks    map[string]*pluginCheck
+	fullWarn  bool
+}
+
+type pluginCheck struct {
+	done  chan struct{}
+	cache *keyCache
+}
+
+func newPluginKeySets(template string) *pluginKeySets {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &pluginKeySets{
+		template: template, ctx: ctx, cancel: cancel, log: jwksLog,
+		confirmed: map[string]*keyCache{}, checks: map[string]*pluginCheck{},
+	}
+}
+
+// Destruct implements caddy.Destructor.
+func (p *pluginKeySets) Destruct() error {
+	p.cancel()
+	return nil
+}
+
+// pluginURL builds a plugin's key set URL. id must already have been checked
+// against pluginIDPattern, so it needs no escaping.
+func (p *pluginKeySets) pluginURL(id string) string {
+	return strings.ReplaceAll(p.template, "{plugin}", id)
+}
+
+// get returns the key cache of plugin id, or nil if the plugin has no usable
+// key set (404, no keys member, unreachable, garbage). Checks of the same
+// plugin are shared; negative results are not remembered, as in Backstage.
+func (p *pluginKeySets) get(ctx context.Context, id string) *keyCache {
+	p.mu.Lock()
+	if c := p.confirmed[id]; c != nil {
+		p.mu.Unlock()
+		return c
+	}
+	chk := p.checks[id]
+	if chk == nil {
+		if len(p.confirmed) >= maxPluginKeySets {
+			warn := !p.fullWarn
+			p.fullWarn = true
+			p.mu.Unlock()
+			if warn {
+				p.log().Warn("too many distinct calling plugins; tokens of further plugins are refused",
+					zap.Int("limit", maxPluginKeySets))
+			}
+			return nil
+		}
+		chk = &pluginCheck{done: make(chan struct{})}
+		p.checks[id] = chk
+		go p.check(id, chk)
+	}
+	p.mu.Unlock()
+	select {
+	case <-chk.done:
+		return chk.cache
+	case <-ctx.Done():
+		return nil
+	}
+}
+
+func (p *pluginKeySets) check(id string, chk *pluginCheck) {
+	u := p.pluginURL(id)
+	started := now()
+	ctx, cancel := context.WithTimeout(p.ctx, jwksFetchTimeout)
+	keys, maxAge, hasMaxAge, err := fetchKeySet(ctx, u)
+	cancel()
+	var c *keyCache
+	if err == nil {
+		c = newKeyCache(p.ctx, u, p.log)
+		c.mu.Lock()
+		call := &fetchCall{done: make(chan struct{}), started: started}
+		c.inflight, c.lastAttempt = call, started
+		c.mu.Unlock()
+		c.finish(call, keys, maxAge, hasMaxAge, nil)
+	} else if p.ctx.Err() == nil {
+		p.log().Debug("plugin key set check failed", zap.String("plugin", id), zap.Error(err))
+	}
+	p.mu.Lock()
+	delete(p.checks, id)
+	if c != nil {
+		p.confirmed[id] = c
+	}
+	chk.cache = c
+	p.mu.Unlock()
+	close(chk.done)
+}
+
+// acquirePluginKeySets gets the shared plugin caches of a URL template.
+func acquirePluginKeySets(template string) (*pluginKeySets, func(), error) {
+	key := poolKey{kind: "plugin-jwks", url: template}
+	v, _, err := keyPool.LoadOrNew(key, func() (caddy.Destructor, error) {
+		return newPluginKeySets(template), nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	var once sync.Once
+	return v.(*pluginKeySets), func() { once.Do(func() { _, _ = keyPool.Delete(key) }) }, nil
+}
