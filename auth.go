@@ -41,6 +41,40 @@ type principal struct {
 	// Method names how the credential was verified: "user", "plugin", "static",
 	// "legacy", "jwks". It is exposed as a placeholder and never contains secrets.
 	Method string
+
+	// subjectValue is Subject boxed once (when the principal is cached or
+	// built at provision time), so that setting the placeholder on every
+	// request allocates nothing.
+	subjectValue any
+}
+
+// placeholderValues returns the principal's placeholder values without
+// allocating for the common (cached or static) case.
+func (p *principal) placeholderValues() (subject, typ, method any) {
+	subject = p.subjectValue
+	if subject == nil {
+		subject = p.Subject
+	}
+	return subject, constValue(p.Type), constValue(p.Method)
+}
+
+// constValue boxes the known constant strings without allocating.
+func constValue(s string) any {
+	switch s {
+	case principalUser:
+		return principalUser
+	case principalService:
+		return principalService
+	case "plugin":
+		return "plugin"
+	case "static":
+		return "static"
+	case "legacy":
+		return "legacy"
+	case "jwks":
+		return "jwks"
+	}
+	return s
 }
 
 // authError is a rejected credential. Its name and message are those Backstage
@@ -398,6 +432,17 @@ type identityAuthenticator struct {
 	external []externalEntry
 	cache    *verifiedCache
 	logger   *zap.Logger
+
+	// staticByDigest maps the digest of each static token to the first
+	// static entry with that token. A token that is not shaped like a JWT can
+	// only ever match a static entry (every other handler needs a JWT), so
+	// such tokens skip JWT parsing entirely.
+	staticByDigest map[[sha256.Size]byte]*staticFastEntry
+}
+
+type staticFastEntry struct {
+	p        principal
+	restrict *accessRestriction
 }
 
 func (a *identityAuthenticator) debug(msg string, fields ...zap.Field) {
@@ -413,6 +458,14 @@ func (a *identityAuthenticator) authenticate(ctx context.Context, token string) 
 	digest := sha256.Sum256([]byte(token))
 	if p, ok := a.cache.get(digest, now()); ok {
 		return p, nil
+	}
+	if a.staticByDigest != nil && strings.Count(token, ".") != 2 {
+		if e := a.staticByDigest[digest]; e != nil {
+			if err := e.restrict.check(); err != nil {
+				return principal{}, err
+			}
+			return e.p, nil
+		}
 	}
 	jt := peekJWT(token)
 
@@ -971,6 +1024,21 @@ func buildAuthenticator(_ caddy.Context, a *App) (authenticator, func(), error) 
 			kind: "legacy", subject: keysSubject, restrict: restrict, secret: key, opts: baseValidation(),
 		})
 	}
+	for i := range auth.external {
+		e := &auth.external[i]
+		if e.kind != "static" {
+			continue
+		}
+		if auth.staticByDigest == nil {
+			auth.staticByDigest = make(map[[sha256.Size]byte]*staticFastEntry)
+		}
+		if _, dup := auth.staticByDigest[e.digest]; !dup {
+			auth.staticByDigest[e.digest] = &staticFastEntry{
+				p:        principal{Type: principalService, Subject: e.subject, Method: "static", subjectValue: e.subject},
+				restrict: e.restrict,
+			}
+		}
+	}
 	return auth, release, nil
 }
 
@@ -1020,6 +1088,7 @@ func (c *verifiedCache) put(k [sha256.Size]byte, p principal, exp time.Time, t t
 	if !t.Before(expires) || c.size <= 0 {
 		return
 	}
+	p.subjectValue = p.Subject
 	e := cachedPrincipal{p: p, expires: expires}
 	c.mu.Lock()
 	defer c.mu.Unlock()

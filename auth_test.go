@@ -356,6 +356,10 @@ func expectOK(t testing.TB, a authenticator, token string) principal {
 	if err != nil {
 		t.Fatalf("authenticate: unexpected %d %s: %s", err.status, err.name, err.message)
 	}
+	if p.subjectValue != nil && p.subjectValue != any(p.Subject) {
+		t.Fatalf("boxed subject %v differs from subject %q", p.subjectValue, p.Subject)
+	}
+	p.subjectValue = nil // compared by value in the tests
 	return p
 }
 
@@ -1219,6 +1223,7 @@ func FuzzBearerAndToken(f *testing.F) {
 		}
 		p, err := auth.authenticate(context.Background(), token)
 		p2, err2 := auth.authenticate(context.Background(), token)
+		p.subjectValue, p2.subjectValue = nil, nil
 		if (err == nil) != (err2 == nil) || p != p2 || (err != nil && err.message != err2.message) {
 			t.Fatalf("not deterministic: %+v %v, then %+v %v", p, err, p2, err2)
 		}
@@ -1244,4 +1249,24 @@ func FuzzBearerAndToken(f *testing.F) {
 			t.Fatalf("bad principal %+v", p)
 		}
 	})
+}
+
+// TestStaticTokenShapedLikeJWT: a static token with two dots takes the full
+// dispatch path (it could be a JWT); others take the digest fast path. Both
+// must give the same principal, and the first matching entry must win.
+func TestStaticTokenShapedLikeJWT(t *testing.T) {
+	auth := build(t, &App{ExternalAccess: []ExternalAccess{
+		{Type: "static", Options: ExternalAccessOptions{Token: "part1.part2.part3", Subject: "dotted"}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "plain-static-token", Subject: "plain"}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "plain-static-token", Subject: "shadowed"}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "restricted.static", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+	}})
+	if p := expectOK(t, auth, "part1.part2.part3"); p != (principal{Type: "service", Subject: "dotted", Method: "static"}) {
+		t.Fatalf("dotted: got %+v", p)
+	}
+	if p := expectOK(t, auth, "plain-static-token"); p.Subject != "plain" {
+		t.Fatalf("plain: got %+v", p)
+	}
+	expectErr(t, auth, "restricted.static", 403, "This token's access is restricted to plugin(s) 'catalog'")
+	expectErr(t, auth, "plain-static-tokenx", 401, "Illegal token")
 }

@@ -41,9 +41,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			return h.writeError(w, r, authErr.status, authErr.name, authErr.message)
 		}
 		if repl != nil {
-			repl.Set("http.auth.user.id", p.Subject)
-			repl.Set("http.backstage_proxy.principal.type", p.Type)
-			repl.Set("http.backstage_proxy.principal.method", p.Method)
+			subject, typ, method := p.placeholderValues()
+			repl.Set("http.auth.user.id", subject)
+			repl.Set("http.backstage_proxy.principal.type", typ)
+			repl.Set("http.backstage_proxy.principal.method", method)
 		}
 	}
 
