@@ -1259,7 +1259,7 @@ func TestStaticTokenShapedLikeJWT(t *testing.T) {
 		{Type: "static", Options: ExternalAccessOptions{Token: "part1.part2.part3", Subject: "dotted"}},
 		{Type: "static", Options: ExternalAccessOptions{Token: "plain-static-token", Subject: "plain"}},
 		{Type: "static", Options: ExternalAccessOptions{Token: "plain-static-token", Subject: "shadowed"}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "restricted.static", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+		{Type: "static", Options: ExternalAccessOptions{Token: "q8w7e6r5.t4y3", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
 	}})
 	if p := expectOK(t, auth, "part1.part2.part3"); p != (principal{Type: "service", Subject: "dotted", Method: "static"}) {
 		t.Fatalf("dotted: got %+v", p)
@@ -1267,6 +1267,6 @@ func TestStaticTokenShapedLikeJWT(t *testing.T) {
 	if p := expectOK(t, auth, "plain-static-token"); p.Subject != "plain" {
 		t.Fatalf("plain: got %+v", p)
 	}
-	expectErr(t, auth, "restricted.static", 403, "This token's access is restricted to plugin(s) 'catalog'")
+	expectErr(t, auth, "q8w7e6r5.t4y3", 403, "This token's access is restricted to plugin(s) 'catalog'")
 	expectErr(t, auth, "plain-static-tokenx", 401, "Illegal token")
 }
