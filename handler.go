@@ -82,6 +82,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	st.req = *r
 	r2 := &st.req
 	r2.Header = h.filterRequestHeaders(r.Header)
+	// Request trailers are headers too, and none is on any allowlist's
+	// terms: Backstage drops them, so do we.
+	r2.Trailer = nil
 	if h.Rewrite != nil {
 		st.url = *r.URL
 		uri, pathEnd := h.Rewrite.applyURI(escapedPath, r.URL.RawQuery, r.URL.ForceQuery || r.URL.RawQuery != "")
@@ -98,6 +101,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	rf := &st.rf
 	rf.init(w, h.respAllow, h.AllowUpgrade)
 	err := next.ServeHTTP(rf, r2)
+	if rf.wroteHeader {
+		rf.filterTrailers()
+	}
 	if err == nil || rf.wroteHeader {
 		return err
 	}

@@ -140,10 +140,7 @@ func (rf *responseFilter) init(w http.ResponseWriter, allow map[string]struct{},
 func (rf *responseFilter) filter(status int) {
 	hdr := rf.ResponseWriter.Header()
 	for name := range hdr {
-		if _, ok := rf.allow[name]; ok {
-			continue
-		}
-		if status == http.StatusSwitchingProtocols && rf.upgrade && isUpgradeResponseHeader(name) {
+		if rf.allowed(name, status) {
 			continue
 		}
 		if v, ok := rf.preexisting[name]; ok {
@@ -151,6 +148,35 @@ func (rf *responseFilter) filter(status int) {
 			continue
 		}
 		delete(hdr, name)
+	}
+}
+
+// allowed reports whether a response header may pass. Names are normally in
+// canonical form; some are not (Caddy writes `Sec-WebSocket-Accept` as the
+// RFC spells it), so a miss is retried in canonical form.
+func (rf *responseFilter) allowed(name string, status int) bool {
+	if _, ok := rf.allow[name]; ok {
+		return true
+	}
+	canonical := http.CanonicalHeaderKey(name)
+	if canonical != name {
+		if _, ok := rf.allow[canonical]; ok {
+			return true
+		}
+	}
+	return status == http.StatusSwitchingProtocols && rf.upgrade && isUpgradeResponseHeader(canonical)
+}
+
+// filterTrailers removes trailers the upstream sent without declaring them
+// (Go's http.TrailerPrefix convention) unless their names are allowed:
+// trailers are headers too.
+func (rf *responseFilter) filterTrailers() {
+	hdr := rf.ResponseWriter.Header()
+	for name := range hdr {
+		if len(name) > len(http.TrailerPrefix) && strings.HasPrefix(name, http.TrailerPrefix) &&
+			!rf.allowed(name[len(http.TrailerPrefix):], 0) {
+			delete(hdr, name)
+		}
 	}
 }
 

@@ -44,11 +44,20 @@ func pathIsSafe(escaped string) bool {
 		if !strings.Contains(p, "%") || round == maxDecodeRounds {
 			return true
 		}
-		decoded, err := url.PathUnescape(p)
-		if err != nil {
-			// a malformed escape in the path as received is a 400, as in
-			// Backstage; after a decoding round it is just a literal '%'
-			return round > 0
+		var decoded string
+		if round == 0 {
+			var err error
+			decoded, err = url.PathUnescape(p)
+			if err != nil {
+				// a malformed escape in the path as received is a 400, as in
+				// Backstage
+				return false
+			}
+		} else {
+			// after a decoding round, a malformed escape is a literal '%'
+			// (an upstream that decodes again may tolerate it): decode what
+			// is valid and keep the rest, so `%252e%252e/%25zz` is still seen
+			decoded = unescapeLenient(p)
 		}
 		if !utf8.ValidString(decoded) {
 			return false
@@ -91,4 +100,43 @@ func setEscapedPath(u *url.URL, escaped string) {
 		return
 	}
 	u.Path, u.RawPath = p, escaped
+}
+
+// unescapeLenient decodes the valid %XX escapes of s and keeps everything
+// else as it is.
+func unescapeLenient(s string) string {
+	var b []byte
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			if b == nil {
+				b = append(make([]byte, 0, len(s)), s[:i]...)
+			}
+			b = append(b, unhex(s[i+1])<<4|unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		if b != nil {
+			b = append(b, c)
+		}
+	}
+	if b == nil {
+		return s
+	}
+	return string(b)
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case '0' <= c && c <= '9':
+		return c - '0'
+	case 'a' <= c && c <= 'f':
+		return c - 'a' + 10
+	default:
+		return c - 'A' + 10
+	}
 }
