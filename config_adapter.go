@@ -2,7 +2,9 @@ package backstageproxy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -25,12 +27,28 @@ func init() {
 // plus the `backstage` identity app built from `backend.auth`.
 //
 //	caddy run --adapter backstage --config app-config.yaml
+//
+// It reads what Backstage reads: the config files (app-config.yaml, then
+// app-config.local.yaml and app-config.<BACKSTAGE_ENV>[.local].yaml next to it,
+// or the files in CADDY_BACKSTAGE_CONFIG_FILES; APP_CONFIG_* last), `proxy`
+// (both layouts, every http-proxy-middleware option YAML can express: mapped,
+// or warned about with file and line), `backend.listen`, `backend.baseUrl`,
+// `backend.https`, `backend.cors`, `backend.auth` and `discovery.endpoints`.
+// Settings Backstage has no key for live under the top-level `caddy:` key,
+// which Backstage ignores (see caddyOptions): admin, listen, backend,
+// authBaseUrl, https, accessLog and json.
+//
+// Secrets that come from ${VAR} stay {env.VAR} placeholders in the JSON.
+// Errors name the file and line, the route, and what is wrong; nothing is
+// adapted then, so a `caddy reload` or `POST /load` with an invalid config
+// leaves the running one in place (divergence D7).
 type Adapter struct{}
 
 // Adapt converts the Backstage config in body to Caddy JSON. options may be
 // nil (admin API `POST /load` with `Content-Type: text/backstage`); its
 // "filename" names the file, which resolves relative paths and default config
-// discovery.
+// discovery. Errors name the file (or "request body" when there is none), the
+// line, the route and what is wrong; nothing is adapted then.
 func (Adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig.Warning, error) {
 	filename, _ := options["filename"].(string)
 	root, warnings, err := loadBackstageConfig(loadOptions{
@@ -40,15 +58,38 @@ func (Adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig
 		Environ:  os.Environ(),
 	})
 	if err != nil {
-		return nil, warnings, err
+		return nil, labelWarnings(warnings, filename), labelError(err, filename)
 	}
 	ad := &adaptation{root: root, warnings: warnings, file: filename}
-	cfg, err := ad.config()
-	if err != nil {
-		return nil, ad.warnings, err
+	out, err := ad.adapt()
+	return out, labelWarnings(ad.warnings, filename), labelError(err, filename)
+}
+
+// unnamedSource names the config in messages when Caddy gave no file name.
+const unnamedSource = "request body"
+
+// labelError makes an error about an unnamed config (admin API) say so.
+func labelError(err error, filename string) error {
+	var ce *configError
+	if err == nil || filename != "" || !errors.As(err, &ce) || ce.File != "" || !strings.HasPrefix(ce.Source, "line ") {
+		return err
 	}
-	out, err := json.Marshal(cfg)
-	return out, ad.warnings, err
+	labelled := *ce
+	labelled.File = unnamedSource
+	labelled.Source = unnamedSource + ":" + strings.TrimPrefix(ce.Source, "line ")
+	return &labelled
+}
+
+func labelWarnings(ws []caddyconfig.Warning, filename string) []caddyconfig.Warning {
+	if filename != "" {
+		return ws
+	}
+	for i := range ws {
+		if ws[i].File == "" && ws[i].Line > 0 {
+			ws[i].File = unnamedSource
+		}
+	}
+	return ws
 }
 
 // adaptation is the state of one Adapt call.
@@ -56,13 +97,23 @@ type adaptation struct {
 	root     *configNode
 	file     string
 	warnings []caddyconfig.Warning
+	caddy    *caddyOptions
+	// protected is set when a route needs credentials.
+	protected bool
 }
 
 func (ad *adaptation) warn(n *configNode, directive, format string, args ...any) {
+	// hostile input must not produce unbounded output
+	switch {
+	case len(ad.warnings) > maxConfigWarnings:
+		return
+	case len(ad.warnings) == maxConfigWarnings:
+		format, args = "too many warnings; the rest are not shown", nil
+	}
 	w := caddyconfig.Warning{Directive: directive, Message: fmt.Sprintf(format, args...)}
 	if n != nil {
 		w.File, w.Line = n.File, n.Line
-		if w.File == "" && n.Source != "" {
+		if w.File == "" && n.Source != "" && !strings.HasPrefix(n.Source, "line ") {
 			w.File = n.Source
 		}
 	}
@@ -72,37 +123,86 @@ func (ad *adaptation) warn(n *configNode, directive, format string, args ...any)
 	ad.warnings = append(ad.warnings, w)
 }
 
+// adapt builds the Caddy JSON.
+func (ad *adaptation) adapt() ([]byte, error) {
+	cfg, err := ad.config()
+	if err != nil {
+		return nil, err
+	}
+	out, err := json.Marshal(cfg)
+	if err != nil || ad.caddy.json == nil {
+		return out, err
+	}
+	if err := checkJSONNode(ad.caddy.json); err != nil {
+		return nil, err
+	}
+	return mergeRawJSON(out, ad.caddy.json)
+}
+
 // config builds the whole Caddy config.
 func (ad *adaptation) config() (*caddy.Config, error) {
-	listen, err := ad.listenAddress()
+	opts, err := ad.readCaddyOptions()
 	if err != nil {
+		return nil, err
+	}
+	ad.caddy = opts
+	listen, err := ad.listenFor(opts)
+	if err != nil {
+		return nil, err
+	}
+	if _, _, err := ad.baseURL(); err != nil {
 		return nil, err
 	}
 	identity, err := ad.identity()
 	if err != nil {
 		return nil, err
 	}
-	routes, err := ad.proxyRoutes()
+	proxyRoutes, err := ad.proxyRoutes()
 	if err != nil {
 		return nil, err
 	}
-	// Everything outside the proxy mount: nothing here serves it.
-	routes = append(routes, caddyhttp.Route{
-		HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(
-			caddyhttp.StaticResponse{StatusCode: caddyhttp.WeakString("404")}, "handler", "static_response", &ad.warnings)},
-	})
+	// With a Backstage backend behind Caddy, it answers CORS on its own paths.
+	var corsScope caddy.ModuleMap
+	if opts.backend != nil {
+		corsScope = caddy.ModuleMap{"path": caddyconfig.JSON(caddyhttp.MatchPath(pathMatchPatterns(DefaultMountPath)), &ad.warnings)}
+	}
+	routes, err := ad.corsRoutes(corsScope)
+	if err != nil {
+		return nil, err
+	}
+	routes = append(routes, proxyRoutes...)
+	if ad.protected && identity.UserTokens == nil && !identity.DangerouslyDisableDefaultAuthPolicy {
+		where := ad.root.Get("backend")
+		if where == nil {
+			where = ad.root
+		}
+		ad.warn(where, "backend.baseUrl", "backend.baseUrl is not set (Backstage requires it): user and plugin tokens cannot be verified, only backend.auth.externalAccess and backend.auth.keys tokens; set backend.baseUrl, caddy.backend or caddy.authBaseUrl")
+	}
+	if opts.backend != nil {
+		routes = append(routes, ad.backendRoute(opts.backend))
+	} else {
+		// Everything outside the proxy mount: nothing here serves it.
+		routes = append(routes, caddyhttp.Route{
+			HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(
+				caddyhttp.StaticResponse{StatusCode: caddyhttp.WeakString("404")}, "handler", "static_response", &ad.warnings)},
+		})
+	}
 	server := &caddyhttp.Server{
 		Listen:    []string{listen},
 		Routes:    routes,
 		AutoHTTPS: &caddyhttp.AutoHTTPSConfig{Disabled: true},
 	}
-	httpApp := caddyhttp.App{Servers: map[string]*caddyhttp.Server{"backstage": server}}
-	cfg := &caddy.Config{
-		AppsRaw: caddy.ModuleMap{
-			"backstage": caddyconfig.JSON(identity, &ad.warnings),
-			"http":      caddyconfig.JSON(httpApp, &ad.warnings),
-		},
+	if opts.accessLog {
+		server.Logs = &caddyhttp.ServerLogConfig{}
 	}
+	apps := caddy.ModuleMap{}
+	if err := ad.serverTLS(opts, server, apps); err != nil {
+		return nil, err
+	}
+	httpApp := caddyhttp.App{Servers: map[string]*caddyhttp.Server{"backstage": server}}
+	apps["backstage"] = caddyconfig.JSON(identity, &ad.warnings)
+	apps["http"] = caddyconfig.JSON(httpApp, &ad.warnings)
+	cfg := &caddy.Config{AppsRaw: apps}
 	if err := ad.adminConfig(cfg); err != nil {
 		return nil, err
 	}
@@ -259,6 +359,8 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 		seen[strings.ToLower(spec.routeKey())] = e.key
 		if spec.Credentials == CredentialsDangerouslyAllowUnauthenticated {
 			open = append(open, spec.routeKey())
+		} else {
+			ad.protected = true
 		}
 		if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
 			ad.warn(e.node, e.key, "allowedMethods is empty: no request can use route %s", e.key)
@@ -269,12 +371,57 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 	return append(routes, buildBarrierRoutes(mount, open, &ad.warnings)...), nil
 }
 
-// knownEndpointKeys are the endpoint options this adapter maps to Caddy.
-var knownEndpointKeys = map[string]bool{
-	"target": true, "credentials": true, "allowedMethods": true, "allowedHeaders": true,
-	"headers": true, "changeOrigin": true, "pathRewrite": true, "xfwd": true, "ws": true,
-	"secure": true, "proxyTimeout": true, "ignorePath": true, "prependPath": true,
-	"method": true, "logLevel": true, "reviveRequestBody": true,
+// endpointOptions says what the adapter does with each key of an endpoint
+// object (backstage-proxy.md §2): everything but `credentials`,
+// `allowedMethods` and `allowedHeaders` is an http-proxy-middleware option
+// that Backstage passes through.
+var endpointOptions = map[string]optionSupport{
+	"target": optMapped, "credentials": optMapped, "allowedMethods": optMapped,
+	"allowedHeaders": optMapped, "headers": optMapped, "changeOrigin": optMapped,
+	"pathRewrite": optMapped, "xfwd": optMapped, "ws": optMapped, "secure": optMapped,
+	"proxyTimeout": optMapped, "ignorePath": optMapped, "prependPath": optMapped,
+	"method": optMapped, "followRedirects": optMapped, "router": optMapped,
+	"autoRewrite": optMapped, "hostRewrite": optMapped, "protocolRewrite": optMapped,
+	"cookieDomainRewrite": optMapped, "cookiePathRewrite": optMapped, "ca": optMapped,
+	"auth": optMapped, "localAddress": optMapped,
+
+	// Backstage itself ignores these: it forces logLevel to debug, and the
+	// router never reads reviveRequestBody.
+	"logLevel": optIgnoredByBackstage, "reviveRequestBody": optIgnoredByBackstage,
+
+	// http-proxy options with no equivalent here.
+	"timeout": optUnsupported, "preserveHeaderKeyCase": optUnsupported,
+	"toProxy": optUnsupported, "forward": optUnsupported,
+	"selfHandleResponse": optUnsupported, "buffer": optUnsupported,
+	"agent": optUnsupported, "ssl": optUnsupported,
+
+	// Functions in http-proxy-middleware; YAML cannot express them (Backstage
+	// overwrites logProvider and onProxyRes anyway).
+	"onError": optFunction, "onProxyReq": optFunction, "onProxyReqWs": optFunction,
+	"onProxyRes": optFunction, "onOpen": optFunction, "onClose": optFunction,
+	"logProvider": optFunction, "context": optFunction, "filter": optFunction,
+}
+
+type optionSupport int
+
+const (
+	optUnknown optionSupport = iota
+	optMapped
+	optIgnoredByBackstage
+	optUnsupported
+	optFunction
+)
+
+// unsupportedOptionHints explain, in the warning, what to use instead.
+var unsupportedOptionHints = map[string]string{
+	"timeout":               "it is http-proxy's per-request socket timeout on the client connection; use proxyTimeout to bound the wait for the upstream, and caddy.json to set the server's read/idle timeouts",
+	"preserveHeaderKeyCase": "header names are sent in canonical case; HTTP header names are case-insensitive",
+	"toProxy":               "it sends absolute request URIs, for chaining to another proxy",
+	"forward":               "it would also send every request to a second URL",
+	"selfHandleResponse":    "in Backstage it makes every request hang, as no handler writes the response",
+	"buffer":                "request bodies are streamed",
+	"agent":                 "connection pooling is Caddy's transport",
+	"ssl":                   "it configures an https server in http-proxy; use backend.https or caddy.https",
 }
 
 // endpoint reads one endpoint value (backstage-proxy.md §1.4). Errors carry
@@ -298,11 +445,15 @@ func (ad *adaptation) endpoint(route string, n *configNode) (endpointSpec, error
 	}
 
 	if c := n.Get("credentials"); c != nil {
-		v, _ := c.String()
+		v, isString := c.String()
 		switch v {
 		case CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated:
 			spec.Credentials = v
 		default:
+			if !isString && !c.IsNull() {
+				return spec, fmt.Errorf("Unknown credentials policy of type %s for proxy route '%s'; expected one of '%s', '%s', '%s'",
+					c.TypeName(), route, CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated)
+			}
 			if !c.IsNull() {
 				return spec, fmt.Errorf("Unknown credentials policy '%s' for proxy route '%s'; expected one of '%s', '%s', '%s'",
 					c.Value, route, CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated)
@@ -333,8 +484,20 @@ func (ad *adaptation) endpoint(route string, n *configNode) (endpointSpec, error
 
 	for i, key := range n.Keys {
 		v := n.Values[i]
-		if !knownEndpointKeys[key] {
-			ad.warn(v, route+"."+key, "proxy route %s: option %q is not supported by this proxy and is ignored", route, key)
+		switch endpointOptions[key] {
+		case optUnknown:
+			ad.warn(v, route+"."+key, "proxy route %s: unknown option %q is ignored", route, key)
+			continue
+		case optIgnoredByBackstage:
+			continue
+		case optFunction:
+			ad.warn(v, route+"."+key, "proxy route %s: option %q is a function in http-proxy-middleware; it cannot be configured in YAML and is ignored", route, key)
+			continue
+		case optUnsupported:
+			if jsFalsy(v) {
+				continue // off, as http-proxy reads it: nothing is lost
+			}
+			ad.warn(v, route+"."+key, "proxy route %s: option %q is not supported and is ignored (%s)", route, key, unsupportedOptionHints[key])
 			continue
 		}
 		var err error
@@ -351,8 +514,16 @@ func (ad *adaptation) endpoint(route string, n *configNode) (endpointSpec, error
 			}
 		case "allowedHeaders":
 			spec.AllowedHeaders, err = stringList(v, "allowedHeaders")
+			for _, name := range spec.AllowedHeaders {
+				if err == nil && !headerNameRE.MatchString(name) {
+					err = fmt.Errorf("allowedHeaders: invalid header name %q", name)
+				}
+			}
 		case "headers":
 			spec.Headers, err = headerValues(v)
+			for _, hv := range v.Values {
+				ad.checkInlinedSecret(hv, route+".headers")
+			}
 		case "changeOrigin":
 			spec.ChangeOrigin, err = boolOption(v, "changeOrigin")
 		case "xfwd":
@@ -374,7 +545,7 @@ func (ad *adaptation) endpoint(route string, n *configNode) (endpointSpec, error
 			spec.NoPrependPath = !prepend
 		case "proxyTimeout":
 			f, ok := v.Number()
-			if !ok || f < 0 {
+			if !ok || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
 				err = fmt.Errorf("proxyTimeout must be a number of milliseconds, got %s", v.TypeName())
 			}
 			spec.ProxyTimeout = time.Duration(f * float64(time.Millisecond))
@@ -387,15 +558,35 @@ func (ad *adaptation) endpoint(route string, n *configNode) (endpointSpec, error
 		case "pathRewrite":
 			spec.PathRewrite, err = pathRewriteRules(v)
 			spec.CustomRewrite = true
-		case "logLevel":
-			// Backstage always overrides it
-		case "reviveRequestBody":
-			// unused by Backstage's router
+		case "followRedirects":
+			spec.FollowRedirects, err = boolOption(v, "followRedirects")
+		case "router":
+			spec.Router, err = ad.routerEntries(route, v)
+		case "autoRewrite", "hostRewrite", "protocolRewrite":
+			if spec.LocationRewrite == nil {
+				spec.LocationRewrite = &locationRewrite{}
+			}
+			err = locationRewriteOption(spec.LocationRewrite, key, v)
+		case "cookieDomainRewrite":
+			spec.CookieDomainRewrite, err = cookieRewriteOption(v, key)
+		case "cookiePathRewrite":
+			spec.CookiePathRewrite, err = cookieRewriteOption(v, key)
+		case "ca":
+			spec.CACerts, spec.CAFiles, err = ad.caOption(v)
+		case "auth":
+			spec.BasicAuth, err = ad.authOption(route, v)
+		case "localAddress":
+			s, ok := v.String()
+			if !ok || net.ParseIP(s) == nil {
+				err = fmt.Errorf("localAddress must be an IP address of this host, got %s", v.TypeName())
+			}
+			spec.LocalAddress = s
 		}
 		if err != nil {
 			return spec, fmt.Errorf("%s (%s)", err, v.Source)
 		}
 	}
+	ad.checkEndpoint(&spec, n)
 	return spec, nil
 }
 
@@ -549,6 +740,9 @@ func (ad *adaptation) identity() (*App, error) {
 			return nil, errorAt(ea, "Invalid type in config for key 'backend.auth.externalAccess', got %s, wanted array", ea.TypeName())
 		}
 		for i, item := range ea.Items {
+			for _, key := range []string{"token", "secret"} {
+				ad.checkInlinedSecret(item.Lookup("options."+key), "backend.auth.externalAccess")
+			}
 			entry, err := externalAccessEntry(item, i)
 			if err != nil {
 				return nil, err
@@ -563,6 +757,7 @@ func (ad *adaptation) identity() (*App, error) {
 			if _, ok := s.String(); !ok {
 				return nil, errorAt(k, "backend.auth.keys entry must have a string secret")
 			}
+			ad.checkInlinedSecret(s, "backend.auth.keys")
 			app.Keys = append(app.Keys, LegacyKey{Secret: secretValue(s)})
 		}
 	}
@@ -655,32 +850,48 @@ func externalAccessEntry(n *configNode, i int) (ExternalAccess, error) {
 	return e, nil
 }
 
-// pluginBaseURL resolves a plugin's base URL as Backstage discovery does:
-// `discovery.endpoints` first, else `backend.baseUrl` + `/api/<plugin>`.
-// plugin may be "{plugin}" to get a template.
+// pluginBaseURL resolves a plugin's internal base URL as Backstage discovery
+// does: a `discovery.endpoints` entry naming the plugin (the last one), else
+// one for `*`; else, here, caddy.backend (the backend behind Caddy) + `/api/<plugin>`,
+// else `backend.baseUrl` + `/api/<plugin>`. caddy.authBaseUrl overrides all of
+// them for the auth plugin. plugin may be "{plugin}" to get a template (then
+// only `*` entries apply). "" when nothing says.
 func (ad *adaptation) pluginBaseURL(plugin string) string {
+	if plugin == "auth" && ad.caddy != nil && ad.caddy.authBaseURL != "" {
+		return ad.caddy.authBaseURL
+	}
 	if eps := ad.root.Lookup("discovery.endpoints"); eps != nil && eps.Kind == nodeSeq {
+		var exact, wildcard string
 		for _, ep := range eps.Items {
-			plugins := ep.Get("plugins")
-			match := false
-			if plugins != nil && plugins.Kind == nodeSeq {
+			target := ep.Get("target")
+			if target != nil && target.Kind == nodeMap {
+				target = target.Get("internal")
+			}
+			t, ok := target.String()
+			if !ok || t == "" {
+				continue
+			}
+			t = discoveryPluginIDRE.ReplaceAllLiteralString(t, plugin)
+			if plugins := ep.Get("plugins"); plugins != nil && plugins.Kind == nodeSeq {
 				for _, p := range plugins.Items {
-					if s, _ := p.String(); s == plugin || s == "*" {
-						match = true
+					switch s, _ := p.String(); s {
+					case plugin:
+						exact = t
+					case "*":
+						wildcard = t
 					}
 				}
 			}
-			if !match {
-				continue
-			}
-			target := ep.Get("target")
-			if t := target.Get("internal"); t != nil {
-				target = t
-			}
-			if s, ok := target.String(); ok {
-				return strings.TrimRight(strings.ReplaceAll(s, "{{pluginId}}", plugin), "/")
-			}
 		}
+		if exact != "" {
+			return exact
+		}
+		if wildcard != "" {
+			return wildcard
+		}
+	}
+	if ad.caddy != nil && ad.caddy.backend != nil {
+		return strings.TrimRight(ad.caddy.backend.String(), "/") + "/api/" + plugin
 	}
 	base, _ := ad.root.Lookup("backend.baseUrl").String()
 	if base == "" {
@@ -688,6 +899,9 @@ func (ad *adaptation) pluginBaseURL(plugin string) string {
 	}
 	return strings.TrimRight(base, "/") + "/api/" + plugin
 }
+
+// discoveryPluginIDRE is HostDiscovery's placeholder for the plugin id.
+var discoveryPluginIDRE = regexp.MustCompile(`\{\{\s*pluginId\s*\}\}`)
 
 // configDir is the directory relative paths resolve from.
 func configDir(filename string) string {

@@ -3,6 +3,7 @@ package backstageproxy
 import (
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -139,12 +140,18 @@ func (rf *responseFilter) init(w http.ResponseWriter, allow map[string]struct{},
 
 func (rf *responseFilter) filter(status int) {
 	hdr := rf.ResponseWriter.Header()
-	for name := range hdr {
+	for name, values := range hdr {
+		pre, hadPre := rf.preexisting[name]
 		if rf.allowed(name, status) {
+			// An allowed upstream header replaces what a handler before this
+			// one set (reverse_proxy appends to it; Node's setHeader replaces).
+			if hadPre && len(values) > len(pre) && slices.Equal(values[:len(pre)], pre) {
+				hdr[name] = values[len(pre):]
+			}
 			continue
 		}
-		if v, ok := rf.preexisting[name]; ok {
-			hdr[name] = v
+		if hadPre {
+			hdr[name] = pre
 			continue
 		}
 		delete(hdr, name)

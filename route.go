@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"strings"
 	"time"
 
@@ -15,6 +16,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 )
 
 // endpointSpec is one Backstage proxy endpoint, independent of where it was
@@ -47,6 +49,55 @@ type endpointSpec struct {
 	Method string
 	// MountPath defaults to /api/proxy.
 	MountPath string
+
+	// Router is HPM `router` (map form): the first entry whose condition
+	// matches the original request replaces the target.
+	Router []routerEntry
+	// FollowRedirects follows redirects to the target's own host server-side
+	// (HPM `followRedirects`).
+	FollowRedirects bool
+	// LocationRewrite is HPM autoRewrite/hostRewrite/protocolRewrite.
+	LocationRewrite *locationRewrite
+	// CookieDomainRewrite and CookiePathRewrite are HPM cookieDomainRewrite
+	// and cookiePathRewrite, in map form ("*" is the fallback, "" removes the
+	// attribute).
+	CookieDomainRewrite []cookieRewrite
+	CookiePathRewrite   []cookieRewrite
+	// CACerts are base64 DER certificates (HPM `ca` as PEM), CAFiles PEM file
+	// paths: the only roots trusted for an https target.
+	CACerts []string
+	CAFiles []string
+	// BasicAuth is HPM `auth` ("user:password", placeholders allowed so that
+	// secrets stay {env.VAR}); sent as Basic credentials unless the upstream
+	// request already has an Authorization header.
+	BasicAuth string
+	// LocalAddress is HPM `localAddress`: the local address to dial from.
+	LocalAddress string
+}
+
+// routerEntry is one HPM `router` entry. Host is matched exactly against the
+// client's Host header, PathPrefix as a string prefix of the original
+// request-target (path and query, as received), as http-proxy-middleware does.
+type routerEntry struct {
+	Key        string
+	Host       string
+	PathPrefix string
+	Target     *url.URL
+}
+
+// locationRewrite is http-proxy's setRedirectHostRewrite: on 201, 301, 302,
+// 307 and 308, a Location whose host is the target's gets the client's Host
+// (AutoRewrite), or HostRewrite, and/or the scheme ProtocolRewrite.
+type locationRewrite struct {
+	AutoRewrite     bool
+	HostRewrite     string
+	ProtocolRewrite string
+}
+
+// cookieRewrite maps a Set-Cookie Domain or Path value From ("*": any
+// other) to To ("": remove the attribute).
+type cookieRewrite struct {
+	From, To string
 }
 
 type headerValue struct {
@@ -126,12 +177,16 @@ func pathMatchPatterns(prefix string) []string {
 // buildEndpointRoute builds the Caddy route of one endpoint:
 //
 //	match: path <prefix>, <prefix>/* [, method <allowedMethods>]
-//	handle: backstage_proxy → reverse_proxy
+//	handle: backstage_proxy → [headers (Set-Cookie rewrite)] → reverse_proxy
 //	terminal
 //
 // A method that is not allowed does not match, so the request falls through
 // to a later overlapping route or the final 404, as in Backstage. The route is
 // terminal so that, once matched, no later route runs.
+//
+// With HPM `router` entries, the handlers are a subroute with one variant per
+// entry (its host and original-URL matchers, its own target), tried in order,
+// then the default target.
 func buildEndpointRoute(s endpointSpec, warnings *[]caddyconfig.Warning) (caddyhttp.Route, error) {
 	if s.Target == nil {
 		return caddyhttp.Route{}, fmt.Errorf("route %s: no target", s.Route)
@@ -150,6 +205,57 @@ func buildEndpointRoute(s endpointSpec, warnings *[]caddyconfig.Warning) (caddyh
 		matcher["method"] = caddyconfig.JSON(caddyhttp.MatchMethod(s.AllowedMethods), warnings)
 	}
 
+	handlers, err := buildEndpointHandlers(s, s.Target, warnings)
+	if err != nil {
+		return caddyhttp.Route{}, err
+	}
+	if len(s.Router) > 0 {
+		var variants caddyhttp.RouteList
+		for _, re := range s.Router {
+			h, err := buildEndpointHandlers(s, re.Target, warnings)
+			if err != nil {
+				return caddyhttp.Route{}, err
+			}
+			variants = append(variants, caddyhttp.Route{
+				MatcherSetsRaw: caddyhttp.RawMatcherSets{re.matcherSet(warnings)},
+				HandlersRaw:    h,
+				Terminal:       true,
+			})
+		}
+		variants = append(variants, caddyhttp.Route{HandlersRaw: handlers, Terminal: true})
+		handlers = []json.RawMessage{caddyconfig.JSONModuleObject(
+			caddyhttp.Subroute{Routes: variants}, "handler", "subroute", warnings)}
+	}
+	return caddyhttp.Route{
+		MatcherSetsRaw: caddyhttp.RawMatcherSets{matcher},
+		HandlersRaw:    handlers,
+		Terminal:       true,
+	}, nil
+}
+
+// matcherSet matches the requests HPM's router sends to this entry: the
+// client's Host header exactly, and/or the original request-target (as
+// received: percent-encoding and query included) by string prefix, both
+// case-sensitive.
+func (re routerEntry) matcherSet(warnings *[]caddyconfig.Warning) caddy.ModuleMap {
+	m := caddy.ModuleMap{}
+	if re.Host != "" {
+		m["header_regexp"] = caddyconfig.JSON(caddyhttp.MatchHeaderRE{
+			"Host": &caddyhttp.MatchRegexp{Pattern: "^" + regexp.QuoteMeta(re.Host) + "$"},
+		}, warnings)
+	}
+	if re.PathPrefix != "" {
+		m["vars_regexp"] = caddyconfig.JSON(caddyhttp.MatchVarsRE{
+			"{http.request.orig_uri}": &caddyhttp.MatchRegexp{Pattern: "^" + regexp.QuoteMeta(re.PathPrefix)},
+		}, warnings)
+	}
+	return m
+}
+
+// buildEndpointHandlers builds the handler chain of an endpoint for one
+// target (the endpoint's, or a router entry's).
+func buildEndpointHandlers(s endpointSpec, target *url.URL, warnings *[]caddyconfig.Warning) ([]json.RawMessage, error) {
+	prefix := s.prefix()
 	credentials := s.Credentials
 	if credentials == "" {
 		credentials = CredentialsRequire
@@ -163,8 +269,8 @@ func buildEndpointRoute(s endpointSpec, warnings *[]caddyconfig.Warning) (caddyh
 			StripPrefix:   prefix,
 			PathRewrite:   s.PathRewrite,
 			CustomRewrite: s.CustomRewrite,
-			TargetPath:    s.Target.EscapedPath(),
-			TargetQuery:   s.Target.RawQuery,
+			TargetPath:    target.EscapedPath(),
+			TargetQuery:   target.RawQuery,
 			IgnorePath:    s.IgnorePath,
 			NoPrependPath: s.NoPrependPath,
 		},
@@ -179,38 +285,56 @@ func buildEndpointRoute(s endpointSpec, warnings *[]caddyconfig.Warning) (caddyh
 		policy.UpstreamHeaders = append(policy.UpstreamHeaders, hv.Name)
 	}
 
-	proxy, err := buildReverseProxy(s, warnings)
+	proxy, err := buildReverseProxy(s, target, warnings)
 	if err != nil {
-		return caddyhttp.Route{}, err
+		return nil, err
 	}
-	return caddyhttp.Route{
-		MatcherSetsRaw: caddyhttp.RawMatcherSets{matcher},
-		HandlersRaw: []json.RawMessage{
-			caddyconfig.JSONModuleObject(policy, "handler", "backstage_proxy", warnings),
-			caddyconfig.JSONModuleObject(proxy, "handler", "reverse_proxy", warnings),
-		},
-		Terminal: true,
-	}, nil
+	handlers := []json.RawMessage{caddyconfig.JSONModuleObject(policy, "handler", "backstage_proxy", warnings)}
+	if ops := cookieRewriteOps(s.CookieDomainRewrite, s.CookiePathRewrite); ops != nil {
+		// Deferred: applied when the upstream's headers are written, after
+		// reverse_proxy copied them and before backstage_proxy filters them.
+		handlers = append(handlers, caddyconfig.JSONModuleObject(headers.Handler{
+			Response: &headers.RespHeaderOps{HeaderOps: ops, Deferred: true},
+		}, "handler", "headers", warnings))
+	}
+	return append(handlers, caddyconfig.JSONModuleObject(proxy, "handler", "reverse_proxy", warnings)), nil
 }
 
-// buildReverseProxy configures Caddy's reverse_proxy for the endpoint's target.
-func buildReverseProxy(s endpointSpec, warnings *[]caddyconfig.Warning) (*reverseproxy.Handler, error) {
+// buildReverseProxy configures Caddy's reverse_proxy for the endpoint and
+// one of its targets.
+func buildReverseProxy(s endpointSpec, target *url.URL, warnings *[]caddyconfig.Warning) (*reverseproxy.Handler, error) {
 	compression := false // as Backstage: the upstream sees Accept-Encoding only if allowed
-	transport := reverseproxy.HTTPTransport{Compression: &compression}
-	if s.Target.Scheme == "https" {
+	transport := reverseproxy.HTTPTransport{Compression: &compression, LocalAddress: s.LocalAddress}
+	if target.Scheme == "https" {
 		transport.TLS = &reverseproxy.TLSConfig{InsecureSkipVerify: s.InsecureSkipVerify}
-		if net.ParseIP(s.Target.Hostname()) == nil {
+		if net.ParseIP(target.Hostname()) == nil {
 			// SNI is the target's name even when changeOrigin is false
-			transport.TLS.ServerName = s.Target.Hostname()
+			transport.TLS.ServerName = target.Hostname()
+		}
+		switch {
+		case len(s.CACerts) > 0:
+			transport.TLS.CARaw = caddyconfig.JSONModuleObject(caddytls.InlineCAPool{TrustedCACerts: s.CACerts}, "provider", "inline", warnings)
+		case len(s.CAFiles) > 0:
+			transport.TLS.CARaw = caddyconfig.JSONModuleObject(caddytls.FileCAPool{TrustedCACertPEMFiles: s.CAFiles}, "provider", "file", warnings)
 		}
 	}
 	if s.ProxyTimeout > 0 {
 		transport.ResponseHeaderTimeout = caddy.Duration(s.ProxyTimeout)
 	}
+	var transportRaw json.RawMessage
+	if s.FollowRedirects || s.BasicAuth != "" {
+		transportRaw = caddyconfig.JSONModuleObject(UpstreamTransport{
+			HTTPTransport:   transport,
+			BasicAuth:       s.BasicAuth,
+			FollowRedirects: s.FollowRedirects,
+		}, "protocol", "backstage_http", warnings)
+	} else {
+		transportRaw = caddyconfig.JSONModuleObject(transport, "protocol", "http", warnings)
+	}
 
 	set := http.Header{}
 	if s.ChangeOrigin {
-		set["Host"] = []string{escapeCaddyPlaceholders(targetHost(s.Target))}
+		set["Host"] = []string{escapeCaddyPlaceholders(targetHost(target))}
 	} else {
 		// explicit, because Caddy sends the upstream's host:port to TLS
 		// upstreams by default
@@ -240,11 +364,17 @@ func buildReverseProxy(s endpointSpec, warnings *[]caddyconfig.Warning) (*revers
 	}
 
 	rp := &reverseproxy.Handler{
-		TransportRaw: caddyconfig.JSONModuleObject(transport, "protocol", "http", warnings),
-		Upstreams:    reverseproxy.UpstreamPool{{Dial: targetDial(s.Target)}},
+		TransportRaw: transportRaw,
+		Upstreams:    reverseproxy.UpstreamPool{{Dial: targetDial(target)}},
 		Headers: &headers.Handler{
 			Request: &headers.HeaderOps{Set: set, Delete: del},
 		},
+	}
+	if ops := locationRewriteOps(s.LocationRewrite, target); ops != nil {
+		rp.Headers.Response = &headers.RespHeaderOps{
+			HeaderOps: ops,
+			Require:   &caddyhttp.ResponseMatcher{StatusCode: []int{201, 301, 302, 307, 308}},
+		}
 	}
 	if s.WebSocket {
 		// keep WebSocket streams open across config reloads (divergence D1)
@@ -254,6 +384,107 @@ func buildReverseProxy(s endpointSpec, warnings *[]caddyconfig.Warning) (*revers
 		rp.Rewrite = &rewrite.Rewrite{Method: s.Method}
 	}
 	return rp, nil
+}
+
+// locationRewriteOps rewrites the Location of a redirect the way http-proxy's
+// setRedirectHostRewrite does: only when its host (as written, compared
+// case-insensitively) is the target's host (with the port exactly as the
+// target URL has it); only the scheme and host change, the path is kept; a
+// Location without a path gains `/`, as url.format does. The ops run on the
+// upstream's headers before backstage_proxy filters them, so they only show
+// when `Location` is in allowedHeaders, as in Backstage.
+func locationRewriteOps(lr *locationRewrite, target *url.URL) *headers.HeaderOps {
+	if lr == nil || (!lr.AutoRewrite && lr.HostRewrite == "" && lr.ProtocolRewrite == "") {
+		return nil
+	}
+	scheme := "${1}"
+	if lr.ProtocolRewrite != "" {
+		p := lr.ProtocolRewrite
+		if !strings.HasSuffix(p, ":") {
+			p += ":"
+		}
+		scheme = regexpReplacementLiteral(p)
+	}
+	host := "${3}"
+	switch {
+	case lr.HostRewrite != "":
+		host = regexpReplacementLiteral(lr.HostRewrite)
+	case lr.AutoRewrite:
+		host = "{http.request.hostport}"
+	}
+	head := `(?s)^([A-Za-z][A-Za-z0-9+.\-]*:)//([^/?#@]*@)?((?i:` + regexp.QuoteMeta(strings.ToLower(target.Host)) + `))`
+	return &headers.HeaderOps{Replace: map[string][]headers.Replacement{
+		"Location": {
+			{SearchRegexp: head + `(/.*)$`, Replace: scheme + "//${2}" + host + "${4}"},
+			{SearchRegexp: head + `([?#].*)?$`, Replace: scheme + "//${2}" + host + "/${4}"},
+		},
+	}}
+}
+
+// cookieMarker tags the attribute a cookie rewrite works on (cookieMarkerRE
+// finds it). It cannot occur in a header value read from an upstream (Go
+// refuses control characters).
+const (
+	cookieMarker   = "\x00"
+	cookieMarkerRE = `\x00`
+)
+
+// cookieRewriteOps rewrites the Domain and Path attributes of Set-Cookie as
+// http-proxy's rewriteCookieProperty does: the first `; <attr>=<value>` is
+// looked up by its exact value, then "*"; the new value replaces it, or ""
+// removes the attribute. To keep one rule's result from being rewritten again
+// by a later one, the attribute is first tagged with cookieMarker, and each
+// rule consumes the tag.
+func cookieRewriteOps(domain, path []cookieRewrite) *headers.HeaderOps {
+	var ops []headers.Replacement
+	for _, attr := range []struct {
+		name  string
+		rules []cookieRewrite
+	}{{"domain", domain}, {"path", path}} {
+		if len(attr.rules) == 0 {
+			continue
+		}
+		name := "(?i:" + attr.name + "=)"
+		ops = append(ops, headers.Replacement{
+			SearchRegexp: `(?s)^(.*?;\s*)(` + name + `[^;])`,
+			Replace:      "${1}" + cookieMarker + "${2}",
+		})
+		var fallback *cookieRewrite
+		for i, r := range attr.rules {
+			if r.From == "*" {
+				fallback = &attr.rules[i]
+				continue
+			}
+			op := headers.Replacement{SearchRegexp: `(?s)^(.*?)(;\s*)` + cookieMarkerRE + `(` + name + `)` + regexp.QuoteMeta(r.From) + `(;.*)?$`}
+			if r.To == "" {
+				op.Replace = "${1}${4}"
+			} else {
+				op.Replace = "${1}${2}${3}" + regexpReplacementLiteral(r.To) + "${4}"
+			}
+			ops = append(ops, op)
+		}
+		if fallback != nil {
+			op := headers.Replacement{SearchRegexp: `(?s)^(.*?)(;\s*)` + cookieMarkerRE + `(` + name + `)[^;]+(.*)$`}
+			if fallback.To == "" {
+				op.Replace = "${1}${4}"
+			} else {
+				op.Replace = "${1}${2}${3}" + regexpReplacementLiteral(fallback.To) + "${4}"
+			}
+			ops = append(ops, op)
+		}
+		ops = append(ops, headers.Replacement{SearchRegexp: cookieMarkerRE})
+	}
+	if ops == nil {
+		return nil
+	}
+	return &headers.HeaderOps{Replace: map[string][]headers.Replacement{"Set-Cookie": ops}}
+}
+
+// regexpReplacementLiteral makes s a literal in a header `replace` op's
+// replacement, which goes through Caddy's replacer and then
+// regexp.Expand.
+func regexpReplacementLiteral(s string) string {
+	return escapeCaddyPlaceholders(strings.ReplaceAll(s, "$", "$$"))
 }
 
 // buildBarrierRoutes are the routes after all endpoints: under the mount path,

@@ -1,0 +1,237 @@
+package backstageproxy
+
+import (
+	"bytes"
+	"encoding/base64"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+func init() {
+	caddy.RegisterModule(UpstreamTransport{})
+}
+
+// Defaults of the follow-redirects package that http-proxy uses for HPM's
+// `followRedirects`.
+const (
+	defaultMaxRedirects = 21
+	maxRedirectBody     = 10 << 20
+)
+
+// UpstreamTransport is Caddy's `http` transport for `reverse_proxy` plus two
+// upstream behaviours of Backstage's proxy (http-proxy) that the standard
+// transport lacks. The config adapter uses it only for endpoints that need
+// them; every `http` transport option applies as well.
+//
+//   - `basic_auth` (HPM `auth: "user:password"`): sent as
+//     `Authorization: Basic …` unless the upstream request already carries an
+//     Authorization header (from the caller under `credentials: forward`, or
+//     from `headers:`), as Node does. Placeholders such as `{env.PASSWORD}` are
+//     resolved once at provision time, so secrets need not be in the JSON.
+//   - `follow_redirects` (HPM `followRedirects: true`): a 3xx response with a
+//     Location on the upstream's own scheme, host and port is followed
+//     server-side, up to `max_redirects` times (default 21), and only the final
+//     response is returned. As follow-redirects does, 301/302 turn POST into
+//     GET and 303 turns anything but GET/HEAD into GET (dropping the body and
+//     its Content-* headers); other redirects repeat the method and the body
+//     (buffered up to 10 MiB; a larger or unfinished body is not replayed and
+//     the redirect is returned as is). Redirects to any other host are
+//     returned to the client as they are (Backstage would follow them to any
+//     host, which lets an upstream steer the proxy anywhere).
+type UpstreamTransport struct {
+	reverseproxy.HTTPTransport
+
+	// BasicAuth is `user:password` for HTTP Basic authentication upstream.
+	BasicAuth string `json:"basic_auth,omitempty"`
+
+	// FollowRedirects follows same-host redirects server-side.
+	FollowRedirects bool `json:"follow_redirects,omitempty"`
+
+	// MaxRedirects bounds FollowRedirects. Default: 21.
+	MaxRedirects int `json:"max_redirects,omitempty"`
+
+	authorization string
+}
+
+// CaddyModule returns the Caddy module information.
+func (UpstreamTransport) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.reverse_proxy.transport.backstage_http",
+		New: func() caddy.Module { return new(UpstreamTransport) },
+	}
+}
+
+// Provision sets up the embedded HTTP transport and resolves BasicAuth.
+func (t *UpstreamTransport) Provision(ctx caddy.Context) error {
+	if err := t.HTTPTransport.Provision(ctx); err != nil {
+		return err
+	}
+	if t.BasicAuth != "" {
+		creds := caddy.NewReplacer().ReplaceKnown(t.BasicAuth, "")
+		t.authorization = "Basic " + base64.StdEncoding.EncodeToString([]byte(creds))
+	}
+	if t.MaxRedirects <= 0 {
+		t.MaxRedirects = defaultMaxRedirects
+	}
+	return nil
+}
+
+// RoundTrip implements http.RoundTripper.
+func (t *UpstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if t.authorization != "" && len(req.Header["Authorization"]) == 0 {
+		req.Header.Set("Authorization", t.authorization)
+	}
+	if !t.FollowRedirects {
+		return t.HTTPTransport.RoundTrip(req)
+	}
+
+	var rec *recordingBody
+	if req.Body != nil && req.Body != http.NoBody {
+		rec = &recordingBody{rc: req.Body}
+		req.Body = rec
+	}
+	res, err := t.HTTPTransport.RoundTrip(req)
+	for redirects := 0; err == nil; redirects++ {
+		next, follow := t.redirect(req, res, rec)
+		if !follow {
+			return res, nil
+		}
+		if redirects >= t.MaxRedirects {
+			drain(res)
+			return nil, fmt.Errorf("more than %d redirects from upstream %s", t.MaxRedirects, req.URL.Host)
+		}
+		drain(res)
+		req, rec = next, nil
+		res, err = t.HTTPTransport.RoundTrip(req)
+	}
+	return res, err
+}
+
+// redirect returns the request that follows res, if res is a redirect to be
+// followed.
+func (t *UpstreamTransport) redirect(req *http.Request, res *http.Response, rec *recordingBody) (*http.Request, bool) {
+	loc := res.Header.Get("Location")
+	if res.StatusCode < 300 || res.StatusCode >= 400 || loc == "" {
+		return nil, false
+	}
+	target, err := req.URL.Parse(loc)
+	if err != nil || target.Scheme != req.URL.Scheme || !sameHostPort(target, req.URL) {
+		return nil, false
+	}
+	next := req.Clone(req.Context())
+	next.URL.Path, next.URL.RawPath = target.Path, target.RawPath
+	next.URL.RawQuery, next.URL.ForceQuery = target.RawQuery, target.ForceQuery
+	next.URL.Fragment, next.URL.RawFragment = "", ""
+	next.RequestURI = ""
+	if lu, err := url.Parse(loc); err == nil && lu.Host != "" {
+		// follow-redirects sends the host of an absolute Location; a
+		// relative one keeps the Host header
+		next.Host = lu.Host
+	}
+
+	method := req.Method
+	if ((res.StatusCode == 301 || res.StatusCode == 302) && method == http.MethodPost) ||
+		(res.StatusCode == 303 && method != http.MethodGet && method != http.MethodHead) {
+		next.Method = http.MethodGet
+		next.Body, next.ContentLength, next.GetBody = http.NoBody, 0, nil
+		for name := range next.Header {
+			if strings.HasPrefix(strings.ToLower(name), "content-") {
+				delete(next.Header, name)
+			}
+		}
+		next.TransferEncoding = nil
+		return next, true
+	}
+	if rec == nil {
+		next.Body, next.GetBody = http.NoBody, nil
+		return next, true
+	}
+	body, ok := rec.recorded()
+	if !ok {
+		return nil, false
+	}
+	next.Body = io.NopCloser(bytes.NewReader(body))
+	next.ContentLength = int64(len(body))
+	next.TransferEncoding = nil
+	next.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
+	return next, true
+}
+
+// sameHostPort reports whether a and b name the same host and port, with the
+// scheme's default port when none is given.
+func sameHostPort(a, b *url.URL) bool {
+	hostport := func(u *url.URL) string {
+		port := u.Port()
+		if port == "" {
+			port = "80"
+			if u.Scheme == "https" {
+				port = "443"
+			}
+		}
+		return net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+	}
+	return hostport(a) == hostport(b)
+}
+
+// drain discards a little of a response body, so the connection can be
+// reused, and closes it.
+func drain(res *http.Response) {
+	_, _ = io.CopyN(io.Discard, res.Body, 4<<10)
+	_ = res.Body.Close()
+}
+
+// recordingBody keeps a copy of a request body as it is sent, so that a
+// redirect that keeps the method can send it again.
+type recordingBody struct {
+	rc       io.ReadCloser
+	mu       sync.Mutex
+	buf      bytes.Buffer
+	eof      bool
+	overflow bool
+}
+
+func (b *recordingBody) Read(p []byte) (int, error) {
+	n, err := b.rc.Read(p)
+	b.mu.Lock()
+	if !b.overflow {
+		if b.buf.Len()+n > maxRedirectBody {
+			b.overflow = true
+			b.buf = bytes.Buffer{}
+		} else {
+			b.buf.Write(p[:n])
+		}
+	}
+	if err == io.EOF {
+		b.eof = true
+	}
+	b.mu.Unlock()
+	return n, err
+}
+
+func (b *recordingBody) Close() error { return b.rc.Close() }
+
+// recorded returns the whole body, if it was read to the end and fits.
+func (b *recordingBody) recorded() ([]byte, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.eof || b.overflow {
+		return nil, false
+	}
+	return bytes.Clone(b.buf.Bytes()), true
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner         = (*UpstreamTransport)(nil)
+	_ caddy.CleanerUpper        = (*UpstreamTransport)(nil)
+	_ http.RoundTripper         = (*UpstreamTransport)(nil)
+	_ reverseproxy.TLSTransport = (*UpstreamTransport)(nil)
+)
