@@ -764,11 +764,48 @@ func (ad *adaptation) identity() (*App, error) {
 	authBase := ad.pluginBaseURL("auth")
 	if authBase != "" {
 		app.UserTokens = &UserTokens{JWKSURL: authBase + "/.well-known/jwks.json"}
+		// The auth backend signs user tokens with auth.identityTokenAlgorithm
+		// (default ES256); accept that algorithm, not just the default.
+		if alg, err := ad.algorithmSetting(ad.root.Lookup("auth.identityTokenAlgorithm")); err != nil {
+			return nil, err
+		} else if alg != "" {
+			app.UserTokens.Algorithms = []string{alg}
+		}
 	}
 	if tmpl := ad.pluginBaseURL("{plugin}"); tmpl != "" {
 		app.PluginTokens = &PluginTokens{JWKSURL: tmpl + "/.backstage/auth/v1/jwks.json"}
+		// Plugins sign with their key store's algorithm (static key stores
+		// name it per key; the database store uses ES256).
+		if keys := ad.root.Lookup("backend.auth.pluginKeyStore.static.keys"); keys != nil && keys.Kind == nodeSeq {
+			seen := map[string]bool{}
+			for _, k := range keys.Items {
+				alg, err := ad.algorithmSetting(k.Get("algorithm"))
+				if err != nil {
+					return nil, err
+				}
+				if alg == "" {
+					alg = "ES256"
+				}
+				if !seen[alg] {
+					seen[alg] = true
+					app.PluginTokens.Algorithms = append(app.PluginTokens.Algorithms, alg)
+				}
+			}
+		}
 	}
 	return app, nil
+}
+
+// algorithmSetting reads a JWS algorithm name setting ("" when absent).
+func (ad *adaptation) algorithmSetting(n *configNode) (string, error) {
+	if n == nil || n.IsNull() {
+		return "", nil
+	}
+	s, ok := n.String()
+	if !ok || !regexp.MustCompile(`^(ES|RS|PS)(256|384|512)$|^EdDSA$`).MatchString(s) {
+		return "", errorAt(n, "%q is not a signature algorithm this proxy can verify (ES256, ES384, ES512, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA)", n.Value)
+	}
+	return s, nil
 }
 
 // secretValue is the value to put in the JSON for a secret: its {env.VAR}
