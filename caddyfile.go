@@ -46,6 +46,13 @@ const (
 //		ignore_path
 //		no_prepend_path
 //		method <METHOD>
+//		follow_redirects
+//		basic_auth <user>:<password>
+//		ca_file <pem file...>
+//		local_address <address>
+//		location_rewrite auto | host <host> | protocol http|https
+//		cookie_domain_rewrite <from>|* <to>
+//		cookie_path_rewrite <from>|* <to>
 //		mount_path <path>
 //	}
 //
@@ -74,7 +81,8 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 	rewriteOff, rewriteRules := false, 0
 	for h.NextBlock(0) {
 		sub := h.Val()
-		if seen[sub] && sub != "header" && sub != "path_rewrite" {
+		if seen[sub] && sub != "header" && sub != "path_rewrite" && sub != "ca_file" &&
+			sub != "location_rewrite" && sub != "cookie_domain_rewrite" && sub != "cookie_path_rewrite" {
 			return nil, h.Errf("%s specified more than once", sub)
 		}
 		seen[sub] = true
@@ -176,6 +184,52 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 				return nil, h.ArgErr()
 			}
 			spec.Method = strings.ToUpper(args[0])
+		case "follow_redirects":
+			if len(args) != 0 {
+				return nil, h.ArgErr()
+			}
+			spec.FollowRedirects = true
+		case "basic_auth":
+			if len(args) != 1 || !strings.Contains(args[0], ":") {
+				return nil, h.Errf("basic_auth takes one <user>:<password> argument")
+			}
+			spec.BasicAuth = args[0]
+		case "ca_file":
+			if len(args) == 0 {
+				return nil, h.ArgErr()
+			}
+			spec.CAFiles = append(spec.CAFiles, args...)
+		case "local_address":
+			if len(args) != 1 {
+				return nil, h.ArgErr()
+			}
+			spec.LocalAddress = args[0]
+		case "location_rewrite":
+			// location_rewrite auto | host <host> | protocol <http|https>
+			if spec.LocationRewrite == nil {
+				spec.LocationRewrite = &locationRewrite{}
+			}
+			switch {
+			case len(args) == 1 && args[0] == "auto":
+				spec.LocationRewrite.AutoRewrite = true
+			case len(args) == 2 && args[0] == "host":
+				spec.LocationRewrite.HostRewrite = args[1]
+			case len(args) == 2 && args[0] == "protocol" && (args[1] == "http" || args[1] == "https"):
+				spec.LocationRewrite.ProtocolRewrite = args[1]
+			default:
+				return nil, h.Errf("location_rewrite takes auto, host <host> or protocol http|https")
+			}
+		case "cookie_domain_rewrite", "cookie_path_rewrite":
+			// <from> <to>, repeatable; from "*" is the fallback, to "" removes
+			if len(args) != 2 {
+				return nil, h.ArgErr()
+			}
+			rule := cookieRewrite{From: args[0], To: args[1]}
+			if sub == "cookie_domain_rewrite" {
+				spec.CookieDomainRewrite = append(spec.CookieDomainRewrite, rule)
+			} else {
+				spec.CookiePathRewrite = append(spec.CookiePathRewrite, rule)
+			}
 		case "mount_path":
 			if len(args) != 1 || !strings.HasPrefix(args[0], "/") {
 				return nil, h.Errf("mount_path must be one path starting with '/'")

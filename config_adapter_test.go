@@ -429,3 +429,83 @@ func TestExamplesAdapt(t *testing.T) {
 		}
 	}
 }
+
+// TestYAMLAndCaddyfileHPMOptions: the http-proxy-middleware options the
+// Caddyfile also has words for give the same route.
+func TestYAMLAndCaddyfileHPMOptions(t *testing.T) {
+	t.Setenv("LEGACY_PASSWORD", "pw")
+	caFile := filepath.Join(t.TempDir(), "ca.pem")
+	pem, err := os.ReadFile("testdata/adapt/ca.pem")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(caFile, pem, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	yamlConfig := `
+proxy:
+  endpoints:
+    /legacy:
+      target: https://legacy.internal:8443/app
+      credentials: dangerously-allow-unauthenticated
+      auth: service:${LEGACY_PASSWORD}
+      followRedirects: true
+      ca: ` + caFile + `
+      localAddress: 127.0.0.1
+      allowedHeaders: [Location, Set-Cookie]
+      autoRewrite: true
+      protocolRewrite: https
+      cookieDomainRewrite: {legacy.internal: public.example.com, '*': ''}
+      cookiePathRewrite: {/app: /api/proxy/legacy}
+`
+	caddyfileConfig := `:9080 {
+	backstage_proxy /legacy https://legacy.internal:8443/app {
+		credentials dangerously-allow-unauthenticated
+		basic_auth service:{env.LEGACY_PASSWORD}
+		follow_redirects
+		ca_file ` + caFile + `
+		local_address 127.0.0.1
+		allowed_headers Location Set-Cookie
+		location_rewrite auto
+		location_rewrite protocol https
+		cookie_domain_rewrite legacy.internal public.example.com
+		cookie_domain_rewrite * ""
+		cookie_path_rewrite /app /api/proxy/legacy
+	}
+}
+`
+	yamlJSON, _, err := caddyconfig.GetAdapter("backstage").Adapt([]byte(yamlConfig), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfJSON, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileConfig), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	route := func(js []byte) string {
+		var cfg struct {
+			Apps struct {
+				HTTP struct {
+					Servers map[string]struct {
+						Routes []json.RawMessage `json:"routes"`
+					} `json:"servers"`
+				} `json:"http"`
+			} `json:"apps"`
+		}
+		if err := json.Unmarshal(js, &cfg); err != nil {
+			t.Fatal(err)
+		}
+		for _, srv := range cfg.Apps.HTTP.Servers {
+			for _, r := range srv.Routes {
+				if bytes.Contains(r, []byte(`"/api/proxy/legacy"`)) {
+					return string(r)
+				}
+			}
+		}
+		t.Fatalf("no /legacy route in %s", js)
+		return ""
+	}
+	if y, c := route(yamlJSON), route(cfJSON); y != c {
+		t.Fatalf("routes differ:\nyaml:      %s\ncaddyfile: %s", y, c)
+	}
+}
