@@ -9,7 +9,6 @@ package backstageproxy
 
 import (
 	"bytes"
-	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -176,19 +175,7 @@ func adiDo(t *testing.T, method, path string, body string, headers ...string) ad
 		}
 		req.Header.Add(headers[i], headers[i+1])
 	}
-	client := &http.Client{
-		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, adiListen)
-			},
-			DisableCompression: true,
-			DisableKeepAlives:  true,
-		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-		Timeout:       10 * time.Second,
-	}
-	res, err := client.Do(req)
+	res, err := ciClient().Do(req) // the same listener (adiListen == ciListen)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}

@@ -164,23 +164,7 @@ proxy:
 		if err != nil {
 			t.Fatalf("%s: %v", adapter, err)
 		}
-		var cfg struct {
-			Apps struct {
-				HTTP struct {
-					Servers map[string]struct {
-						Routes []json.RawMessage `json:"routes"`
-					} `json:"servers"`
-				} `json:"http"`
-			} `json:"apps"`
-		}
-		if err := json.Unmarshal(js, &cfg); err != nil {
-			t.Fatal(err)
-		}
-		for _, srv := range cfg.Apps.HTTP.Servers {
-			return srv.Routes
-		}
-		t.Fatalf("%s: no server", adapter)
-		return nil
+		return serverRoutes(t, js)
 	}
 	fromYAML := routesOf("backstage", yamlConfig)
 	fromCaddyfile := routesOf("caddyfile", caddyfileConfig)
@@ -483,23 +467,9 @@ proxy:
 		t.Fatal(err)
 	}
 	route := func(js []byte) string {
-		var cfg struct {
-			Apps struct {
-				HTTP struct {
-					Servers map[string]struct {
-						Routes []json.RawMessage `json:"routes"`
-					} `json:"servers"`
-				} `json:"http"`
-			} `json:"apps"`
-		}
-		if err := json.Unmarshal(js, &cfg); err != nil {
-			t.Fatal(err)
-		}
-		for _, srv := range cfg.Apps.HTTP.Servers {
-			for _, r := range srv.Routes {
-				if bytes.Contains(r, []byte(`"/api/proxy/legacy"`)) {
-					return string(r)
-				}
+		for _, r := range serverRoutes(t, js) {
+			if bytes.Contains(r, []byte(`"/api/proxy/legacy"`)) {
+				return string(r)
 			}
 		}
 		t.Fatalf("no /legacy route in %s", js)
@@ -508,4 +478,28 @@ proxy:
 	if y, c := route(yamlJSON), route(cfJSON); y != c {
 		t.Fatalf("routes differ:\nyaml:      %s\ncaddyfile: %s", y, c)
 	}
+}
+
+// serverRoutes returns the routes of the only HTTP server in adapted JSON.
+func serverRoutes(t *testing.T, js []byte) []json.RawMessage {
+	t.Helper()
+	var cfg struct {
+		Apps struct {
+			HTTP struct {
+				Servers map[string]struct {
+					Routes []json.RawMessage `json:"routes"`
+				} `json:"servers"`
+			} `json:"http"`
+		} `json:"apps"`
+	}
+	if err := json.Unmarshal(js, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Apps.HTTP.Servers) != 1 {
+		t.Fatalf("want one server, got %d", len(cfg.Apps.HTTP.Servers))
+	}
+	for _, srv := range cfg.Apps.HTTP.Servers {
+		return srv.Routes
+	}
+	return nil
 }
