@@ -84,15 +84,9 @@ func buildAllowlists(credentials string, allowed, upstreamSet []string, upgrade 
 // for access logs; nobody downstream mutates value slices in place (reverse_proxy
 // copies them into its own map).
 func (h *Handler) filterRequestHeaders(in http.Header) http.Header {
-	// Count first: a map sized for what is kept allocates less than one sized
-	// for everything the client sent.
-	n := 0
-	for name := range in {
-		if _, ok := h.reqAllow[name]; ok {
-			n++
-		}
-	}
-	out := make(http.Header, n)
+	// No size hint: up to 8 entries fit the map's first group, one
+	// allocation, and requests rarely keep more.
+	out := make(http.Header)
 	for name, values := range in {
 		if _, ok := h.reqAllow[name]; ok {
 			out[name] = values
@@ -118,6 +112,9 @@ type responseFilter struct {
 	upgrade     bool
 	preexisting map[string][]string
 	wroteHeader bool
+	// headersAtWrite is how many headers were left after filtering; more
+	// later means trailers were added.
+	headersAtWrite int
 }
 
 func newResponseFilter(w http.ResponseWriter, allow map[string]struct{}, upgrade bool) *responseFilter {
@@ -179,6 +176,9 @@ func (rf *responseFilter) allowed(name string, status int) bool {
 // trailers are headers too.
 func (rf *responseFilter) filterTrailers() {
 	hdr := rf.ResponseWriter.Header()
+	if len(hdr) == rf.headersAtWrite {
+		return // nothing was added after the status: no trailers
+	}
 	for name := range hdr {
 		if len(name) > len(http.TrailerPrefix) && strings.HasPrefix(name, http.TrailerPrefix) &&
 			!rf.allowed(name[len(http.TrailerPrefix):], 0) {
@@ -205,6 +205,7 @@ func (rf *responseFilter) WriteHeader(status int) {
 	// 1xx responses aren't final; just informational
 	if status < 100 || status > 199 || status == http.StatusSwitchingProtocols {
 		rf.wroteHeader = true
+		rf.headersAtWrite = len(rf.ResponseWriter.Header())
 	}
 	rf.ResponseWriter.WriteHeader(status)
 }
