@@ -125,6 +125,19 @@ func (n *configNode) Lookup(path string) *configNode {
 	return cur
 }
 
+// setKey sets key to child in the map node n, replacing an earlier value of
+// the same key in place (a later duplicate wins, as in JavaScript objects);
+// index maps keys to their positions in n.
+func (n *configNode) setKey(index map[string]int, key string, child *configNode) {
+	if j, ok := index[key]; ok {
+		n.Values[j] = child
+		return
+	}
+	index[key] = len(n.Keys)
+	n.Keys = append(n.Keys, key)
+	n.Values = append(n.Values, child)
+}
+
 // IsNull reports whether n is a YAML/JSON null (only possible inside sequences after merging).
 func (n *configNode) IsNull() bool {
 	return n != nil && n.Kind == nodeScalar && n.Tag == "!!null"
@@ -682,13 +695,7 @@ func (c *yamlConverter) convert(n *yaml.Node, line, depth int) (*configNode, err
 			if err != nil {
 				return nil, err
 			}
-			if j, ok := index[key]; ok {
-				out.Values[j] = child
-				continue
-			}
-			index[key] = len(out.Keys)
-			out.Keys = append(out.Keys, key)
-			out.Values = append(out.Values, child)
+			out.setKey(index, key, child)
 		}
 		sortJSKeys(out)
 		return out, nil
@@ -995,13 +1002,7 @@ func (c *jsonConverter) fromToken(tok json.Token, line, depth int) (*configNode,
 				if err != nil {
 					return nil, err
 				}
-				if j, ok := index[key]; ok {
-					out.Values[j] = child
-					continue
-				}
-				index[key] = len(out.Keys)
-				out.Keys = append(out.Keys, key)
-				out.Values = append(out.Values, child)
+				out.setKey(index, key, child)
 			}
 			if _, err := c.dec.Token(); err != nil {
 				return nil, c.errorf("invalid JSON: %v", err)

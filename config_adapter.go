@@ -848,17 +848,7 @@ func externalAccessEntry(n *configNode, i int) (ExternalAccess, error) {
 				}
 			}
 		}
-		var out []string
-		seen := map[string]bool{}
-		for _, r := range raw {
-			for _, f := range strings.FieldsFunc(r, func(c rune) bool { return c == ' ' || c == ',' }) {
-				if !seen[f] {
-					seen[f] = true
-					out = append(out, f)
-				}
-			}
-		}
-		return out
+		return splitList(raw)
 	}
 	e.Options = ExternalAccessOptions{
 		Token: str("token"), Subject: str("subject"), Secret: str("secret"), URL: str("url"),
