@@ -164,7 +164,7 @@ func (ad *adaptation) config() (*caddy.Config, error) {
 	// With a Backstage backend behind Caddy, it answers CORS on its own paths.
 	var corsScope caddy.ModuleMap
 	if opts.backend != nil {
-		corsScope = caddy.ModuleMap{"path": caddyconfig.JSON(caddyhttp.MatchPath(pathMatchPatterns(DefaultMountPath)), &ad.warnings)}
+		corsScope = caddy.ModuleMap{"backstage_route": caddyconfig.JSON(MatchRoutePath{Paths: []string{DefaultMountPath}}, &ad.warnings)}
 	}
 	routes, err := ad.corsRoutes(corsScope)
 	if err != nil {

@@ -25,7 +25,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 1. Credentials, before the path guard: Backstage's barrier runs first, so
 	// anonymous traversal attempts on protected routes get 401.
-	if h.needsCredentials(r) {
+	if h.needsCredentials(escapedPath) {
 		token, authErr := bearerToken(r.Header)
 		var p principal
 		if authErr == nil {
@@ -117,13 +117,16 @@ type proxyState struct {
 	rf  responseFilter
 }
 
-// needsCredentials reports whether this request must carry valid credentials.
-func (h *Handler) needsCredentials(r *http.Request) bool {
+// needsCredentials reports whether a request for escapedPath must carry valid
+// credentials. The unauthenticated paths are matched against the path as
+// received, as the routes are (MatchRoutePath): `/api/proxy/op%65n` is not
+// under `/open`.
+func (h *Handler) needsCredentials(escapedPath string) bool {
 	if h.Credentials == CredentialsDangerouslyAllowUnauthenticated || h.identity.DangerouslyDisableDefaultAuthPolicy {
 		return false
 	}
 	if len(h.openPaths) > 0 {
-		rel, ok := h.relativePath(r.URL.Path)
+		rel, ok := h.relativePath(escapedPath)
 		if ok {
 			for _, p := range h.openPaths {
 				if hasSegmentPrefixFold(rel, p) {

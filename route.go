@@ -167,16 +167,9 @@ func targetDial(u *url.URL) string {
 	return net.JoinHostPort(u.Hostname(), port)
 }
 
-// pathMatchPatterns are the Caddy path patterns for a route: the prefix itself
-// and everything below it on a segment boundary. Caddy's path matcher is
-// case-insensitive, like Express.
-func pathMatchPatterns(prefix string) []string {
-	return []string{prefix, prefix + "/*"}
-}
-
 // buildEndpointRoute builds the Caddy route of one endpoint:
 //
-//	match: path <prefix>, <prefix>/* [, method <allowedMethods>]
+//	match: backstage_route <prefix> [, method <allowedMethods>]
 //	handle: backstage_proxy → [headers (Set-Cookie rewrite)] → reverse_proxy
 //	terminal
 //
@@ -192,14 +185,10 @@ func buildEndpointRoute(s endpointSpec, warnings *[]caddyconfig.Warning) (caddyh
 		return caddyhttp.Route{}, fmt.Errorf("route %s: no target", s.Route)
 	}
 	prefix := s.prefix()
-	matcher := caddy.ModuleMap{}
-	if strings.ContainsAny(prefix, "*%{}") {
-		// Divergence D9: route keys are literal paths, never patterns.
-		matcher["path_regexp"] = caddyconfig.JSON(caddyhttp.MatchRegexp{
-			Pattern: "(?i)^" + regexpQuote(prefix) + "(/.*)?$",
-		}, warnings)
-	} else {
-		matcher["path"] = caddyconfig.JSON(caddyhttp.MatchPath(pathMatchPatterns(prefix)), warnings)
+	// Divergence D9: route keys are literal paths, never patterns; matched
+	// as received, as Express does, with no per-request cleaning.
+	matcher := caddy.ModuleMap{
+		"backstage_route": caddyconfig.JSON(MatchRoutePath{Paths: []string{prefix}}, warnings),
 	}
 	if s.AllowedMethods != nil {
 		matcher["method"] = caddyconfig.JSON(caddyhttp.MatchMethod(s.AllowedMethods), warnings)
@@ -498,7 +487,7 @@ func buildBarrierRoutes(mount string, openRoutes []string, warnings *[]caddyconf
 	}
 	return []caddyhttp.Route{{
 		MatcherSetsRaw: caddyhttp.RawMatcherSets{{
-			"path": caddyconfig.JSON(caddyhttp.MatchPath(pathMatchPatterns(mount)), warnings),
+			"backstage_route": caddyconfig.JSON(MatchRoutePath{Paths: []string{mount}}, warnings),
 		}},
 		HandlersRaw: []json.RawMessage{
 			caddyconfig.JSONModuleObject(barrier, "handler", "backstage_proxy", warnings),
@@ -526,18 +515,6 @@ func buildPluginJWKSRoute(mount string, warnings *[]caddyconfig.Warning) caddyht
 		},
 		Terminal: true,
 	}
-}
-
-// regexpQuote quotes s for a Go regular expression.
-func regexpQuote(s string) string {
-	var sb strings.Builder
-	for _, c := range s {
-		if strings.ContainsRune(`\.+*?()|[]{}^$`, c) {
-			sb.WriteByte('\\')
-		}
-		sb.WriteRune(c)
-	}
-	return sb.String()
 }
 
 // escapeCaddyPlaceholders makes a literal string safe to put where Caddy

@@ -478,9 +478,11 @@ func TestHostilePaths(t *testing.T) {
 		// `..` as such, after Caddy's path cleaning it would name /internal
 		{name: "dotdot", target: "/api/proxy/open/a/../../internal/x", status: 400, guard: true},
 		{name: "dotdot at end", target: "/api/proxy/open/..", status: 400, guard: true},
-		{name: "dotdot from protected into open", target: "/api/proxy/secret/../open/x", status: 400, guard: true},
-		// a protected route answers 401 first (the barrier runs before the guard)
-		{name: "dotdot into protected", target: "/api/proxy/open/../secret/x", status: 401},
+		// routes match the path as received: this one is under /secret, whose
+		// barrier answers 401 before the guard runs
+		{name: "dotdot from protected into open", target: "/api/proxy/secret/../open/x", status: 401},
+		// and this one under /open, which needs no credentials: the guard
+		{name: "dotdot into protected", target: "/api/proxy/open/../secret/x", status: 400, guard: true},
 		{name: "dotdot into protected with token", target: "/api/proxy/open/../secret/x", header: []string{auth}, status: 400, guard: true},
 		// percent-encoded, double- and triple-encoded
 		{name: "%2e%2e", target: "/api/proxy/open/%2e%2e/internal/x", status: 400, guard: true},
@@ -499,7 +501,10 @@ func TestHostilePaths(t *testing.T) {
 		{name: "..%2F", target: "/api/proxy/open/..%2Finternal/x", status: 400, guard: true},
 		{name: "..%5c", target: "/api/proxy/open/..%5cinternal/x", status: 400, guard: true},
 		{name: "..%5C", target: "/api/proxy/withpath/..%5Cx", status: 400, guard: true},
-		{name: "encoded route separator", target: "/api/proxy/open%2f..%2finternal/x", status: 400, guard: true},
+		// as received this is not under /open (an encoded slash is no
+		// separator): the barrier wants credentials, then the guard
+		{name: "encoded route separator", target: "/api/proxy/open%2f..%2finternal/x", status: 401},
+		{name: "encoded route separator, token", target: "/api/proxy/open%2f..%2finternal/x", header: []string{auth}, status: 400, guard: true},
 		// raw backslashes
 		{name: `..\`, target: `/api/proxy/open/..\internal/x`, status: 400, guard: true},
 		{name: `backslash route, anonymous`, target: `/api/proxy/open\..\internal\x`, status: 401},
@@ -534,8 +539,8 @@ func TestHostilePaths(t *testing.T) {
 		{name: "15 KiB path", target: "/api/proxy/open/" + long, status: 200, route: "open", uri: "/base/" + long},
 		{name: "64 KiB path", target: "/api/proxy/open/" + strings.Repeat("a", 64<<10), status: 431},
 		{name: "64 KiB of ..%2f", target: "/api/proxy/open/" + strings.Repeat("..%2f", 64<<10/5), status: 431},
-		// cleaned by Caddy's matcher to /internal, outside the mount: the final 404
-		{name: "2 KiB of ..%2f", target: "/api/proxy/open/" + strings.Repeat("..%2f", 400) + "internal", status: 404},
+		// as received it is under /open: the guard
+		{name: "2 KiB of ..%2f", target: "/api/proxy/open/" + strings.Repeat("..%2f", 400) + "internal", status: 400, guard: true},
 		// `//` and `.` segments
 		{name: "// inside the path", target: "/api/proxy/open//x", status: 200, route: "open", uri: "/base/x"},
 		{name: "single dot segment", target: "/api/proxy/open/./x", status: 200, route: "open", uri: "/base/./x"},
@@ -543,12 +548,17 @@ func TestHostilePaths(t *testing.T) {
 		{name: "... segment", target: "/api/proxy/open/.../x", status: 200, route: "open", uri: "/base/.../x"},
 		{name: ".. in the query", target: "/api/proxy/open/x?y=../..", status: 200, route: "open", uri: "/base/x?y=../.."},
 		// a path Caddy only matches once cleaned is not under the route as
-		// received: 404, as in Backstage (Express matches the raw path)
+		// received (Express matches the raw path): outside the mount it is
+		// the final 404; under it the barrier wants credentials, as in
+		// Backstage, and then answers 404
 		{name: "// prefix", target: "//api/proxy/open/x", status: 404},
 		{name: "/// prefix to another route", target: "///api/proxy/internal/x", status: 404},
-		{name: "// after the mount", target: "/api/proxy//open/x", status: 404},
-		{name: "/./ after the mount", target: "/api/proxy/./open/x", status: 404},
-		{name: "encoded unreserved byte in the route", target: "/api/proxy/op%65n/x", status: 404},
+		{name: "// after the mount", target: "/api/proxy//open/x", status: 401},
+		{name: "/./ after the mount", target: "/api/proxy/./open/x", status: 401},
+		{name: "encoded unreserved byte in the route", target: "/api/proxy/op%65n/x", status: 401},
+		{name: "// after the mount, token", target: "/api/proxy//open/x", header: []string{auth}, status: 404},
+		{name: "/./ after the mount, token", target: "/api/proxy/./open/x", header: []string{auth}, status: 404},
+		{name: "encoded unreserved byte in the route, token", target: "/api/proxy/op%65n/x", header: []string{auth}, status: 404},
 		// absolute-form request-targets: routed by path only, never a forward proxy
 		{name: "absolute-form", target: "http://localhost:9080/api/proxy/open/x", status: 200, route: "open", uri: "/base/x"},
 		{name: "absolute-form naming an internal host", target: "http://" + fb + "/x", status: 404},
