@@ -224,7 +224,7 @@ func FuzzRequestFilter(f *testing.F) {
 		if err := h.Validate(); err != nil {
 			return // Caddy refuses such a handler
 		}
-		h.reqAllow, h.respAllow = buildAllowlists(h.Credentials, h.AllowedHeaders, h.UpstreamHeaders, h.AllowUpgrade)
+		h.setAllowlists()
 
 		in := http.Header{}
 		for _, line := range strings.Split(headers, "\n") {

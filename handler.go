@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
@@ -76,8 +77,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// 3. The upstream request: a shallow copy, so the original stays intact
-	// for logs and for later routes. The copy, its URL and the response
-	// filter share one allocation.
+	// for logs and for later routes. The copy and its URL share one
+	// allocation. They are not recycled: a handler may read a request after
+	// it returned (a mirror, an asynchronous logger).
 	st := new(proxyState)
 	st.req = *r
 	r2 := &st.req
@@ -98,23 +100,46 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		r2.RequestURI = uri
 	}
 
-	rf := &st.rf
-	rf.init(w, h.respAllow, h.AllowUpgrade)
+	rf := responseFilters.Get().(*responseFilter)
+	rf.init(w, h.respAllow, h.respAllowNames, h.AllowUpgrade, rf.staged)
 	err := next.ServeHTTP(rf, r2)
 	if rf.wroteHeader {
 		rf.filterTrailers()
+	} else if err != nil {
+		err = h.upstreamError(rf, r, err)
 	}
-	if err == nil || rf.wroteHeader {
-		return err
-	}
-	return h.upstreamError(rf, r, err)
+	rf.release(r2.Method)
+	return err
 }
 
 // proxyState is what one proxied request needs beyond the original request.
 type proxyState struct {
 	req http.Request
 	url url.URL
-	rf  responseFilter
+}
+
+// responseFilters recycles response filters and their staged header maps,
+// which would otherwise cost a map and its growth per request. A
+// ResponseWriter may not be used once the handler has returned (net/http's
+// contract), and reverse_proxy finishes with it before returning.
+var responseFilters = sync.Pool{New: func() any {
+	return &responseFilter{staged: make(http.Header, 16)}
+}}
+
+// maxPooledHeaders bounds the maps kept for reuse, so that one response with
+// a thousand headers does not keep a thousand-slot map alive.
+const maxPooledHeaders = 64
+
+// release gives rf back for reuse. Upgraded connections and CONNECT requests
+// are never recycled, out of caution: their streams outlive the status.
+func (rf *responseFilter) release(method string) {
+	if method == http.MethodConnect || rf.status == http.StatusSwitchingProtocols || len(rf.staged) > maxPooledHeaders {
+		return
+	}
+	staged := rf.staged
+	clear(staged)
+	*rf = responseFilter{staged: staged}
+	responseFilters.Put(rf)
 }
 
 // needsCredentials reports whether a request for escapedPath must carry valid

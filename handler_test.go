@@ -417,4 +417,23 @@ func TestServeHTTP(t *testing.T) {
 			}
 		}
 	})
+
+	// Headers a later handler wrote before failing are the upstream's:
+	// neither the JSON error nor Caddy's own error handling may show them.
+	t.Run("headers staged before an upstream error do not leak", func(t *testing.T) {
+		h := htHandler(t, route(CredentialsDangerouslyAllowUnauthenticated), nil, false)
+		for _, err := range []error{caddyhttp.Error(502, errors.New("x")), caddyhttp.Error(500, errors.New("x"))} {
+			w := httptest.NewRecorder()
+			w.Header().Set("X-Own", "server")
+			next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+				w.Header().Set("X-Upstream", "1")
+				w.Header().Set("Set-Cookie", "a=b")
+				return err
+			})
+			_ = h.ServeHTTP(w, htRequest("GET", "/api/proxy/r/p"), next)
+			if got := w.Header(); got.Get("X-Upstream") != "" || got.Get("Set-Cookie") != "" || got.Get("X-Own") != "server" {
+				t.Errorf("%v: headers %v", err, got)
+			}
+		}
+	})
 }

@@ -2,6 +2,7 @@ package backstageproxy
 
 import (
 	"io"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
@@ -79,17 +80,36 @@ func buildAllowlists(credentials string, allowed, upstreamSet []string, upgrade 
 	return req, resp
 }
 
+// setAllowlists computes the handler's allowlists from its configuration.
+func (h *Handler) setAllowlists() {
+	h.reqAllow, h.respAllow = buildAllowlists(h.Credentials, h.AllowedHeaders, h.UpstreamHeaders, h.AllowUpgrade)
+	h.reqAllowNames = slices.Sorted(maps.Keys(h.reqAllow))
+	h.respAllowNames = slices.Sorted(maps.Keys(h.respAllow))
+}
+
 // filterRequestHeaders returns a new header map with only the allowed request
 // headers. The values are shared with the original map, which is left intact
-// for access logs; nobody downstream mutates value slices in place (reverse_proxy
-// copies them into its own map).
+// for access logs; nobody downstream mutates value slices in place
+// (reverse_proxy copies them into its own map).
 func (h *Handler) filterRequestHeaders(in http.Header) http.Header {
 	// No size hint: up to 8 entries fit the map's first group, one
 	// allocation, and requests rarely keep more.
 	out := make(http.Header)
-	for name, values := range in {
-		if _, ok := h.reqAllow[name]; ok {
-			out[name] = values
+	// Both sides use canonical names (Go's servers canonicalise request
+	// header names, and the allowlist is canonical), so looking each allowed
+	// name up is the same as testing each request header; it is cheaper than
+	// iterating a map when the allowlist is not much longer than the request.
+	if len(h.reqAllowNames) <= 2*len(in) {
+		for _, name := range h.reqAllowNames {
+			if values, ok := in[name]; ok {
+				out[name] = values
+			}
+		}
+	} else {
+		for name, values := range in {
+			if _, ok := h.reqAllow[name]; ok {
+				out[name] = values
+			}
 		}
 	}
 	if h.AllowUpgrade {
@@ -101,17 +121,24 @@ func (h *Handler) filterRequestHeaders(in http.Header) http.Header {
 	return out
 }
 
-// responseFilter passes back only allowed response headers. It filters when the
-// status is written: 1xx responses are informational and not final, and a 101
-// keeps its upgrade headers on upgrade endpoints. Headers set by handlers that
-// ran before this one (present when the filter was installed) are kept: they
-// are the server's own, not the upstream's.
+// responseFilter passes back only allowed response headers. Handlers after
+// this one (reverse_proxy) write their headers into a staged map, a copy of
+// what was there before; when the status is written the filter copies the
+// allowed ones to the real map, by looking each allowed name up: no iteration
+// over, and no deletion from, everything the upstream sent. 1xx responses are
+// informational and not final, and a 101 keeps its upgrade headers on upgrade
+// endpoints. Headers set by handlers that ran before this one are kept: they
+// are the server's own, not the upstream's; those the later handlers deleted
+// (reverse_proxy deletes `Server`) are deleted.
 type responseFilter struct {
 	caddyhttp.ResponseWriterWrapper
-	allow       map[string]struct{}
-	upgrade     bool
-	preexisting map[string][]string
+	allow      map[string]struct{}
+	allowNames []string
+	upgrade    bool
+	// staged is what Header returns until the final status is written.
+	staged      http.Header
 	wroteHeader bool
+	status      int // the final status, once written
 	// headersAtWrite is how many headers were left after filtering; more
 	// later means trailers were added.
 	headersAtWrite int
@@ -119,40 +146,67 @@ type responseFilter struct {
 
 func newResponseFilter(w http.ResponseWriter, allow map[string]struct{}, upgrade bool) *responseFilter {
 	rf := new(responseFilter)
-	rf.init(w, allow, upgrade)
+	rf.init(w, allow, slices.Sorted(maps.Keys(allow)), upgrade, make(http.Header))
 	return rf
 }
 
-func (rf *responseFilter) init(w http.ResponseWriter, allow map[string]struct{}, upgrade bool) {
+// init sets the filter up in front of w; staged must be an empty map, which
+// the filter uses until the final status is written.
+func (rf *responseFilter) init(w http.ResponseWriter, allow map[string]struct{}, allowNames []string, upgrade bool, staged http.Header) {
 	rf.ResponseWriterWrapper.ResponseWriter = w
 	rf.allow = allow
+	rf.allowNames = allowNames
 	rf.upgrade = upgrade
-	if hdr := w.Header(); len(hdr) > 0 {
-		rf.preexisting = make(map[string][]string, len(hdr))
-		for k, v := range hdr {
-			rf.preexisting[k] = v
+	rf.staged = staged
+	for k, v := range w.Header() {
+		staged[k] = v
+	}
+}
+
+// Header returns the staged map until the final status is written, then the
+// real one (trailers are written there).
+func (rf *responseFilter) Header() http.Header {
+	if rf.wroteHeader {
+		return rf.ResponseWriter.Header()
+	}
+	return rf.staged
+}
+
+// filter copies the allowed staged headers to the real map.
+func (rf *responseFilter) filter(status int) {
+	real := rf.ResponseWriter.Header()
+	staged := rf.staged
+	// What handlers before this one set, and the later ones deleted.
+	for name := range real {
+		if _, ok := staged[name]; !ok {
+			delete(real, name)
+		}
+	}
+	if status == http.StatusSwitchingProtocols && rf.upgrade {
+		// The handshake headers, whatever their spelling (Caddy writes
+		// Sec-WebSocket-Accept as RFC 6455 does): test every name.
+		for name, values := range staged {
+			if rf.allowed(name, status) {
+				rf.copyAllowed(real, name, values)
+			}
+		}
+		return
+	}
+	for _, name := range rf.allowNames {
+		if values, ok := staged[name]; ok {
+			rf.copyAllowed(real, name, values)
 		}
 	}
 }
 
-func (rf *responseFilter) filter(status int) {
-	hdr := rf.ResponseWriter.Header()
-	for name, values := range hdr {
-		pre, hadPre := rf.preexisting[name]
-		if rf.allowed(name, status) {
-			// An allowed upstream header replaces what a handler before this
-			// one set (reverse_proxy appends to it; Node's setHeader replaces).
-			if hadPre && len(values) > len(pre) && slices.Equal(values[:len(pre)], pre) {
-				hdr[name] = values[len(pre):]
-			}
-			continue
-		}
-		if hadPre {
-			hdr[name] = pre
-			continue
-		}
-		delete(hdr, name)
+// copyAllowed sets an allowed header: the upstream's value replaces what a
+// handler before this one set (reverse_proxy appends to it; Node's setHeader
+// replaces).
+func (rf *responseFilter) copyAllowed(real http.Header, name string, values []string) {
+	if pre, had := real[name]; had && len(values) > len(pre) && slices.Equal(values[:len(pre)], pre) {
+		values = values[len(pre):]
 	}
+	real[name] = values
 }
 
 // allowed reports whether a response header may pass. Names are normally in
@@ -162,13 +216,41 @@ func (rf *responseFilter) allowed(name string, status int) bool {
 	if _, ok := rf.allow[name]; ok {
 		return true
 	}
-	canonical := http.CanonicalHeaderKey(name)
-	if canonical != name {
+	canonical := name
+	// Go's client canonicalises the names it reads, so most misses are
+	// canonical already and need no second lookup.
+	if !isCanonicalHeaderName(name) {
+		canonical = http.CanonicalHeaderKey(name)
 		if _, ok := rf.allow[canonical]; ok {
 			return true
 		}
 	}
 	return status == http.StatusSwitchingProtocols && rf.upgrade && isUpgradeResponseHeader(canonical)
+}
+
+// isCanonicalHeaderName reports whether name is unchanged by
+// http.CanonicalHeaderKey, for names of ASCII letters, digits and token
+// punctuation; any other byte answers false, leaving the decision to
+// CanonicalHeaderKey itself.
+func isCanonicalHeaderName(name string) bool {
+	upper := true
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		switch {
+		case 'a' <= c && c <= 'z':
+			if upper {
+				return false
+			}
+		case 'A' <= c && c <= 'Z':
+			if !upper {
+				return false
+			}
+		case c == ' ' || c >= 0x7f || c < 0x21:
+			return false
+		}
+		upper = c == '-'
+	}
+	return true
 }
 
 // filterTrailers removes trailers the upstream sent without declaring them
@@ -201,13 +283,36 @@ func (rf *responseFilter) WriteHeader(status int) {
 	if rf.wroteHeader {
 		return
 	}
-	rf.filter(status)
-	// 1xx responses aren't final; just informational
-	if status < 100 || status > 199 || status == http.StatusSwitchingProtocols {
-		rf.wroteHeader = true
-		rf.headersAtWrite = len(rf.ResponseWriter.Header())
+	if status >= 100 && status <= 199 && status != http.StatusSwitchingProtocols {
+		// 1xx responses aren't final, just informational: send the allowed
+		// headers with this one, then put the real map back as it was.
+		real := rf.ResponseWriter.Header()
+		saved := maps.Clone(real)
+		rf.filter(status)
+		rf.ResponseWriter.WriteHeader(status)
+		clear(real)
+		maps.Copy(real, saved)
+		return
 	}
+	rf.filter(status)
+	rf.wroteHeader = true
+	rf.status = status
+	rf.headersAtWrite = len(rf.ResponseWriter.Header())
 	rf.ResponseWriter.WriteHeader(status)
+}
+
+// Flush writes the status (200 if none yet) through the filter before
+// flushing, so that a flush can never send unfiltered headers.
+func (rf *responseFilter) Flush() {
+	_ = rf.FlushError()
+}
+
+// FlushError is Flush for http.ResponseController.
+func (rf *responseFilter) FlushError() error {
+	if !rf.wroteHeader {
+		rf.WriteHeader(http.StatusOK)
+	}
+	return http.NewResponseController(rf.ResponseWriter).Flush()
 }
 
 // Write writes the body, with an implicit 200 first if needed.
@@ -230,5 +335,6 @@ func (rf *responseFilter) ReadFrom(r io.Reader) (int64, error) {
 // Interface guards
 var (
 	_ http.ResponseWriter = (*responseFilter)(nil)
+	_ http.Flusher        = (*responseFilter)(nil)
 	_ io.ReaderFrom       = (*responseFilter)(nil)
 )

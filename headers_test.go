@@ -96,7 +96,7 @@ func TestBuildAllowlists(t *testing.T) {
 
 func hdHandler(credentials string, allowed, upstreamSet []string, upgrade bool) *Handler {
 	h := &Handler{Credentials: credentials, AllowedHeaders: allowed, UpstreamHeaders: upstreamSet, AllowUpgrade: upgrade}
-	h.reqAllow, h.respAllow = buildAllowlists(credentials, allowed, upstreamSet, upgrade)
+	h.setAllowlists()
 	return h
 }
 
@@ -438,6 +438,32 @@ func TestResponseFilter(t *testing.T) {
 		if string(rest) != "second" {
 			t.Errorf("rest %q", rest)
 		}
+	})
+	t.Run("Flush before any write sends filtered headers", func(t *testing.T) {
+		srv := hdServe(t, nil, false, nil, func(w http.ResponseWriter, r *http.Request) {
+			hdUpstreamHeaders(w.Header())
+			if err := http.NewResponseController(w).Flush(); err != nil {
+				t.Errorf("Flush: %v", err)
+			}
+			w.Header().Set("X-Late", "1") // after the status: ignored
+			_, _ = io.WriteString(w, "body")
+		})
+		res, body := hdGet(t, srv.URL)
+		if res.StatusCode != 200 || body != "body" {
+			t.Errorf("%d %q", res.StatusCode, body)
+		}
+		hdAssertOnly(t, res.Header, map[string]string{"Content-Type": "text/plain", "Cache-Control": "no-store"},
+			"X-Upstream", "Set-Cookie", "Location", "X-Late")
+	})
+	t.Run("a header set before and deleted after is deleted", func(t *testing.T) {
+		srv := hdServe(t, nil, false, func(w http.ResponseWriter) {
+			w.Header().Set("Server", "Caddy")
+		}, func(w http.ResponseWriter, r *http.Request) {
+			delete(w.Header(), "Server") // as reverse_proxy does
+			w.WriteHeader(204)
+		})
+		res, _ := hdGet(t, srv.URL)
+		hdAssertOnly(t, res.Header, nil, "Server")
 	})
 	t.Run("Hijack reaches the connection", func(t *testing.T) {
 		srv := hdServe(t, nil, false, nil, func(w http.ResponseWriter, r *http.Request) {

@@ -108,9 +108,13 @@ type Handler struct {
 	identity   *App
 	routeValue any // Route, boxed once for the placeholder
 	reqAllow   map[string]struct{}
-	respAllow  map[string]struct{}
-	logger     *zap.Logger
-	openPaths  []string
+	// reqAllowNames and respAllowNames are the allowlists' keys, for
+	// filtering by lookup.
+	reqAllowNames  []string
+	respAllowNames []string
+	respAllow      map[string]struct{}
+	logger         *zap.Logger
+	openPaths      []string
 }
 
 // CaddyModule returns the Caddy module information.
@@ -145,7 +149,7 @@ func (h *Handler) setup(identity *App, logger *zap.Logger) error {
 		h.MountPath = DefaultMountPath
 	}
 	h.MountPath = strings.TrimRight(h.MountPath, "/")
-	h.reqAllow, h.respAllow = buildAllowlists(h.Credentials, h.AllowedHeaders, h.UpstreamHeaders, h.AllowUpgrade)
+	h.setAllowlists()
 	h.openPaths = h.openPaths[:0]
 	for _, p := range h.UnauthenticatedPaths {
 		h.openPaths = append(h.openPaths, strings.ToLower(normalizeRouteKey(p)))

@@ -94,6 +94,11 @@ func segmentsSafe(p string) bool {
 // setEscapedPath sets u's path from its escaped form, keeping the escaping
 // (so `%2F` stays `%2F` on the wire).
 func setEscapedPath(u *url.URL, escaped string) {
+	if strings.IndexByte(escaped, '%') < 0 {
+		// nothing to decode
+		u.Path, u.RawPath = escaped, escaped
+		return
+	}
 	p, err := url.PathUnescape(escaped)
 	if err != nil {
 		u.Path, u.RawPath = escaped, ""

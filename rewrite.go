@@ -177,6 +177,25 @@ func (u *UpstreamRewrite) stripDefault(p string) string {
 	}
 }
 
+// appendCollapsed appends s to buf, which ends with `/` or is followed by
+// nothing of s's, dropping every `/` that would follow another. It copies the
+// runs between doubled slashes whole.
+func appendCollapsed(buf []byte, s string) []byte {
+	for len(s) > 0 {
+		if s[0] == '/' && len(buf) > 0 && buf[len(buf)-1] == '/' {
+			s = s[1:]
+			continue
+		}
+		i := strings.Index(s, "//")
+		if i < 0 {
+			return append(buf, s...)
+		}
+		buf = append(buf, s[:i+1]...)
+		s = s[i+1:]
+	}
+	return buf
+}
+
 // joinCollapse joins the non-empty path parts a and b with `/` and collapses
 // runs of `/` (http-proxy's urlJoin); the result always starts with `/`. When
 // q1 (with q2 after sep) is non-empty, `?` and the query follow. It returns the
@@ -184,21 +203,12 @@ func (u *UpstreamRewrite) stripDefault(p string) string {
 func joinCollapse(a, b, q1, sep, q2 string) (string, int) {
 	buf := make([]byte, 0, len(a)+len(b)+len(q1)+len(sep)+len(q2)+3)
 	buf = append(buf, '/')
-	appendCollapsed := func(s string) {
-		for i := 0; i < len(s); i++ {
-			c := s[i]
-			if c == '/' && buf[len(buf)-1] == '/' {
-				continue
-			}
-			buf = append(buf, c)
-		}
-	}
-	appendCollapsed(a)
+	buf = appendCollapsed(buf, a)
 	if b != "" {
 		if a != "" {
-			appendCollapsed("/")
+			buf = appendCollapsed(buf, "/")
 		}
-		appendCollapsed(b)
+		buf = appendCollapsed(buf, b)
 	}
 	pathEnd := len(buf)
 	if q1 != "" || q2 != "" {
