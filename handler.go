@@ -182,10 +182,20 @@ func hasSegmentPrefixFold(p, prefix string) bool {
 	if prefix == "/" || prefix == "" {
 		return true
 	}
-	if len(p) < len(prefix) || !strings.EqualFold(p[:len(prefix)], prefix) {
+	// The boundary first: it rejects most other routes' paths in one
+	// comparison (routes mostly share the mount path and differ after it).
+	n := len(prefix)
+	if len(p) < n || (len(p) > n && p[n] != '/') || lowerASCII(p[n-1]) != lowerASCII(prefix[n-1]) {
 		return false
 	}
-	return len(p) == len(prefix) || p[len(prefix)] == '/'
+	return strings.EqualFold(p[:n], prefix)
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
 
 // upstreamError turns a reverse_proxy failure into a Backstage-shaped JSON
