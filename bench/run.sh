@@ -12,8 +12,10 @@
 #   ROUNDS=3 DURATION=10 (s) THREADS=2 CONNS=32 WARMUP=3 (s per scenario)
 #   ROUTES="10 200"   extra open scenarios against configs with N routes, the
 #                     hit route last ("" to skip)
-#   BARE_OPS=1        scenario bare-ops: plain Caddy with the adapter's path
-#                     matcher, prefix strip and header ops but no backstage_proxy
+#   BARE_OPS=1        scenario bare-ops: plain Caddy with a path matcher, the
+#                     adapter's prefix strip and header ops, no backstage_proxy
+#   BARE_ROUTES=1     scenarios bare-routesN: plain Caddy with N routes written
+#                     the usual way (path matchers), for each N in ROUTES
 #   JWKS_KEYS=1       keys in the upstream's JWKS (the signing key is last)
 #   STARTS=5          start-to-ready measurements (median reported)
 #   PROFILE=0         1: CPU profiles of the proxy (jwt, open) and bare Caddy
@@ -87,6 +89,7 @@ trap 'log "stopped (time limit or signal)"; exit 143' TERM
 
 n_extra=$(wc -w <<<"$ROUTES")
 n_scen=$((5 + n_extra))
+[ "${BARE_ROUTES:-1}" = 1 ] && n_scen=$((n_scen + n_extra))
 [ "$BACKSTAGE_ORACLE" = 1 ] && n_scen=$((n_scen + 2))
 est=$(( n_scen * (ROUNDS * (DURATION + 1) + WARMUP + 1) + 4 * STARTS + 120 ))
 [ "$PROFILE" = 1 ] && est=$(( est + 3 * (PROFILE_SECONDS + 5) ))
@@ -108,8 +111,9 @@ P_R1=$((PORT_BASE + 5))         # N-route configs: P_R1 + 2*i (admin off)
 P_START=$((PORT_BASE + 10))     # start-up measurements (admin off)
 P_BS=$((PORT_BASE + 11))        # Backstage oracle backend
 P_START_BS=$((PORT_BASE + 12))
-P_OPS=$((PORT_BASE + 13))        # bare Caddy + the adapter's matcher, rewrite and header ops
-for p in $(seq "$PORT_BASE" $((PORT_BASE + 13))); do
+P_OPS=$((PORT_BASE + 13))        # bare Caddy + a path matcher, the adapter's rewrite and header ops
+P_BR1=$((PORT_BASE + 14))        # bare N-route configs: P_BR1 + i (admin off)
+for p in $(seq "$PORT_BASE" $((PORT_BASE + 13 + n_extra))); do
   case $p in 2999|9080|7007|17007|17100|17200) die "port $p is reserved (tests/oracle); change PORT_BASE";; esac
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
     die "127.0.0.1:$p is in use; set PORT_BASE"
@@ -175,6 +179,18 @@ cat >"$tmp/bare-ops.json" <<EOF
      "terminal": true}]
  }}}}}
 EOF
+
+# bare-routesN: N routes as one writes them in plain Caddy, the hit route
+# (/rN) last; $1 N, $2 listen port
+bare_routes_config() {
+  local i sep=
+  printf '{"admin": {"disabled": true}, "apps": {"http": {"servers": {"routes": {"listen": ["127.0.0.1:%s"], "automatic_https": {"disable": true}, "routes": [' "$2"
+  for i in $(seq 1 "$1"); do
+    printf '%s\n {"match": [{"path": ["/api/proxy/r%d", "/api/proxy/r%d/*"], "method": ["GET"]}], "handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": "127.0.0.1:%s"}]}], "terminal": true}' "$sep" "$i" "$i" "$P_UP"
+    sep=,
+  done
+  printf '\n]}}}}}\n'
+}
 
 # app-config.yaml for the proxy: $1 listen port, $2 admin ("off" or host:port)
 proxy_config() {
@@ -266,6 +282,13 @@ for n in $ROUTES; do
   routes_config "$n" "$port" >"$tmp/routes-$n.yaml"
   start_caddy "routes$n" --adapter backstage --config "$tmp/routes-$n.yaml"
   add_scenario "routes$n" "$LAST_PID" "http://127.0.0.1:$port/api/proxy/r$n$Q" ""
+  if [ "${BARE_ROUTES:-1}" = 1 ]; then
+    bport=$((P_BR1 + i - 1))
+    bare_routes_config "$n" "$bport" >"$tmp/bare-routes-$n.json"
+    cp "$tmp/bare-routes-$n.json" "$OUT/"
+    start_caddy "bare-routes$n" --config "$tmp/bare-routes-$n.json"
+    add_scenario "bare-routes$n" "$LAST_PID" "http://127.0.0.1:$bport/api/proxy/r$n$Q" ""
+  fi
 done
 
 if [ "$BACKSTAGE_ORACLE" = 1 ]; then
@@ -465,6 +488,9 @@ verdict() { awk -v v="$1" -v op="$2" -v t="$3" 'BEGIN { ok = (op == ">=") ? (v >
     echo "route count (open route, hit route last; the main config has 3 proxy routes, hit first):"
     for n in $ROUTES; do
       printf '  %s routes: %.0f req/s, %.3f x bare, p99 %.2f ms\n' "$n" "$(col "routes$n" 3 | median)" "$(ratio_col "routes$n" 3 | median)" "$(col "routes$n" 5 | median)"
+      if [ "${BARE_ROUTES:-1}" = 1 ]; then
+        printf '  %s routes in plain Caddy (path matchers): %.0f req/s, %.3f x bare, p99 %.2f ms\n' "$n" "$(col "bare-routes$n" 3 | median)" "$(ratio_col "bare-routes$n" 3 | median)" "$(col "bare-routes$n" 5 | median)"
+      fi
     done
   fi
   if [ "$PAIRED" = 1 ]; then
