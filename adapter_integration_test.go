@@ -27,18 +27,10 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/caddy/v2/caddytest"
-)
-
-const (
-	adiListen = "127.0.0.1:9080"
-	adiAdmin  = "http://localhost:2999"
-	adiHost   = "localhost:7007" // the Host clients send, as in the conformance cases
 )
 
 // adiSeen is one request the upstream received.
@@ -64,9 +56,7 @@ type adiSeen struct {
 // conformance cases' Set-Cookie pair, Access-Control-Allow-Origin: * and a
 // Location of <U>/loc.
 type adiUpstream struct {
-	*httptest.Server
-	mu   sync.Mutex
-	seen []adiSeen
+	recordingUpstream[adiSeen]
 }
 
 func adiNewUpstream(t *testing.T) *adiUpstream {
@@ -80,9 +70,7 @@ func adiNewUpstream(t *testing.T) *adiUpstream {
 func (u *adiUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	body, _ := io.ReadAll(r.Body)
 	s := adiSeen{Method: r.Method, URI: r.RequestURI, Host: r.Host, Header: r.Header.Clone(), Body: string(body)}
-	u.mu.Lock()
-	u.seen = append(u.seen, s)
-	u.mu.Unlock()
+	u.record(s)
 
 	h := w.Header()
 	h.Add("Set-Cookie", "a=b; Domain=localhost; Path=/")
@@ -118,16 +106,6 @@ func (u *adiUpstream) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(s)
 }
 
-func (u *adiUpstream) hostport() string { return strings.TrimPrefix(u.URL, "http://") }
-
-func (u *adiUpstream) take() []adiSeen {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	s := u.seen
-	u.seen = nil
-	return s
-}
-
 func (u *adiUpstream) uris() []string {
 	var out []string
 	for _, s := range u.take() {
@@ -140,13 +118,8 @@ func (u *adiUpstream) uris() []string {
 // (POST /load, Content-Type text/backstage), with @U@, @U2@... replaced.
 func adiLoad(t *testing.T, config string, replace ...string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
-	caddytest.NewTester(t).InitServer(strings.NewReplacer(replace...).Replace(config), "backstage")
-	if t.Failed() {
-		t.FailNow()
-	}
+	skipIfShort(t)
+	loadTestCaddy(t, strings.NewReplacer(replace...).Replace(config), "backstage")
 }
 
 // adiResponse is what a client got.
@@ -164,7 +137,7 @@ func adiDo(t *testing.T, method, path string, body string, headers ...string) ad
 	if body != "" {
 		rb = strings.NewReader(body)
 	}
-	req, err := http.NewRequest(method, "http://"+adiHost+path, rb)
+	req, err := http.NewRequest(method, "http://"+testClientHost+path, rb)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -175,7 +148,7 @@ func adiDo(t *testing.T, method, path string, body string, headers ...string) ad
 		}
 		req.Header.Add(headers[i], headers[i+1])
 	}
-	res, err := ciClient().Do(req) // the same listener (adiListen == ciListen)
+	res, err := ciClient().Do(req) // dials the test Caddy's listener
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, path, err)
 	}
@@ -187,7 +160,7 @@ func adiDo(t *testing.T, method, path string, body string, headers ...string) ad
 // adiPostLoad POSTs a config to the admin API's /load.
 func adiPostLoad(t *testing.T, body, contentType string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, adiAdmin+"/load", strings.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, testAdmin+"/load", strings.NewReader(body))
 	req.Header.Set("Content-Type", contentType)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -196,18 +169,6 @@ func adiPostLoad(t *testing.T, body, contentType string) (int, string) {
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	return res.StatusCode, string(b)
-}
-
-// adiRunningConfig is the config Caddy runs, as the admin API shows it.
-func adiRunningConfig(t *testing.T) string {
-	t.Helper()
-	res, err := http.Get(adiAdmin + "/config/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer res.Body.Close()
-	b, _ := io.ReadAll(res.Body)
-	return string(b)
 }
 
 func adiExpect(t *testing.T, what string, got, want any) {
@@ -373,7 +334,7 @@ proxy:
 		if len(seen) != 1 || seen[0].Header.Get("Authorization") != want {
 			t.Errorf("upstream saw %+v, want Authorization %q", seen, want)
 		}
-		cfg := adiRunningConfig(t)
+		cfg := runningCaddyConfig(t)
 		if strings.Contains(cfg, "s3cr3t") || !strings.Contains(cfg, "admin:{env.AI_PROXY_PASSWORD}") {
 			t.Errorf("the running config must hold {env.AI_PROXY_PASSWORD}, not the secret")
 		}
@@ -539,9 +500,7 @@ proxy:
 // The CLI form: files on disk, default discovery, $include (conformance 72).
 
 func TestAdapterIntegrationConfigFiles(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
+	skipIfShort(t)
 	u := adiNewUpstream(t)
 	t.Setenv("AI_UPSTREAM_SECRET", "upstream-secret")
 	t.Setenv("BACKSTAGE_ENV", "")
@@ -602,10 +561,7 @@ proxy:
 	if strings.Contains(string(js), "upstream-secret") {
 		t.Fatalf("the secret from the environment is in the JSON: %s", js)
 	}
-	caddytest.NewTester(t).InitServer(string(js), "json")
-	if t.Failed() {
-		t.FailNow()
-	}
+	loadTestCaddy(t, string(js), "json")
 
 	res := adiDo(t, "GET", "/api/proxy/headers/a", "")
 	seen := u.take()
@@ -650,14 +606,14 @@ proxy:
 	res := adiDo(t, "GET", "/api/catalog/entities?filter=kind%3Dcomponent", "")
 	adiExpect(t, "status", res.Status, 200)
 	seen := backstage.take()
-	if len(seen) != 1 || seen[0].URI != "/api/catalog/entities?filter=kind%3Dcomponent" || seen[0].Host != adiHost {
+	if len(seen) != 1 || seen[0].URI != "/api/catalog/entities?filter=kind%3Dcomponent" || seen[0].Host != testClientHost {
 		t.Errorf("backend saw %+v", seen)
 	}
 	adiExpect(t, "unknown proxy route", adiDo(t, "GET", "/api/proxy/nope", "").Status, 401)
 	adiExpect(t, "backend requests for /api/proxy", backstage.uris(), []string(nil))
 	adiDo(t, "GET", "/api/proxy/open/x", "")
 	adiExpect(t, "proxy route", u.uris(), []string{"GET /x"})
-	if cfg := adiRunningConfig(t); !strings.Contains(cfg, `"jwks_url":"`+backstage.URL+`/api/auth/.well-known/jwks.json"`) {
+	if cfg := runningCaddyConfig(t); !strings.Contains(cfg, `"jwks_url":"`+backstage.URL+`/api/auth/.well-known/jwks.json"`) {
 		t.Errorf("user tokens should be verified with the backend's key set: %s", cfg)
 	}
 }
@@ -666,9 +622,7 @@ proxy:
 // backend.https with a PEM certificate (the key from the environment).
 
 func TestAdapterIntegrationBackendHTTPS(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
+	skipIfShort(t)
 	u := adiNewUpstream(t)
 	certPEM, keyPEM := adiSelfSigned(t)
 	// Backstage trims env values and Caddy would not, so only a value without
@@ -688,7 +642,7 @@ proxy:
   endpoints:
     /open: {target: @U@, credentials: dangerously-allow-unauthenticated}
 `, "@U@", u.URL)
-	if strings.Contains(adiRunningConfig(t), "PRIVATE KEY") {
+	if strings.Contains(runningCaddyConfig(t), "PRIVATE KEY") {
 		t.Errorf("the private key is in the running config")
 	}
 	pool := x509.NewCertPool()

@@ -20,11 +20,7 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/caddyserver/caddy/v2/caddytest"
 )
-
-const aiAddr = "127.0.0.1:9080"
 
 // aiUpstream records the headers of what it receives.
 type aiUpstream struct {
@@ -67,9 +63,7 @@ type aiFixture struct {
 
 func newAIFixture(t *testing.T) *aiFixture {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
+	skipIfShort(t)
 	f := &aiFixture{
 		userKey: newECKey(t, "user-key"), catalogKey: newECKey(t, "catalog-key"), extKey: newRSAKey(t, "ext-key"),
 		legacySecret: []byte("integration-legacy-secret"), keysSecret: []byte("integration-keys-secret"),
@@ -152,10 +146,7 @@ func (f *aiFixture) config(t *testing.T, app map[string]any, routes ...string) s
 
 func aiLoad(t *testing.T, cfg string) {
 	t.Helper()
-	caddytest.NewTester(t).InitServer(cfg, "json")
-	if t.Failed() {
-		t.FailNow()
-	}
+	loadTestCaddy(t, cfg, "json")
 	// The ports are fixed: a test binary running at the same time (another
 	// package, another checkout) may load its own config into this Caddy.
 	// Say so when a test fails, rather than leave a puzzling failure.
@@ -171,7 +162,7 @@ func aiLoad(t *testing.T, cfg string) {
 		if !t.Failed() {
 			return
 		}
-		res, err := http.Get("http://localhost:2999/config/apps/http/servers")
+		res, err := http.Get(testAdmin + "/config/apps/http/servers")
 		if err != nil {
 			return
 		}
@@ -189,7 +180,7 @@ func aiLoad(t *testing.T, cfg string) {
 // aiGet sends GET <path> with the given Authorization header ("" = none).
 func aiGet(t *testing.T, path, authorization string) (int, []byte) {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, "http://"+aiAddr+path, nil)
+	req, err := http.NewRequest(http.MethodGet, "http://"+testListen+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -416,10 +407,7 @@ func TestIntegrationIdentityKeyServerDown(t *testing.T) {
 	// refused; once the server answers, they are accepted.
 	f := newAIFixture(t)
 	f.users.fail(http.StatusServiceUnavailable, "down")
-	gate := make(chan struct{})
-	f.ext.mu.Lock()
-	f.ext.gate = gate // would hang a Provision that fetched
-	f.ext.mu.Unlock()
+	gate := f.ext.hold() // would hang a Provision that fetched
 	defer close(gate)
 	start := time.Now()
 	aiLoad(t, f.config(t, f.app(false), "require=require"))

@@ -239,18 +239,33 @@ func (s *jwksServer) serve(w http.ResponseWriter, r *http.Request) {
 	_ = json.NewEncoder(w).Encode(map[string]any{"keys": keys})
 }
 
-func (s *jwksServer) setKeys(keys ...*testKey) {
+// jwkList is the public JWKs of keys, as a key set lists them.
+func jwkList(keys ...*testKey) []map[string]any {
 	list := make([]map[string]any, 0, len(keys))
 	for _, k := range keys {
 		list = append(list, k.jwk)
 	}
-	s.setJWKs(list...)
+	return list
+}
+
+func (s *jwksServer) setKeys(keys ...*testKey) {
+	s.setJWKs(jwkList(keys...)...)
 }
 
 func (s *jwksServer) setJWKs(list ...map[string]any) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.keys = list
+}
+
+// hold makes every request wait, from now on, until the returned channel is
+// closed.
+func (s *jwksServer) hold() chan struct{} {
+	gate := make(chan struct{})
+	s.mu.Lock()
+	s.gate = gate
+	s.mu.Unlock()
+	return gate
 }
 
 func (s *jwksServer) fail(status int, body string) {
@@ -306,11 +321,7 @@ func newPluginServer(t testing.TB) *pluginServer {
 }
 
 func (s *pluginServer) set(id string, keys ...*testKey) {
-	list := make([]map[string]any, 0, len(keys))
-	for _, k := range keys {
-		list = append(list, k.jwk)
-	}
-	b, _ := json.Marshal(map[string]any{"keys": list})
+	b, _ := json.Marshal(map[string]any{"keys": jwkList(keys...)})
 	s.setBody(id, string(b))
 }
 

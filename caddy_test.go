@@ -12,7 +12,6 @@ import (
 	"bufio"
 	"bytes"
 	"compress/gzip"
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -33,9 +32,6 @@ import (
 )
 
 const (
-	ciListen      = "127.0.0.1:9080"
-	ciAdmin       = "http://localhost:2999"
-	ciClientHost  = "localhost:7007" // the Host header clients send, as in the conformance cases
 	ciToken       = "Bearer static-token-123"
 	ciRestricted  = "Bearer restricted-token-123"
 	ciWait        = 5 * time.Second
@@ -72,9 +68,8 @@ type ciSeen struct {
 //	/big          5128 bytes of JSON
 //	/stream-body  reads the first request-body part, signals bodyFirst, then reads the rest
 type ciUpstream struct {
-	*httptest.Server
-	mu         sync.Mutex
-	seen       []ciSeen
+	recordingUpstream[ciSeen]
+	mu         sync.Mutex // guards gzipBody
 	sseRelease chan struct{}
 	bodyFirst  chan struct{}
 	gzipBody   []byte
@@ -83,33 +78,8 @@ type ciUpstream struct {
 func ciNewUpstream(t *testing.T) *ciUpstream {
 	t.Helper()
 	u := &ciUpstream{sseRelease: make(chan struct{}), bodyFirst: make(chan struct{}, 1)}
-	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
-	t.Cleanup(func() {
-		u.CloseClientConnections()
-		u.Close()
-	})
+	u.Server = newTestUpstream(t, http.HandlerFunc(u.serve))
 	return u
-}
-
-// hostport is the upstream's host:port, i.e. the Host header changeOrigin sends.
-func (u *ciUpstream) hostport() string { return strings.TrimPrefix(u.URL, "http://") }
-
-func (u *ciUpstream) reset() {
-	u.mu.Lock()
-	u.seen = nil
-	u.mu.Unlock()
-}
-
-func (u *ciUpstream) requests() []ciSeen {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return slices.Clone(u.seen)
-}
-
-func (u *ciUpstream) record(s ciSeen) {
-	u.mu.Lock()
-	u.seen = append(u.seen, s)
-	u.mu.Unlock()
 }
 
 func (u *ciUpstream) commonHeaders(w http.ResponseWriter) {
@@ -218,18 +188,12 @@ func (u *ciUpstream) serve(w http.ResponseWriter, r *http.Request) {
 // @UPSTREAM@ and the other given tokens replaced.
 func ciLoad(t *testing.T, name string, replace ...string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
+	skipIfShort(t)
 	raw, err := os.ReadFile(filepath.Join("testdata", "integration", name+".yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := strings.NewReplacer(replace...).Replace(string(raw))
-	caddytest.NewTester(t).InitServer(cfg, "backstage")
-	if t.Failed() {
-		t.FailNow()
-	}
+	loadTestCaddy(t, strings.NewReplacer(replace...).Replace(string(raw)), "backstage")
 }
 
 // ciResponse is what the client got.
@@ -256,12 +220,6 @@ func ciParse(res *http.Response, body []byte) *ciResponse {
 // and the given "Name: value" lines.
 func ciRaw(t *testing.T, method, target string, headers []string, body string) *ciResponse {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", ciListen, ciWait)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s %s HTTP/1.1\r\n", method, target)
 	hasHost, hasLength := false, false
@@ -275,7 +233,7 @@ func ciRaw(t *testing.T, method, target string, headers []string, body string) *
 		}
 	}
 	if !hasHost {
-		b.WriteString("Host: " + ciClientHost + "\r\n")
+		b.WriteString("Host: " + testClientHost + "\r\n")
 	}
 	for _, h := range headers {
 		b.WriteString(h + "\r\n")
@@ -285,10 +243,9 @@ func ciRaw(t *testing.T, method, target string, headers []string, body string) *
 	}
 	b.WriteString("\r\n")
 	b.WriteString(body)
-	if _, err := io.WriteString(conn, b.String()); err != nil {
-		t.Fatal(err)
-	}
-	res, err := http.ReadResponse(bufio.NewReader(conn), &http.Request{Method: method})
+	conn, br := sendRawToListener(t, b.String(), 10*time.Second)
+	defer conn.Close()
+	res, err := http.ReadResponse(br, &http.Request{Method: method})
 	if err != nil {
 		t.Fatalf("%s %s: reading response: %v", method, target, err)
 	}
@@ -305,14 +262,11 @@ func ciRaw(t *testing.T, method, target string, headers []string, body string) *
 func ciClient() *http.Client {
 	return &http.Client{
 		Transport: &http.Transport{
-			DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-				var d net.Dialer
-				return d.DialContext(ctx, network, ciListen)
-			},
+			DialContext:        dialTestListener,
 			DisableCompression: true,
 			DisableKeepAlives:  true,
 		},
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+		CheckRedirect: dontFollowRedirects,
 		Timeout:       10 * time.Second,
 	}
 }
@@ -330,23 +284,6 @@ func ciDo(t *testing.T, req *http.Request) *ciResponse {
 	}
 	return ciParse(res, b)
 }
-
-// ciErrBody is Backstage's JSON error body (backstage-proxy.md §1.12), with
-// its key order.
-func ciErrBody(name, message, method, url string, status int) string {
-	q := func(s string) string {
-		b, _ := json.Marshal(s)
-		return string(b)
-	}
-	return `{"error":{"name":` + q(name) + `,"message":` + q(message) + `},"request":{"method":` + q(method) +
-		`,"url":` + q(url) + `},"response":{"statusCode":` + strconv.Itoa(status) + `}}`
-}
-
-// Messages of our own errors (handler.go).
-const (
-	ciMsgBadGateway = "The upstream of this proxy route could not be reached"
-	ciMsgTimeout    = "The upstream of this proxy route did not answer in time"
-)
 
 // ---------------------------------------------------------------------------
 // Table-driven cases.
@@ -568,22 +505,11 @@ func TestSmokeAdapterThroughCaddy(t *testing.T) {
 	}))
 	defer upstream.Close()
 	tester := caddytest.NewTester(t)
-	tester.InitServer(`
-caddy:
-  admin: localhost:2999
-backend:
-  listen: {port: 9080}
-  auth:
-    externalAccess:
-      - type: static
-        options: {token: static-token-123, subject: static-subject}
-proxy:
-  endpoints:
-    /simple: `+upstream.URL+`
+	tester.InitServer(staticTokenConfig(testStaticToken, "static-subject", `    /simple: `+upstream.URL+`
     /open:
       target: `+upstream.URL+`/base
       credentials: dangerously-allow-unauthenticated
-`, "backstage")
+`), "backstage")
 	tester.AssertGetResponse("http://localhost:9080/api/proxy/open/a%2Fb?q=%20x", 200,
 		"GET /base/a%2Fb?q=%20x host="+strings.TrimPrefix(upstream.URL, "http://")+" auth=")
 	req, _ := http.NewRequest("GET", "http://localhost:9080/api/proxy/simple/just-some-path", nil)
@@ -610,10 +536,10 @@ func TestIntegrationCredentials(t *testing.T) {
 	ciLoad(t, "credentials", "@UPSTREAM@", u.URL)
 
 	missing := func(url string) string {
-		return ciErrBody("AuthenticationError", "Missing credentials", "GET", url, 401)
+		return backstageErrorBody("AuthenticationError", "Missing credentials", "GET", url, 401)
 	}
 	illegal := func(url string) string {
-		return ciErrBody("AuthenticationError", "Illegal token", "GET", url, 401)
+		return backstageErrorBody("AuthenticationError", "Illegal token", "GET", url, 401)
 	}
 	tok := []string{"Authorization: " + ciToken}
 	bad := []string{"Authorization: Bearer not-valid"}
@@ -686,9 +612,9 @@ func TestIntegrationCredentials(t *testing.T) {
 			status:  401, errBody: missing("/require/p")},
 		// 20: access-restricted external token
 		{name: "20 restricted token", target: "/api/proxy/require/p", headers: []string{"Authorization: " + ciRestricted},
-			status: 403, errBody: ciErrBody("NotAllowedError", "This token's access is restricted to plugin(s) 'catalog'", "GET", "/require/p", 403)},
+			status: 403, errBody: backstageErrorBody("NotAllowedError", "This token's access is restricted to plugin(s) 'catalog'", "GET", "/require/p", 403)},
 		{name: "20 restricted token, forward route", target: "/api/proxy/forward/p?x=1", headers: []string{"Authorization: " + ciRestricted},
-			status: 403, errBody: ciErrBody("NotAllowedError", "This token's access is restricted to plugin(s) 'catalog'", "GET", "/forward/p?x=1", 403)},
+			status: 403, errBody: backstageErrorBody("NotAllowedError", "This token's access is restricted to plugin(s) 'catalog'", "GET", "/forward/p?x=1", 403)},
 		{name: "20 restricted token, open route proxied", target: "/api/proxy/open/p", headers: []string{"Authorization: " + ciRestricted},
 			status: 200, upstream: "/p", upAbsent: noAuth},
 
@@ -699,7 +625,7 @@ func TestIntegrationCredentials(t *testing.T) {
 		{name: "error url upper-case mount", target: "/API/PROXY/simple/p", status: 401,
 			errBody: missing("/simple/p")},
 		{name: "error method POST", method: "POST", target: "/api/proxy/require/p", body: "hi", status: 401,
-			errBody: ciErrBody("AuthenticationError", "Missing credentials", "POST", "/require/p", 401)},
+			errBody: backstageErrorBody("AuthenticationError", "Missing credentials", "POST", "/require/p", 401)},
 		{name: "two Authorization headers refused", target: "/api/proxy/require/p",
 			headers: []string{"Authorization: " + ciToken, "Authorization: " + ciToken}, status: 401,
 			check: func(t *testing.T, res *ciResponse, _ []ciSeen) {
@@ -752,7 +678,7 @@ func TestIntegrationMethods(t *testing.T) {
 		{name: "23c HEAD not implied by GET", method: "HEAD", target: "/api/proxy/methods/a", status: 404, empty404: true},
 		// 24
 		{name: "24a POST require, no token", method: "POST", target: "/api/proxy/methods-req/a", body: "{}",
-			status: 401, errBody: ciErrBody("AuthenticationError", "Missing credentials", "POST", "/methods-req/a", 401)},
+			status: 401, errBody: backstageErrorBody("AuthenticationError", "Missing credentials", "POST", "/methods-req/a", 401)},
 		{name: "24b POST require, token", method: "POST", target: "/api/proxy/methods-req/a", body: "{}", headers: tok,
 			status: 404, empty404: true},
 		{name: "24 GET require, token", target: "/api/proxy/methods-req/a", headers: tok, status: 200, upstream: "/a"},
@@ -877,17 +803,12 @@ func TestIntegrationRequestHeaders(t *testing.T) {
 
 	// The adapted JSON holds the placeholder, never the secret.
 	t.Run("env secret not in config", func(t *testing.T) {
-		res, err := http.Get(ciAdmin + "/config/")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer res.Body.Close()
-		cfg, _ := io.ReadAll(res.Body)
-		if bytes.Contains(cfg, []byte(secret)) {
+		cfg := runningCaddyConfig(t)
+		if strings.Contains(cfg, secret) {
 			t.Errorf("the secret is in the running config")
 		}
 		for _, want := range []string{`"{env.CI_PROXY_SECRET}"`, `"prefix-{env.CI_PROXY_SECRET}-suffix"`} {
-			if !bytes.Contains(cfg, []byte(want)) {
+			if !strings.Contains(cfg, want) {
 				t.Errorf("config lacks %s", want)
 			}
 		}
@@ -898,7 +819,7 @@ func TestIntegrationRequestHeaders(t *testing.T) {
 	t.Run("request body streams unbuffered", func(t *testing.T) {
 		u.reset()
 		pr, pw := io.Pipe()
-		req, _ := http.NewRequest("POST", "http://"+ciClientHost+"/api/proxy/open/stream-body", pr)
+		req, _ := http.NewRequest("POST", "http://"+testClientHost+"/api/proxy/open/stream-body", pr)
 		req.Header.Set("Content-Type", "application/json")
 		type result struct {
 			res *ciResponse
@@ -986,7 +907,7 @@ func TestIntegrationResponseHeaders(t *testing.T) {
 	t.Run("41-43 autoRewrite hostRewrite cookie*Rewrite", func(t *testing.T) {
 		ciRun(t, u, []ciCase{
 			{name: "41 autoRewrite", target: "/api/proxy/autorewrite/redirect", status: 302, upstream: "/redirect",
-				respDefault: true, respAllowed: map[string]string{"Location": "http://" + ciClientHost + "/new-place?x=1"}},
+				respDefault: true, respAllowed: map[string]string{"Location": "http://" + testClientHost + "/new-place?x=1"}},
 			{name: "41 autoRewrite only on 201/301/302/307/308", target: "/api/proxy/autorewrite/a", status: 200, upstream: "/a",
 				respDefault: true, respAllowed: map[string]string{"Location": u.URL + "/loc"}},
 			{name: "42 hostRewrite protocolRewrite", target: "/api/proxy/hostrw/redirect", status: 302, upstream: "/redirect",
@@ -1003,7 +924,7 @@ func TestIntegrationResponseHeaders(t *testing.T) {
 	// Server-sent events are streamed: the first event reaches the client
 	// while the upstream is still waiting to send the second.
 	t.Run("SSE streams", func(t *testing.T) {
-		req, _ := http.NewRequest("GET", "http://"+ciClientHost+"/api/proxy/open/sse", nil)
+		req, _ := http.NewRequest("GET", "http://"+testClientHost+"/api/proxy/open/sse", nil)
 		req.Header.Set("Accept", "text/event-stream")
 		res, err := ciClient().Do(req)
 		if err != nil {
@@ -1079,7 +1000,7 @@ func TestIntegrationPaths(t *testing.T) {
 	ciLoad(t, "paths", "@UPSTREAM@", u.URL)
 	tok := []string{"Authorization: " + ciToken}
 	missing := func(url string) string {
-		return ciErrBody("AuthenticationError", "Missing credentials", "GET", url, 401)
+		return backstageErrorBody("AuthenticationError", "Missing credentials", "GET", url, 401)
 	}
 	ok := func(name, target, upstream string) ciCase {
 		return ciCase{name: name, target: target, status: 200, upstream: upstream, upOnly: true}
@@ -1227,13 +1148,8 @@ func TestIntegrationPaths(t *testing.T) {
 
 func TestIntegrationUpstreamFailures(t *testing.T) {
 	u := ciNewUpstream(t)
-	// A port nothing listens on: take one, then free it.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	dead := l.Addr().String()
-	l.Close()
+	// A port nothing listens on.
+	dead := closedLoopbackAddr(t)
 	ciLoad(t, "failures", "@UPSTREAM@", u.URL, "@DEAD@", "http://"+dead)
 	_, deadPort, _ := net.SplitHostPort(dead)
 
@@ -1246,11 +1162,11 @@ func TestIntegrationUpstreamFailures(t *testing.T) {
 	}
 	ciRun(t, u, []ciCase{
 		{name: "64 connection refused (D8)", target: "/api/proxy/dead/a", status: 502,
-			errBody: ciErrBody("BadGatewayError", ciMsgBadGateway, "GET", "/dead/a", 502), check: noLeak},
+			errBody: backstageErrorBody("BadGatewayError", msgBadGateway, "GET", "/dead/a", 502), check: noLeak},
 		{name: "64 connection refused, target path and query", target: "/api/proxy/dead-path/a?b=1", status: 502,
-			errBody: ciErrBody("BadGatewayError", ciMsgBadGateway, "GET", "/dead-path/a?b=1", 502), check: noLeak},
+			errBody: backstageErrorBody("BadGatewayError", msgBadGateway, "GET", "/dead-path/a?b=1", 502), check: noLeak},
 		{name: "64 connection refused, POST", method: "POST", target: "/api/proxy/dead/a", body: "x", status: 502,
-			errBody: ciErrBody("BadGatewayError", ciMsgBadGateway, "POST", "/dead/a", 502), check: noLeak},
+			errBody: backstageErrorBody("BadGatewayError", msgBadGateway, "POST", "/dead/a", 502), check: noLeak},
 		{name: "64 connection refused, HEAD", method: "HEAD", target: "/api/proxy/dead/a", status: 502,
 			check: func(t *testing.T, res *ciResponse, _ []ciSeen) {
 				if len(res.Body) != 0 || res.Header.Get("Content-Type") != "application/json; charset=utf-8" {
@@ -1264,7 +1180,7 @@ func TestIntegrationUpstreamFailures(t *testing.T) {
 		start := time.Now()
 		res := ciRaw(t, "GET", "/api/proxy/timeout/slow", nil, "")
 		elapsed := time.Since(start)
-		want := ciErrBody("GatewayTimeoutError", ciMsgTimeout, "GET", "/timeout/slow", 504)
+		want := backstageErrorBody("GatewayTimeoutError", msgGatewayTimeout, "GET", "/timeout/slow", 504)
 		if res.Status != 504 || string(res.Body) != want {
 			t.Errorf("got %d %s\nwant 504 %s", res.Status, res.Body, want)
 		}

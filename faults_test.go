@@ -31,13 +31,6 @@ import (
 // fltLong reports whether the long versions run.
 func fltLong() bool { return os.Getenv("BACKSTAGE_PROXY_LONG_TESTS") == "1" }
 
-func fltSkipShort(t *testing.T) {
-	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
-}
-
 // fltFDs counts this process's open file descriptors (-1 if unknown).
 func fltFDs() int {
 	entries, err := os.ReadDir("/proc/self/fd")
@@ -92,10 +85,7 @@ func fltSettle(t *testing.T, base fltBaseline, tolGoroutines, tolFDs int, closer
 // fltClient is a keep-alive client that always dials the test Caddy.
 func fltClient(conns int, timeout time.Duration) (*http.Client, *http.Transport) {
 	tr := &http.Transport{
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, network, secListen)
-		},
+		DialContext:         dialTestListener,
 		MaxIdleConns:        conns,
 		MaxIdleConnsPerHost: conns,
 		DisableCompression:  true,
@@ -105,18 +95,7 @@ func fltClient(conns int, timeout time.Duration) (*http.Client, *http.Transport)
 
 // fltConfig is a config with the given endpoints under proxy.endpoints.
 func fltConfig(endpoints string) string {
-	return `
-caddy:
-  admin: localhost:2999
-backend:
-  listen: {port: 9080}
-  auth:
-    externalAccess:
-      - type: static
-        options: {token: ` + secToken + `, subject: fault-tests}
-proxy:
-  endpoints:
-` + endpoints
+	return staticTokenConfig(testStaticToken, "fault-tests", endpoints)
 }
 
 // fltOK is an upstream that answers "ok".
@@ -151,7 +130,7 @@ func (c *fltCounts) fail(format string, args ...any) {
 // Reloads under load.
 
 func TestFaultReloadUnderLoad(t *testing.T) {
-	fltSkipShort(t)
+	skipIfShort(t)
 	up := fltOK(t)
 	cfgA := fltConfig(`
     /open: {target: ` + up.URL + `, credentials: dangerously-allow-unauthenticated}
@@ -198,7 +177,7 @@ func TestFaultReloadUnderLoad(t *testing.T) {
 				}
 				path, auth := "/api/proxy/open/x", ""
 				if (w+i)%2 == 1 {
-					path, auth = "/api/proxy/secret/x", "Bearer "+secToken
+					path, auth = "/api/proxy/secret/x", "Bearer "+testStaticToken
 				}
 				req, _ := http.NewRequest("GET", "http://x"+path, nil)
 				if auth != "" {
@@ -272,7 +251,7 @@ func TestFaultReloadUnderLoad(t *testing.T) {
 // An upstream that dies and comes back.
 
 func TestFaultUpstreamRestart(t *testing.T) {
-	fltSkipShort(t)
+	skipIfShort(t)
 	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "ok")
 	})
@@ -296,7 +275,7 @@ func TestFaultUpstreamRestart(t *testing.T) {
 `))
 	client, tr := fltClient(4, 10*time.Second)
 	defer tr.CloseIdleConnections()
-	want502 := secErrJSON("BadGatewayError", fltMsgBadGateway, "GET", "/svc/x", 502)
+	want502 := backstageErrorBody("BadGatewayError", msgBadGateway, "GET", "/svc/x", 502)
 
 	type sample struct {
 		start  time.Time // when the request was sent
@@ -411,19 +390,13 @@ func TestFaultUpstreamRestart(t *testing.T) {
 	}
 }
 
-// fltMsgBadGateway and fltMsgTimeout are handler.go's messages (D8).
-const (
-	fltMsgBadGateway = "The upstream of this proxy route could not be reached"
-	fltMsgTimeout    = "The upstream of this proxy route did not answer in time"
-)
-
 // ---------------------------------------------------------------------------
 // A slow upstream and proxyTimeout.
 
 func TestFaultProxyTimeout(t *testing.T) {
-	fltSkipShort(t)
+	skipIfShort(t)
 	released := make(chan time.Duration, 4)
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up := newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasSuffix(r.URL.Path, "/fast") {
 			_, _ = io.WriteString(w, "fast")
 			return
@@ -436,10 +409,6 @@ func TestFaultProxyTimeout(t *testing.T) {
 		}
 		released <- time.Since(start)
 	}))
-	t.Cleanup(func() {
-		up.CloseClientConnections()
-		up.Close()
-	})
 	secLoad(t, fltConfig(`
     /slow: {target: `+up.URL+`, credentials: dangerously-allow-unauthenticated, proxyTimeout: 300}
 `))
@@ -465,7 +434,7 @@ func TestFaultProxyTimeout(t *testing.T) {
 	res.Body.Close()
 	elapsed := time.Since(start)
 	t.Logf("504 after %v", elapsed.Round(time.Millisecond))
-	if want := secErrJSON("GatewayTimeoutError", fltMsgTimeout, "GET", "/slow/wait?q=1", 504); res.StatusCode != 504 || string(b) != want {
+	if want := backstageErrorBody("GatewayTimeoutError", msgGatewayTimeout, "GET", "/slow/wait?q=1", 504); res.StatusCode != 504 || string(b) != want {
 		t.Errorf("got %d %q, want 504 %s", res.StatusCode, b, want)
 	}
 	if ct := res.Header.Get("Content-Type"); ct != "application/json; charset=utf-8" {
@@ -504,7 +473,7 @@ func fltNewStreamer(t *testing.T) *fltStreamer {
 	for i := range chunk {
 		chunk[i] = byte('a' + i%26)
 	}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	s.Server = newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		s.started.Add(1)
 		s.active.Add(1)
 		defer s.active.Add(-1)
@@ -540,15 +509,11 @@ func fltNewStreamer(t *testing.T) *fltStreamer {
 			}
 		}
 	}))
-	t.Cleanup(func() {
-		s.CloseClientConnections()
-		s.Close()
-	})
 	return s
 }
 
 func TestFaultAbortedStreams(t *testing.T) {
-	fltSkipShort(t)
+	skipIfShort(t)
 	up := fltNewStreamer(t)
 	secLoad(t, fltConfig(`
     /stream: {target: `+up.URL+`, credentials: dangerously-allow-unauthenticated}
@@ -674,12 +639,12 @@ func fltPeakHeap(stop <-chan struct{}) <-chan uint64 {
 }
 
 func TestFaultLargeTransfer(t *testing.T) {
-	fltSkipShort(t)
+	skipIfShort(t)
 	size := int64(64 << 20)
 	if fltLong() {
 		size = 1 << 30
 	}
-	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	up := newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch {
 		case strings.HasSuffix(r.URL.Path, "/upload"):
 			h := crc32.NewIEEE()
@@ -692,10 +657,6 @@ func TestFaultLargeTransfer(t *testing.T) {
 			_, _ = io.CopyN(w, &fltPattern{}, size)
 		}
 	}))
-	t.Cleanup(func() {
-		up.CloseClientConnections()
-		up.Close()
-	})
 	secLoad(t, fltConfig(`
     /big: {target: `+up.URL+`, credentials: dangerously-allow-unauthenticated}
 `))

@@ -53,6 +53,33 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
+// authenticateConcurrently authenticates n tokens at once, each in its own
+// goroutine, token(i) minting the i-th. The returned wait blocks until all
+// are done and fails the test for each one refused.
+func authenticateConcurrently(t *testing.T, auth *identityAuthenticator, n int, token func(i int) string) (wait func()) {
+	t.Helper()
+	var wg sync.WaitGroup
+	errs := make(chan string, n)
+	for i := range n {
+		tok := token(i)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := auth.authenticate(context.Background(), tok); err != nil {
+				errs <- err.message
+			}
+		}()
+	}
+	return func() {
+		t.Helper()
+		wg.Wait()
+		close(errs)
+		for e := range errs {
+			t.Errorf("request failed: %s", e)
+		}
+	}
+}
+
 // userToken mints a typed user token for key k, issued at the clock's now.
 func userToken(t testing.TB, clk *fakeClock, k *testKey, sub string) string {
 	return k.sign(t, k.hdr(typUser), map[string]any{"sub": sub, "iat": clk.Unix(), "exp": clk.At(time.Hour)})
@@ -85,33 +112,17 @@ func TestInitialFetchSingleflight(t *testing.T) {
 	clk := useFakeClock(t)
 	k := newECKey(t, "k")
 	srv := newJWKSServer(t, k)
-	gate := make(chan struct{})
-	srv.mu.Lock()
-	srv.gate = gate
-	srv.mu.Unlock()
+	gate := srv.hold()
 	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
 
 	const n = 50
-	var wg sync.WaitGroup
-	errs := make(chan string, n)
-	for i := range n {
-		tok := userToken(t, clk, k, fmt.Sprintf("user:default/u%d", i))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := auth.authenticate(context.Background(), tok); err != nil {
-				errs <- err.message
-			}
-		}()
-	}
+	wait := authenticateConcurrently(t, auth, n, func(i int) string {
+		return userToken(t, clk, k, fmt.Sprintf("user:default/u%d", i))
+	})
 	waitFor(t, "the first fetch", func() bool { return srv.hits.Load() >= 1 })
 	time.Sleep(20 * time.Millisecond)
 	close(gate)
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Errorf("request failed: %s", e)
-	}
+	wait()
 	if h := srv.hits.Load(); h != 1 {
 		t.Fatalf("%d fetches for %d concurrent first requests, want 1", h, n)
 	}
@@ -216,33 +227,17 @@ func TestForcedRefreshSingleflight(t *testing.T) {
 
 	k2 := newECKey(t, "k2")
 	srv.setKeys(k1, k2)
-	gate := make(chan struct{})
-	srv.mu.Lock()
-	srv.gate = gate
-	srv.mu.Unlock()
+	gate := srv.hold()
 	clk.Advance(time.Second)
 
 	const n = 64
-	var wg sync.WaitGroup
-	errs := make(chan string, n)
-	for i := range n {
-		tok := userToken(t, clk, k2, fmt.Sprintf("user:default/u%d", i))
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := auth.authenticate(context.Background(), tok); err != nil {
-				errs <- err.message
-			}
-		}()
-	}
+	wait := authenticateConcurrently(t, auth, n, func(i int) string {
+		return userToken(t, clk, k2, fmt.Sprintf("user:default/u%d", i))
+	})
 	waitFor(t, "the forced refetch", func() bool { return srv.hits.Load() >= 2 })
 	time.Sleep(20 * time.Millisecond)
 	close(gate)
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Errorf("request failed: %s", e)
-	}
+	wait()
 	if h := srv.hits.Load(); h != 2 {
 		t.Fatalf("%d fetches, want 2 (first use + one shared refetch)", h)
 	}

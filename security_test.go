@@ -18,26 +18,17 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime"
 	"runtime/debug"
 	"slices"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
-	"github.com/caddyserver/caddy/v2/caddytest"
-)
-
-const (
-	secListen = "127.0.0.1:9080"
-	secAdmin  = "http://localhost:2999"
-	secToken  = "static-token-123"
 )
 
 // ---------------------------------------------------------------------------
@@ -59,24 +50,19 @@ type secSeen struct {
 // secUpstream records every request and answers 200 with a small JSON body
 // naming itself. With forbidden set, any request fails the test at once.
 type secUpstream struct {
-	*httptest.Server
+	recordingUpstream[secSeen]
 	name      string
 	forbidden bool
 	t         *testing.T
-	mu        sync.Mutex
-	seen      []secSeen
 }
 
 func secNewUpstream(t *testing.T, name string, forbidden bool) *secUpstream {
 	t.Helper()
 	u := &secUpstream{name: name, forbidden: forbidden, t: t}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	u.Server = newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(io.LimitReader(r.Body, 1<<20))
-		s := secSeen{Method: r.Method, URI: r.RequestURI, Host: r.Host, Header: r.Header.Clone(), Body: string(body),
-			TE: r.TransferEncoding, Trailer: r.Trailer.Clone()}
-		u.mu.Lock()
-		u.seen = append(u.seen, s)
-		u.mu.Unlock()
+		u.record(secSeen{Method: r.Method, URI: r.RequestURI, Host: r.Host, Header: r.Header.Clone(), Body: string(body),
+			TE: r.TransferEncoding, Trailer: r.Trailer.Clone()})
 		if u.forbidden {
 			// t.Errorf is safe from other goroutines while the test runs.
 			u.t.Errorf("forbidden upstream %s was reached: %s %q", u.name, r.Method, r.RequestURI)
@@ -102,26 +88,8 @@ func secNewUpstream(t *testing.T, name string, forbidden bool) *secUpstream {
 			_, _ = fmt.Fprintf(w, `{"upstream":%q}`, u.name)
 		}
 	}))
-	t.Cleanup(func() {
-		u.CloseClientConnections()
-		u.Close()
-	})
 	return u
 }
-
-func (u *secUpstream) reset() {
-	u.mu.Lock()
-	u.seen = nil
-	u.mu.Unlock()
-}
-
-func (u *secUpstream) requests() []secSeen {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return slices.Clone(u.seen)
-}
-
-func (u *secUpstream) hostport() string { return strings.TrimPrefix(u.URL, "http://") }
 
 // ---------------------------------------------------------------------------
 // Caddy and raw requests.
@@ -129,13 +97,8 @@ func (u *secUpstream) hostport() string { return strings.TrimPrefix(u.URL, "http
 // secLoad loads a backstage YAML config into the shared test Caddy.
 func secLoad(t *testing.T, cfg string) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
-	caddytest.NewTester(t).InitServer(cfg, "backstage")
-	if t.Failed() {
-		t.FailNow()
-	}
+	skipIfShort(t)
+	loadTestCaddy(t, cfg, "backstage")
 	// caddytest talks to whatever listens on localhost:2999: make sure it is
 	// the Caddy of this test process, not another `go test` running at the
 	// same time (their reloads would look like our failures).
@@ -153,7 +116,7 @@ func secReload(cfg string) (int, string, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var req *http.Request
-		req, err = http.NewRequest(http.MethodPost, secAdmin+"/load", strings.NewReader(cfg))
+		req, err = http.NewRequest(http.MethodPost, testAdmin+"/load", strings.NewReader(cfg))
 		if err != nil {
 			return 0, "", err
 		}
@@ -199,7 +162,7 @@ func secRawRequest(raw string) secResult {
 }
 
 func secRawRequestBytes(raw []byte, method string) secResult {
-	conn, err := net.DialTimeout("tcp", secListen, 5*time.Second)
+	conn, err := net.DialTimeout("tcp", testListen, 5*time.Second)
 	if err != nil {
 		return secResult{Err: err}
 	}
@@ -228,16 +191,6 @@ func secGet(target string, headers ...string) string {
 	}
 	b.WriteString("Connection: close\r\n\r\n")
 	return b.String()
-}
-
-// secErrJSON is Backstage's JSON error body (backstage-proxy.md §1.12).
-func secErrJSON(name, message, method, url string, status int) string {
-	q := func(s string) string {
-		b, _ := json.Marshal(s)
-		return string(b)
-	}
-	return fmt.Sprintf(`{"error":{"name":%s,"message":%s},"request":{"method":%s,"url":%s},"response":{"statusCode":%d}}`,
-		q(name), q(message), q(method), q(url), status)
 }
 
 // secNoLeak fails if a client-visible response carries anything of the
@@ -324,18 +277,7 @@ func secLenientUnescape(s string) string {
 // The security test configuration: one route per concern, each with its own
 // recording upstream, plus a "forbidden" upstream that no route targets.
 
-const secConfig = `
-caddy:
-  admin: localhost:2999
-backend:
-  listen: {port: 9080}
-  auth:
-    externalAccess:
-      - type: static
-        options: {token: ` + secToken + `, subject: security-tests}
-proxy:
-  endpoints:
-    /open:
+var secConfig = staticTokenConfig(testStaticToken, "security-tests", `    /open:
       target: @OPEN@/base
       credentials: dangerously-allow-unauthenticated
     /withpath:
@@ -372,7 +314,7 @@ proxy:
       target: @WS@
       ws: true
       headers: {X-Api-Key: configured-ws-key}
-`
+`)
 
 var secRoutes = []string{"open", "withpath", "rw", "secret", "internal", "fwd", "hdr", "nochange", "xfwd", "ws"}
 
@@ -384,9 +326,7 @@ type secEnv struct {
 
 func secSetup(t *testing.T) *secEnv {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
+	skipIfShort(t)
 	e := &secEnv{up: map[string]*secUpstream{}, forbidden: secNewUpstream(t, "forbidden", true)}
 	cfg := secConfig
 	for _, n := range secRoutes {
@@ -473,7 +413,7 @@ func TestHostilePaths(t *testing.T) {
 	e := secSetup(t)
 	fb := e.forbidden.hostport()
 	long := strings.Repeat("a", 15<<10)
-	auth := "Authorization: Bearer " + secToken
+	auth := "Authorization: Bearer " + testStaticToken
 	cases := []secPathCase{
 		// `..` as such, after Caddy's path cleaning it would name /internal
 		{name: "dotdot", target: "/api/proxy/open/a/../../internal/x", status: 400, guard: true},
@@ -639,16 +579,8 @@ func secHeaderIs(t *testing.T, h http.Header, name string, want ...string) {
 // responses (the connection may carry pipelined requests).
 func secRawConn(t *testing.T, raw string, max int) []secResult {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", secListen, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn, br := sendRawToListener(t, raw, 3*time.Second)
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(conn)
 	var out []secResult
 	for len(out) < max {
 		res, err := http.ReadResponse(br, nil)
@@ -670,7 +602,7 @@ func secRawConn(t *testing.T, raw string, max int) []secResult {
 
 func TestHostileHeaders(t *testing.T) {
 	e := secSetup(t)
-	auth := "Authorization: Bearer " + secToken
+	auth := "Authorization: Bearer " + testStaticToken
 	req := func(method, target string, lines ...string) string {
 		return method + " " + target + " HTTP/1.1\r\nHost: localhost:7007\r\n" + strings.Join(lines, "\r\n") + "\r\n\r\n"
 	}
@@ -708,7 +640,7 @@ func TestHostileHeaders(t *testing.T) {
 		res := run(t, req("GET", "/api/proxy/fwd/a", "Connection: Authorization", auth))
 		status(t, res, 200)
 		s := e.only(t, "fwd")
-		secHeaderIs(t, s.Header, "Authorization", "Bearer "+secToken)
+		secHeaderIs(t, s.Header, "Authorization", "Bearer "+testStaticToken)
 		secHeaderIs(t, s.Header, "Connection")
 	})
 	t.Run("Connection naming a configured header on a ws route", func(t *testing.T) {
@@ -989,18 +921,18 @@ func TestHostileHeaders(t *testing.T) {
 func TestSecurityTokenTricks(t *testing.T) {
 	e := secSetup(t)
 	missing := func(route string) string {
-		return secErrJSON("AuthenticationError", "Missing credentials", "GET", route, 401)
+		return backstageErrorBody("AuthenticationError", "Missing credentials", "GET", route, 401)
 	}
 	illegal := func(route string) string {
-		return secErrJSON("AuthenticationError", "Illegal token", "GET", route, 401)
+		return backstageErrorBody("AuthenticationError", "Illegal token", "GET", route, 401)
 	}
 	multiple := func(route string) string {
-		return secErrJSON("AuthenticationError", "Multiple Authorization headers", "GET", route, 401)
+		return backstageErrorBody("AuthenticationError", "Multiple Authorization headers", "GET", route, 401)
 	}
 	big := strings.Repeat("A", 17<<10) // above the 16 KiB token limit, below Caddy's header limit
 	many := make([]string, 50)
 	for i := range many {
-		many[i] = "Authorization: Bearer " + secToken
+		many[i] = "Authorization: Bearer " + testStaticToken
 	}
 	basic := "Basic c3RhdGljLXRva2VuLTEyMzo=" // base64("static-token-123:")
 	cases := []struct {
@@ -1010,7 +942,7 @@ func TestSecurityTokenTricks(t *testing.T) {
 		status  int
 		body    string // exact JSON error body ("" = not checked)
 	}{
-		{"valid token (control)", "/api/proxy/secret/a", []string{"Authorization: Bearer " + secToken}, 200, ""},
+		{"valid token (control)", "/api/proxy/secret/a", []string{"Authorization: Bearer " + testStaticToken}, 200, ""},
 		{"64 KiB Authorization", "/api/proxy/secret/a", []string{"Authorization: Bearer " + strings.Repeat("A", 64<<10)}, 431, ""},
 		{"17 KiB token", "/api/proxy/secret/a", []string{"Authorization: Bearer " + big}, 401, illegal("/secret/a")},
 		{"17 KiB token, forward route", "/api/proxy/fwd/a", []string{"Authorization: Bearer " + big}, 401, illegal("/fwd/a")},
@@ -1018,23 +950,23 @@ func TestSecurityTokenTricks(t *testing.T) {
 		{"50 valid Authorization headers", "/api/proxy/secret/a", many, 401, multiple("/secret/a")},
 		{"two Authorization headers, forward route", "/api/proxy/fwd/a", many[:2], 401, multiple("/fwd/a")},
 		{"valid and invalid Authorization", "/api/proxy/fwd/a", []string{many[0], "Authorization: Bearer nope"}, 401, multiple("/fwd/a")},
-		{"comma-joined tokens", "/api/proxy/secret/a", []string{"Authorization: Bearer " + secToken + ", Bearer " + secToken}, 401, missing("/secret/a")},
-		{"X-Api-Key", "/api/proxy/secret/a", []string{"X-Api-Key: " + secToken}, 401, missing("/secret/a")},
-		{"backstage-auth cookie", "/api/proxy/secret/a", []string{"Cookie: backstage-auth=" + secToken}, 401, missing("/secret/a")},
-		{"token query parameter", "/api/proxy/secret/a?token=" + secToken, nil, 401, missing("/secret/a?token=" + secToken)},
-		{"access_token query parameter", "/api/proxy/fwd/a?access_token=" + secToken, nil, 401, missing("/fwd/a?access_token=" + secToken)},
-		{"Proxy-Authorization", "/api/proxy/secret/a", []string{"Proxy-Authorization: Bearer " + secToken}, 401, missing("/secret/a")},
-		{"X-Forwarded-Access-Token", "/api/proxy/secret/a", []string{"X-Forwarded-Access-Token: " + secToken, "X-Auth-Request-Access-Token: " + secToken}, 401, missing("/secret/a")},
+		{"comma-joined tokens", "/api/proxy/secret/a", []string{"Authorization: Bearer " + testStaticToken + ", Bearer " + testStaticToken}, 401, missing("/secret/a")},
+		{"X-Api-Key", "/api/proxy/secret/a", []string{"X-Api-Key: " + testStaticToken}, 401, missing("/secret/a")},
+		{"backstage-auth cookie", "/api/proxy/secret/a", []string{"Cookie: backstage-auth=" + testStaticToken}, 401, missing("/secret/a")},
+		{"token query parameter", "/api/proxy/secret/a?token=" + testStaticToken, nil, 401, missing("/secret/a?token=" + testStaticToken)},
+		{"access_token query parameter", "/api/proxy/fwd/a?access_token=" + testStaticToken, nil, 401, missing("/fwd/a?access_token=" + testStaticToken)},
+		{"Proxy-Authorization", "/api/proxy/secret/a", []string{"Proxy-Authorization: Bearer " + testStaticToken}, 401, missing("/secret/a")},
+		{"X-Forwarded-Access-Token", "/api/proxy/secret/a", []string{"X-Forwarded-Access-Token: " + testStaticToken, "X-Auth-Request-Access-Token: " + testStaticToken}, 401, missing("/secret/a")},
 		{"Basic scheme", "/api/proxy/secret/a", []string{"Authorization: " + basic}, 401, missing("/secret/a")},
-		{"token without scheme", "/api/proxy/secret/a", []string{"Authorization: " + secToken}, 401, missing("/secret/a")},
+		{"token without scheme", "/api/proxy/secret/a", []string{"Authorization: " + testStaticToken}, 401, missing("/secret/a")},
 		{"token prefix", "/api/proxy/secret/a", []string{"Authorization: Bearer static-token-12"}, 401, illegal("/secret/a")},
-		{"token with suffix", "/api/proxy/secret/a", []string{"Authorization: Bearer " + secToken + "4"}, 401, illegal("/secret/a")},
+		{"token with suffix", "/api/proxy/secret/a", []string{"Authorization: Bearer " + testStaticToken + "4"}, 401, illegal("/secret/a")},
 		{"token in other case", "/api/proxy/secret/a", []string{"Authorization: Bearer STATIC-TOKEN-123"}, 401, illegal("/secret/a")},
-		{"folded token", "/api/proxy/secret/a", []string{"Authorization: Bearer " + secToken, " extra"}, 401, missing("/secret/a")},
-		{"NUL after the token", "/api/proxy/secret/a", []string{"Authorization: Bearer " + secToken + "\x00"}, 400, ""},
+		{"folded token", "/api/proxy/secret/a", []string{"Authorization: Bearer " + testStaticToken, " extra"}, 401, missing("/secret/a")},
+		{"NUL after the token", "/api/proxy/secret/a", []string{"Authorization: Bearer " + testStaticToken + "\x00"}, 400, ""},
 		{"tab inside the token", "/api/proxy/secret/a", []string{"Authorization: Bearer static-\ttoken-123"}, 401, missing("/secret/a")},
 		{"unknown route, no token", "/api/proxy/nope/a", nil, 401, missing("/nope/a")},
-		{"unknown route, X-Api-Key", "/api/proxy/nope/a", []string{"X-Api-Key: " + secToken}, 401, missing("/nope/a")},
+		{"unknown route, X-Api-Key", "/api/proxy/nope/a", []string{"X-Api-Key: " + testStaticToken}, 401, missing("/nope/a")},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -1057,7 +989,7 @@ func TestSecurityTokenTricks(t *testing.T) {
 			}
 			e.none(t)
 			// nothing of a token is echoed, except what the client put in the URL
-			if !strings.Contains(c.target, secToken) && bytes.Contains(res.Body, []byte(secToken)) {
+			if !strings.Contains(c.target, testStaticToken) && bytes.Contains(res.Body, []byte(testStaticToken)) {
 				t.Errorf("the token is in the error body: %q", res.Body)
 			}
 			if bytes.Contains(res.Body, []byte(big[:64])) {
@@ -1071,9 +1003,9 @@ func TestSecurityTokenTricks(t *testing.T) {
 	t.Run("Authorization as a trailer", func(t *testing.T) {
 		e.reset()
 		raw := "POST /api/proxy/secret/a HTTP/1.1\r\nHost: localhost:7007\r\nTransfer-Encoding: chunked\r\nTrailer: Authorization\r\nConnection: close\r\n\r\n" +
-			"1\r\nx\r\n0\r\nAuthorization: Bearer " + secToken + "\r\n\r\n"
+			"1\r\nx\r\n0\r\nAuthorization: Bearer " + testStaticToken + "\r\n\r\n"
 		res := secRawRequestBytes([]byte(raw), "POST")
-		if res.Status != 401 || string(res.Body) != secErrJSON("AuthenticationError", "Missing credentials", "POST", "/secret/a", 401) {
+		if res.Status != 401 || string(res.Body) != backstageErrorBody("AuthenticationError", "Missing credentials", "POST", "/secret/a", 401) {
 			t.Errorf("got %s, want 401 Missing credentials", res)
 		}
 		e.none(t)
@@ -1093,7 +1025,7 @@ func TestHostileH2CPriorKnowledge(t *testing.T) {
 	get := func(t *testing.T, path string, hdr ...string) (*http.Response, []byte) {
 		t.Helper()
 		e.reset()
-		req, _ := http.NewRequest("GET", "http://"+secListen+path, nil)
+		req, _ := http.NewRequest("GET", "http://"+testListen+path, nil)
 		req.Host = "localhost:7007"
 		for i := 0; i+1 < len(hdr); i += 2 {
 			req.Header.Add(hdr[i], hdr[i+1])
@@ -1112,20 +1044,20 @@ func TestHostileH2CPriorKnowledge(t *testing.T) {
 	}
 	t.Run("anonymous on a protected route", func(t *testing.T) {
 		res, b := get(t, "/api/proxy/secret/a")
-		if res.StatusCode != 401 || string(b) != secErrJSON("AuthenticationError", "Missing credentials", "GET", "/secret/a", 401) {
+		if res.StatusCode != 401 || string(b) != backstageErrorBody("AuthenticationError", "Missing credentials", "GET", "/secret/a", 401) {
 			t.Errorf("got %d %q", res.StatusCode, b)
 		}
 		e.none(t)
 	})
 	t.Run("two Authorization fields", func(t *testing.T) {
-		res, _ := get(t, "/api/proxy/secret/a", "Authorization", "Bearer "+secToken, "Authorization", "Bearer "+secToken)
+		res, _ := get(t, "/api/proxy/secret/a", "Authorization", "Bearer "+testStaticToken, "Authorization", "Bearer "+testStaticToken)
 		if res.StatusCode != 401 {
 			t.Errorf("status %d, want 401", res.StatusCode)
 		}
 		e.none(t)
 	})
 	t.Run("token", func(t *testing.T) {
-		res, _ := get(t, "/api/proxy/secret/a", "Authorization", "Bearer "+secToken, "Cookie", "a=b", "X-Forwarded-For", "6.6.6.6")
+		res, _ := get(t, "/api/proxy/secret/a", "Authorization", "Bearer "+testStaticToken, "Cookie", "a=b", "X-Forwarded-For", "6.6.6.6")
 		if res.StatusCode != 200 {
 			t.Errorf("status %d, want 200", res.StatusCode)
 		}
@@ -1136,7 +1068,7 @@ func TestHostileH2CPriorKnowledge(t *testing.T) {
 		}
 	})
 	t.Run("traversal", func(t *testing.T) {
-		req, _ := http.NewRequest("GET", "http://"+secListen+"/api/proxy/open/x", nil)
+		req, _ := http.NewRequest("GET", "http://"+testListen+"/api/proxy/open/x", nil)
 		req.URL.RawPath = "/api/proxy/open/%2e%2e/internal/x"
 		req.URL.Path = "/api/proxy/open/../internal/x"
 		e.reset()
@@ -1494,23 +1426,11 @@ func TestSecurityAdaptWrongTypes(t *testing.T) {
 // Secrets: never in the adapted JSON (when from ${VAR}), the running config,
 // error bodies or logs; JWKS outages fail closed.
 
-// secClosedPort returns a loopback address nothing listens on.
-func secClosedPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 // secLoadJSON POSTs a JSON config to the admin API and checks that it runs
 // in this process.
 func secLoadJSON(t *testing.T, cfg []byte) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, secAdmin+"/load", bytes.NewReader(cfg))
+	req, _ := http.NewRequest(http.MethodPost, testAdmin+"/load", bytes.NewReader(cfg))
 	req.Header.Set("Content-Type", "application/json")
 	res, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
 	if err != nil {
@@ -1535,27 +1455,14 @@ func TestSecuritySecretsNotInConfigBodiesOrLogs(t *testing.T) {
 	)
 	t.Setenv("SEC_TEST_UPSTREAM_KEY", upstreamKey)
 	t.Setenv("SEC_TEST_STATIC_TOKEN", staticToken)
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
+	skipIfShort(t)
 	up := secNewUpstream(t, "open", false)
-	down := secClosedPort(t)
-	yaml := `
-caddy:
-  admin: localhost:2999
-backend:
-  listen: {port: 9080}
-  auth:
-    externalAccess:
-      - type: static
-        options: {token: '${SEC_TEST_STATIC_TOKEN}', subject: secret-tests}
-proxy:
-  endpoints:
-    /open:
-      target: ` + up.URL + `
+	down := closedLoopbackAddr(t)
+	yaml := staticTokenConfig("'${SEC_TEST_STATIC_TOKEN}'", "secret-tests", `    /open:
+      target: `+up.URL+`
       headers: {X-Api-Key: '${SEC_TEST_UPSTREAM_KEY}', Authorization: 'Bearer ${SEC_TEST_UPSTREAM_KEY}'}
-    /down: http://` + down + `/internal/path
-`
+    /down: http://`+down+`/internal/path
+`)
 	// The adapted JSON holds placeholders, not the values.
 	out, _, err := caddyconfig.GetAdapter("backstage").Adapt([]byte(yaml), nil)
 	if err != nil {
@@ -1604,7 +1511,7 @@ proxy:
 				}
 			}
 			res := get("/api/proxy/down/x?q=1", staticToken)
-			if want := secErrJSON("BadGatewayError", fltMsgBadGateway, "GET", "/down/x?q=1", 502); res.Status != 502 || string(res.Body) != want {
+			if want := backstageErrorBody("BadGatewayError", msgBadGateway, "GET", "/down/x?q=1", 502); res.Status != 502 || string(res.Body) != want {
 				t.Errorf("unreachable upstream: %s, want 502 %s", res, want)
 			}
 			_, port, _ := net.SplitHostPort(down)
@@ -1612,14 +1519,9 @@ proxy:
 				t.Errorf("the error body names the upstream: %q", res.Body)
 			}
 			// the running config, as the admin API shows it
-			r, err := http.Get(secAdmin + "/config/")
-			if err != nil {
-				t.Fatal(err)
-			}
-			running, _ := io.ReadAll(r.Body)
-			r.Body.Close()
+			running := runningCaddyConfig(t)
 			for _, s := range []string{upstreamKey, staticToken} {
-				if bytes.Contains(running, []byte(s)) {
+				if strings.Contains(running, s) {
 					t.Errorf("the running config contains the secret %q", s)
 				}
 			}
@@ -1667,11 +1569,9 @@ func secJWT(header, payload map[string]any) string {
 // TestSecurityJWKSOutageFailsClosed: with the key servers unreachable, user
 // and plugin tokens are refused with 401, quickly, and nothing is proxied.
 func TestSecurityJWKSOutageFailsClosed(t *testing.T) {
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
+	skipIfShort(t)
 	up := secNewUpstream(t, "secret", true)
-	down := secClosedPort(t)
+	down := closedLoopbackAddr(t)
 	secLoad(t, `
 caddy:
   admin: localhost:2999

@@ -128,11 +128,7 @@ type wstUpstream struct {
 func wstNewUpstream(t *testing.T) *wstUpstream {
 	t.Helper()
 	u := &wstUpstream{}
-	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
-	t.Cleanup(func() {
-		u.CloseClientConnections()
-		u.Close()
-	})
+	u.Server = newTestUpstream(t, http.HandlerFunc(u.serve))
 	return u
 }
 
@@ -210,12 +206,6 @@ type wstClient struct {
 // it returns the client, whatever the status.
 func wstDial(t *testing.T, path string, headers ...string) *wstClient {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", secListen, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	key := base64.StdEncoding.EncodeToString([]byte(fmt.Sprintf("nonce-%d", time.Now().UnixNano()%1e12)))[:22] + "=="
 	raw := "GET " + path + " HTTP/1.1\r\nHost: localhost:7007\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
 		"Sec-WebSocket-Key: " + key + "\r\nSec-WebSocket-Version: 13\r\nCookie: session=1\r\n"
@@ -223,10 +213,8 @@ func wstDial(t *testing.T, path string, headers ...string) *wstClient {
 		raw += h + "\r\n"
 	}
 	raw += "\r\n"
-	if _, err := io.WriteString(conn, raw); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(conn)
+	conn, br := sendRawToListener(t, raw, 10*time.Second)
+	t.Cleanup(func() { conn.Close() })
 	res, err := http.ReadResponse(br, &http.Request{Method: "GET"})
 	if err != nil {
 		t.Fatalf("handshake response: %v", err)
@@ -287,28 +275,17 @@ func (c *wstClient) close(t *testing.T) {
 // wstConfig has a ws route with a static token, an ordinary route, and
 // optionally an extra route (to make a reload a real change).
 func wstConfig(ws, plain string, extra bool) string {
-	cfg := `
-caddy:
-  admin: localhost:2999
-backend:
-  listen: {port: 9080}
-  auth:
-    externalAccess:
-      - type: static
-        options: {token: ` + secToken + `, subject: websocket-tests}
-proxy:
-  endpoints:
-    /ws:
-      target: ` + ws + `/sock
+	cfg := staticTokenConfig(testStaticToken, "websocket-tests", `    /ws:
+      target: `+ws+`/sock
       ws: true
     /open-ws:
-      target: ` + ws + `
+      target: `+ws+`
       ws: true
       credentials: dangerously-allow-unauthenticated
     /plain:
-      target: ` + plain + `
+      target: `+plain+`
       credentials: dangerously-allow-unauthenticated
-`
+`)
 	if extra {
 		cfg += "    /extra: {target: " + plain + "}\n"
 	}
@@ -317,9 +294,7 @@ proxy:
 
 func wstSetup(t *testing.T) (ws, plain *wstUpstream) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("integration test: runs a real Caddy")
-	}
+	skipIfShort(t)
 	ws, plain = wstNewUpstream(t), wstNewUpstream(t)
 	secLoad(t, wstConfig(ws.URL, plain.URL, false))
 	return ws, plain
@@ -327,7 +302,7 @@ func wstSetup(t *testing.T) (ws, plain *wstUpstream) {
 
 func TestWebSocketEcho(t *testing.T) {
 	ws, _ := wstSetup(t)
-	c := wstDial(t, "/api/proxy/ws/chat?room=1", "Authorization: Bearer "+secToken)
+	c := wstDial(t, "/api/proxy/ws/chat?room=1", "Authorization: Bearer "+testStaticToken)
 	if c.res.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status %d %q, want 101", c.res.StatusCode, c.body)
 	}
@@ -361,17 +336,17 @@ func TestWebSocketCredentials(t *testing.T) {
 		header []string
 		body   string
 	}{
-		{"no token", nil, secErrJSON("AuthenticationError", "Missing credentials", "GET", "/ws/chat", 401)},
-		{"invalid token", []string{"Authorization: Bearer nope"}, secErrJSON("AuthenticationError", "Illegal token", "GET", "/ws/chat", 401)},
-		{"token in the subprotocol", []string{"Sec-WebSocket-Protocol: " + secToken}, secErrJSON("AuthenticationError", "Missing credentials", "GET", "/ws/chat", 401)},
+		{"no token", nil, backstageErrorBody("AuthenticationError", "Missing credentials", "GET", "/ws/chat", 401)},
+		{"invalid token", []string{"Authorization: Bearer nope"}, backstageErrorBody("AuthenticationError", "Illegal token", "GET", "/ws/chat", 401)},
+		{"token in the subprotocol", []string{"Sec-WebSocket-Protocol: " + testStaticToken}, backstageErrorBody("AuthenticationError", "Missing credentials", "GET", "/ws/chat", 401)},
 		{"token in the query", nil, ""},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			ws.reset()
 			path := "/api/proxy/ws/chat"
 			if c.body == "" {
-				path += "?token=" + secToken
-				c.body = secErrJSON("AuthenticationError", "Missing credentials", "GET", "/ws/chat?token="+secToken, 401)
+				path += "?token=" + testStaticToken
+				c.body = backstageErrorBody("AuthenticationError", "Missing credentials", "GET", "/ws/chat?token="+testStaticToken, 401)
 			}
 			cl := wstDial(t, path, c.header...)
 			if cl.res.StatusCode != 401 || string(cl.body) != c.body {
@@ -384,7 +359,7 @@ func TestWebSocketCredentials(t *testing.T) {
 	}
 	t.Run("traversal with a token", func(t *testing.T) {
 		ws.reset()
-		cl := wstDial(t, "/api/proxy/ws/%2e%2e/plain/x", "Authorization: Bearer "+secToken)
+		cl := wstDial(t, "/api/proxy/ws/%2e%2e/plain/x", "Authorization: Bearer "+testStaticToken)
 		if cl.res.StatusCode != 400 || string(cl.body) != "Bad Request" {
 			t.Errorf("got %d %q, want 400 Bad Request", cl.res.StatusCode, cl.body)
 		}
@@ -404,7 +379,7 @@ func TestWebSocketOnlyOnWSRoutes(t *testing.T) {
 	ws, plain := wstSetup(t)
 	// An upgrade request to a route without ws: true is proxied as a plain
 	// request, without its upgrade headers, even when a ws route exists.
-	c := wstDial(t, "/api/proxy/plain/chat", "Authorization: Bearer "+secToken)
+	c := wstDial(t, "/api/proxy/plain/chat", "Authorization: Bearer "+testStaticToken)
 	if c.res.StatusCode != 200 || string(c.body) != "plain" {
 		t.Fatalf("got %d %q, want the upstream's plain 200", c.res.StatusCode, c.body)
 	}
@@ -435,7 +410,7 @@ func TestWebSocketOnlyOnWSRoutes(t *testing.T) {
 
 func TestWebSocketSurvivesReload(t *testing.T) {
 	ws, plain := wstSetup(t)
-	c := wstDial(t, "/api/proxy/ws/chat", "Authorization: Bearer "+secToken)
+	c := wstDial(t, "/api/proxy/ws/chat", "Authorization: Bearer "+testStaticToken)
 	if c.res.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("status %d %q, want 101", c.res.StatusCode, c.body)
 	}
@@ -447,7 +422,7 @@ func TestWebSocketSurvivesReload(t *testing.T) {
 			t.Fatalf("reload %d: %d %q %v", i, status, body, err)
 		}
 		// the new config is serving (the extra route exists or not) ...
-		res := secRawRequest(secGet("/api/proxy/extra/x", "Authorization: Bearer "+secToken))
+		res := secRawRequest(secGet("/api/proxy/extra/x", "Authorization: Bearer "+testStaticToken))
 		want := 404
 		if extra {
 			want = 200
@@ -459,7 +434,7 @@ func TestWebSocketSurvivesReload(t *testing.T) {
 		c.echo(t, 0x1, []byte(fmt.Sprintf("after reload %d", i)))
 	}
 	// a new stream under the new config works too
-	c2 := wstDial(t, "/api/proxy/ws/chat", "Authorization: Bearer "+secToken)
+	c2 := wstDial(t, "/api/proxy/ws/chat", "Authorization: Bearer "+testStaticToken)
 	if c2.res.StatusCode != http.StatusSwitchingProtocols {
 		t.Fatalf("new stream: %d %q", c2.res.StatusCode, c2.body)
 	}
