@@ -172,14 +172,14 @@ func (rf *responseFilter) Header() http.Header {
 	return rf.staged
 }
 
-// filter copies the allowed staged headers to the real map.
+// filter copies the allowed staged headers to the final map.
 func (rf *responseFilter) filter(status int) {
-	real := rf.ResponseWriter.Header()
+	final := rf.ResponseWriter.Header()
 	staged := rf.staged
 	// What handlers before this one set, and the later ones deleted.
-	for name := range real {
+	for name := range final {
 		if _, ok := staged[name]; !ok {
-			delete(real, name)
+			delete(final, name)
 		}
 	}
 	if status == http.StatusSwitchingProtocols && rf.upgrade {
@@ -187,14 +187,14 @@ func (rf *responseFilter) filter(status int) {
 		// Sec-WebSocket-Accept as RFC 6455 does): test every name.
 		for name, values := range staged {
 			if rf.allowed(name, status) {
-				rf.copyAllowed(real, name, values)
+				rf.copyAllowed(final, name, values)
 			}
 		}
 		return
 	}
 	for _, name := range rf.allowNames {
 		if values, ok := staged[name]; ok {
-			rf.copyAllowed(real, name, values)
+			rf.copyAllowed(final, name, values)
 		}
 	}
 }
@@ -202,11 +202,11 @@ func (rf *responseFilter) filter(status int) {
 // copyAllowed sets an allowed header: the upstream's value replaces what a
 // handler before this one set (reverse_proxy appends to it; Node's setHeader
 // replaces).
-func (rf *responseFilter) copyAllowed(real http.Header, name string, values []string) {
-	if pre, had := real[name]; had && len(values) > len(pre) && slices.Equal(values[:len(pre)], pre) {
+func (rf *responseFilter) copyAllowed(final http.Header, name string, values []string) {
+	if pre, had := final[name]; had && len(values) > len(pre) && slices.Equal(values[:len(pre)], pre) {
 		values = values[len(pre):]
 	}
-	real[name] = values
+	final[name] = values
 }
 
 // allowed reports whether a response header may pass. Names are normally in
@@ -285,13 +285,13 @@ func (rf *responseFilter) WriteHeader(status int) {
 	}
 	if status >= 100 && status <= 199 && status != http.StatusSwitchingProtocols {
 		// 1xx responses aren't final, just informational: send the allowed
-		// headers with this one, then put the real map back as it was.
-		real := rf.ResponseWriter.Header()
-		saved := maps.Clone(real)
+		// headers with this one, then put the final map back as it was.
+		final := rf.ResponseWriter.Header()
+		saved := maps.Clone(final)
 		rf.filter(status)
 		rf.ResponseWriter.WriteHeader(status)
-		clear(real)
-		maps.Copy(real, saved)
+		clear(final)
+		maps.Copy(final, saved)
 		return
 	}
 	rf.filter(status)

@@ -191,7 +191,7 @@ func hdUpstreamHeaders(h http.Header) {
 func hdGet(t *testing.T, url string) (*http.Response, string) {
 	t.Helper()
 	c := &http.Client{Transport: &http.Transport{DisableCompression: true}, Timeout: 10 * time.Second,
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+		CheckRedirect: dontFollowRedirects}
 	res, err := c.Get(url)
 	if err != nil {
 		t.Fatal(err)
@@ -508,4 +508,37 @@ func hdRaw(t *testing.T, srv *httptest.Server, raw string) (*http.Response, stri
 		rest, _ = io.ReadAll(res.Body)
 	}
 	return res, string(rest)
+}
+
+// TestIsCanonicalHeaderName: whenever it answers true, CanonicalHeaderKey
+// leaves the name unchanged (the filter then skips the second lookup).
+func TestIsCanonicalHeaderName(t *testing.T) {
+	cases := []struct {
+		name string
+		want bool
+	}{
+		{"Content-Type", true},
+		{"X-Request-Id", true},
+		{"Etag", true},
+		{"Www-Authenticate", true},
+		{"X-1a", true}, // after a digit, lower case
+		{"", true},
+		{"content-type", false},
+		{"Content-type", false},
+		{"ETag", false},
+		{"Sec-WebSocket-Accept", false},
+		{"X-1A", false},
+		{"Content Type", false},
+		{"Caf\xc3\xa9", false},
+		{"X-\x00", false},
+	}
+	for _, c := range cases {
+		got := isCanonicalHeaderName(c.name)
+		if got != c.want {
+			t.Errorf("isCanonicalHeaderName(%q) = %v, want %v", c.name, got, c.want)
+		}
+		if got && http.CanonicalHeaderKey(c.name) != c.name {
+			t.Errorf("%q: true, but CanonicalHeaderKey gives %q", c.name, http.CanonicalHeaderKey(c.name))
+		}
+	}
 }
