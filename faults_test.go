@@ -317,10 +317,34 @@ func TestFaultUpstreamRestart(t *testing.T) {
 		}()
 	}
 
-	time.Sleep(300 * time.Millisecond)
+	// Phases end on samples, not on fixed sleeps, so that a loaded machine
+	// (the race detector, parallel test binaries) cannot starve one.
+	count := func(since time.Time, status int) int {
+		mu.Lock()
+		defer mu.Unlock()
+		n := 0
+		for _, s := range samples {
+			if s.err == nil && s.status == status && s.start.After(since) {
+				n++
+			}
+		}
+		return n
+	}
+	waitFor := func(what string, cond func() bool) {
+		t.Helper()
+		for deadline := time.Now().Add(15 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				close(stop)
+				wg.Wait()
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	began := time.Now()
+	waitFor("answers before the upstream dies", func() bool { return count(began, 200) >= 20 })
 	killed := time.Now()
 	_ = srv.Close() // listener and every connection
-	time.Sleep(500 * time.Millisecond)
+	waitFor("502s while the upstream is down", func() bool { return count(killed, 502) >= 10 })
 	ln2, err := net.Listen("tcp", addr)
 	if err != nil {
 		close(stop)
@@ -330,7 +354,7 @@ func TestFaultUpstreamRestart(t *testing.T) {
 	restarted = &http.Server{Handler: handler}
 	go func() { _ = restarted.Serve(ln2) }()
 	back := time.Now()
-	time.Sleep(1500 * time.Millisecond)
+	waitFor("answers after the restart", func() bool { return count(back, 200) >= 20 })
 	close(stop)
 	wg.Wait()
 
@@ -374,8 +398,8 @@ func TestFaultUpstreamRestart(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("before: %d ok; down (500 ms): %d × 502, %d ok; after restart: %d, first ok after %v, %d failures after that",
-		before, down, downOK, after, firstOKAfter.Sub(back), afterBad)
+	t.Logf("before: %d ok; down (%v): %d × 502, %d ok; after restart: %d, first ok after %v, %d failures after that",
+		before, back.Sub(killed), down, downOK, after, firstOKAfter.Sub(back), afterBad)
 	if before == 0 || down == 0 || after == 0 {
 		t.Fatalf("not enough samples: %d before, %d down, %d after", before, down, after)
 	}
