@@ -177,8 +177,8 @@ func bearerToken(h http.Header) (token string, authErr *authError) {
 	if v == "" {
 		return "", errMissingCredentials
 	}
-	for i := 0; i < len(v); i++ {
-		if jsWhitespace[v[i]] {
+	for i := 0; i < len(jsWhitespace); i++ {
+		if strings.IndexByte(v, jsWhitespace[i]) >= 0 {
 			return "", errMissingCredentials
 		}
 	}
@@ -186,8 +186,9 @@ func bearerToken(h http.Header) (token string, authErr *authError) {
 }
 
 // jsWhitespace is JavaScript's \s as Node sees a latin1 header value, NBSP
-// (0xA0) included; a table, because a token is scanned byte by byte.
-var jsWhitespace = [256]bool{' ': true, '\t': true, '\n': true, '\r': true, '\v': true, '\f': true, 0xa0: true}
+// (0xA0) included. A token is searched once per byte value: IndexByte is
+// vectorised, several times faster than a byte loop over a 1 KiB JWT.
+const jsWhitespace = " \t\n\r\v\f\xa0"
 
 // jwtClock makes jwx validation use the injectable clock.
 type jwtClock struct{}
