@@ -634,7 +634,7 @@ type pluginFixture struct {
 	auth    *identityAuthenticator
 }
 
-func newPluginFixture(t *testing.T, allow []string) *pluginFixture {
+func newPluginFixture(t testing.TB, allow []string) *pluginFixture {
 	t.Helper()
 	f := &pluginFixture{clk: useFakeClock(t), userKey: newECKey(t, "user-key"), catalog: newECKey(t, "catalog-key")}
 	f.users = newJWKSServer(t, f.userKey)
@@ -653,7 +653,7 @@ func (f *pluginFixture) claims(sub string) map[string]any {
 	return map[string]any{"sub": sub, "aud": "proxy", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}
 }
 
-func (f *pluginFixture) limitedUserToken(t *testing.T, sub string, exp time.Duration) string {
+func (f *pluginFixture) limitedUserToken(t testing.TB, sub string, exp time.Duration) string {
 	return f.userKey.sign(t, f.userKey.hdr(typLimitedUser), map[string]any{"sub": sub, "iat": f.clk.Unix(), "exp": f.clk.At(exp)})
 }
 
@@ -865,7 +865,7 @@ type extFixture struct {
 	auth *identityAuthenticator
 }
 
-func newExtFixture(t *testing.T, opts ExternalAccessOptions, more ...ExternalAccess) *extFixture {
+func newExtFixture(t testing.TB, opts ExternalAccessOptions, more ...ExternalAccess) *extFixture {
 	t.Helper()
 	f := &extFixture{clk: useFakeClock(t), key: newRSAKey(t, "ext-1")}
 	f.srv = newJWKSServer(t, f.key)

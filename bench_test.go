@@ -216,6 +216,15 @@ func BenchmarkHandlerUserTokenCached(b *testing.B) {
 	runHandlerBench(b, h, benchRequest("Bearer "+f.token(b, "user:default/alice")))
 }
 
+// BenchmarkHandlerForward: credentials forward with a cached user token; the
+// Authorization header is forwarded too.
+func BenchmarkHandlerForward(b *testing.B) {
+	f := newUserTokenFixture(b)
+	app := benchProvisionApp(b, &App{UserTokens: &UserTokens{JWKSURL: f.jwks.URL}})
+	h := benchHandler(b, CredentialsForward, app)
+	runHandlerBench(b, h, benchRequest("Bearer "+f.token(b, "user:default/alice")))
+}
+
 // BenchmarkHandlerUserTokenUncached: a new user token on every request, so
 // every request costs an ES256 signature check.
 func BenchmarkHandlerUserTokenUncached(b *testing.B) {

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/rsa"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/http"
@@ -784,5 +785,45 @@ func BenchmarkAuthenticate(b *testing.B) {
 		k := newECKey(b, "k")
 		auth, _ := benchAuth(b, k, nil)
 		run(b, auth, "static-token-123")
+	})
+	// Plugin tokens: the plugin's key set comes from its own JWKS URL.
+	for _, cached := range []bool{false, true} {
+		name := map[bool]string{false: "plugin-ES256-uncached", true: "plugin-ES256-cached"}[cached]
+		b.Run(name, func(b *testing.B) {
+			f := newPluginFixture(b, nil)
+			if !cached {
+				f.auth.cache = newVerifiedCache(0)
+			}
+			run(b, f.auth, f.catalog.sign(b, f.catalog.hdr(typPlugin), f.claims("catalog")))
+		})
+	}
+	// A plugin token on behalf of a user: two signatures to check.
+	b.Run("plugin-obo-uncached", func(b *testing.B) {
+		f := newPluginFixture(b, nil)
+		f.auth.cache = newVerifiedCache(0)
+		obo := f.limitedUserToken(b, "user:default/alice", 30*time.Minute)
+		run(b, f.auth, f.catalog.sign(b, f.catalog.hdr(typPlugin), with(f.claims("catalog"), "obo", obo)))
+	})
+	// Legacy (HS256 shared secret) tokens.
+	for _, cached := range []bool{false, true} {
+		name := map[bool]string{false: "legacy-HS256-uncached", true: "legacy-HS256-cached"}[cached]
+		b.Run(name, func(b *testing.B) {
+			clk := useFakeClock(b)
+			secret := []byte("peer-legacy-shared-secret-0123456789")
+			auth := build(b, &App{ExternalAccess: []ExternalAccess{
+				{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.StdEncoding.EncodeToString(secret), Subject: "legacy-subject"}},
+			}})
+			if !cached {
+				auth.cache = newVerifiedCache(0)
+			}
+			run(b, auth, hs256(b, secret, map[string]any{"alg": "HS256", "typ": "JWT"},
+				map[string]any{"sub": "backstage-server", "iat": clk.Unix(), "exp": clk.At(time.Hour)}))
+		})
+	}
+	// External access through a JWKS (RS256).
+	b.Run("external-jwks-RS256-uncached", func(b *testing.B) {
+		f := newExtFixture(b, ExternalAccessOptions{Issuer: []string{"https://ext.example.com"}, Algorithm: []string{"RS256"}})
+		f.auth.cache = newVerifiedCache(0)
+		run(b, f.auth, f.key.sign(b, f.key.hdr(""), map[string]any{"iss": "https://ext.example.com", "sub": "svc-1", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}))
 	})
 }
