@@ -26,10 +26,10 @@ func pathIsSafe(escaped string) bool {
 	// Fast path: nothing that could encode or form a traversal.
 	suspicious := false
 	for i := 0; i < len(escaped); i++ {
-		switch c := escaped[i]; {
-		case c == '%' || c == '.' || c == '\\' || c == ';':
+		switch pathByteClass[escaped[i]] {
+		case pathByteSuspicious:
 			suspicious = true
-		case c < 0x20 || c == 0x7f:
+		case pathByteRefused:
 			return false
 		}
 	}
@@ -70,6 +70,24 @@ func pathIsSafe(escaped string) bool {
 		p = decoded
 	}
 }
+
+// Classes of the bytes of an escaped path, for pathIsSafe's fast path.
+const (
+	pathByteOrdinary   = iota
+	pathByteSuspicious // may encode or form a traversal: %, ., \, ;
+	pathByteRefused    // a control byte
+)
+
+var pathByteClass = func() (t [256]uint8) {
+	for c := 0; c < 0x20; c++ {
+		t[c] = pathByteRefused
+	}
+	t[0x7f] = pathByteRefused
+	for _, c := range "%.\\;" {
+		t[c] = pathByteSuspicious
+	}
+	return t
+}()
 
 // segmentsSafe reports whether no `/`- or `\`-separated segment of p is `..`
 // once `;` parameters are removed.
