@@ -67,10 +67,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return next.ServeHTTP(w, r)
 	}
 
-	// The route matched Caddy's normalised path (decoded, cleaned, slashes
-	// merged), Backstage matches the path as received: `/api/proxy//open/a`,
-	// `/api/proxy/./open/a` or `/api/proxy/op%65n/a` are not under `/open`
-	// there (404), and rewriting them here would send the mount path upstream.
+	// Backstage matches the path as received: `/api/proxy//open/a`,
+	// `/api/proxy/./open/a` or `/api/proxy/op%65n/a` are not under `/open`,
+	// and rewriting them here would send the mount path upstream. The
+	// generated routes match that way (MatchRoutePath); this check holds
+	// for hand-written ones too (Caddy's `path` matcher cleans and decodes).
 	if h.Rewrite != nil && !hasSegmentPrefixFold(escapedPath, h.Rewrite.StripPrefix) {
 		w.WriteHeader(http.StatusNotFound)
 		return nil
