@@ -1306,7 +1306,7 @@ func (l *configLoader) envDirective(n *configNode, name, path string) (*configNo
 	if out.Value == raw && safeEnvName(name) {
 		out.EnvTemplate = "{env." + name + "}"
 	} else {
-		out.EnvTemplate = escapeCaddyLiteral(out.Value)
+		out.EnvTemplate = escapeCaddyPlaceholders(out.Value)
 		out.SecretInlined = out.Value != ""
 	}
 	return out, nil
@@ -1440,7 +1440,7 @@ func (l *configLoader) substitute(s string) substitution {
 	var val, tpl strings.Builder
 	literal := func(text string) {
 		val.WriteString(text)
-		tpl.WriteString(escapeCaddyLiteral(text))
+		tpl.WriteString(escapeCaddyPlaceholders(text))
 	}
 	envPart := func(name, raw, trimmed string) {
 		val.WriteString(trimmed)
@@ -1451,7 +1451,7 @@ func (l *configLoader) substitute(s string) substitution {
 			tpl.WriteString("{env." + name + "}")
 			return
 		}
-		tpl.WriteString(escapeCaddyLiteral(trimmed))
+		tpl.WriteString(escapeCaddyPlaceholders(trimmed))
 		if trimmed != "" {
 			r.inlined = true
 		}
@@ -1523,14 +1523,6 @@ func (l *configLoader) substituteNode(n *configNode, path string) (*configNode, 
 	out.Tag, out.Value = "!!str", r.value
 	out.EnvTemplate, out.SecretInlined = r.template, r.inlined
 	return out, nil
-}
-
-// escapeCaddyLiteral escapes text for Caddy's placeholder replacer.
-func escapeCaddyLiteral(s string) string {
-	if !strings.ContainsAny(s, "{}") {
-		return s
-	}
-	return strings.NewReplacer("{", `\{`, "}", `\}`).Replace(s)
 }
 
 // safeEnvName reports whether {env.NAME} means the variable NAME to Caddy's replacer.

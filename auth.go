@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -223,10 +224,8 @@ func issuerIn(list []string) jwt.ValidateOption {
 		if !ok {
 			return errors.New(`missing required "iss" claim`)
 		}
-		for _, v := range list {
-			if iss == v {
-				return nil
-			}
+		if slices.Contains(list, iss) {
+			return nil
 		}
 		return errors.New(`unexpected "iss" claim value`)
 	}))
@@ -240,10 +239,8 @@ func audienceIn(list []string) jwt.ValidateOption {
 			return errors.New(`missing required "aud" claim`)
 		}
 		for _, a := range aud {
-			for _, v := range list {
-				if a == v {
-					return nil
-				}
+			if slices.Contains(list, a) {
+				return nil
 			}
 		}
 		return errors.New(`unexpected "aud" claim value`)
@@ -699,7 +696,7 @@ func (a *identityAuthenticator) verifyExternal(ctx context.Context, e *externalE
 		// for another entry cost no key fetch. Verification repeats them.
 		if len(e.issuers) > 0 {
 			iss, _ := jt.claims.Iss.(string)
-			if !containsString(e.issuers, iss) {
+			if !slices.Contains(e.issuers, iss) {
 				return
 			}
 		}
@@ -730,23 +727,14 @@ func (a *identityAuthenticator) verifyExternal(ctx context.Context, e *externalE
 	return
 }
 
-func containsString(list []string, s string) bool {
-	for _, v := range list {
-		if v == s {
-			return true
-		}
-	}
-	return false
-}
-
 // audienceMatches is jose's audience check on an unverified aud claim.
 func audienceMatches(aud any, list []string) bool {
 	switch x := aud.(type) {
 	case string:
-		return containsString(list, x)
+		return slices.Contains(list, x)
 	case []any:
 		for _, v := range x {
-			if s, ok := v.(string); ok && containsString(list, s) {
+			if s, ok := v.(string); ok && slices.Contains(list, s) {
 				return true
 			}
 		}

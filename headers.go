@@ -225,7 +225,7 @@ func (rf *responseFilter) allowed(name string, status int) bool {
 			return true
 		}
 	}
-	return status == http.StatusSwitchingProtocols && rf.upgrade && isUpgradeResponseHeader(canonical)
+	return status == http.StatusSwitchingProtocols && rf.upgrade && slices.Contains(upgradeResponseHeaders, canonical)
 }
 
 // isCanonicalHeaderName reports whether name is unchanged by
@@ -267,15 +267,6 @@ func (rf *responseFilter) filterTrailers() {
 			delete(hdr, name)
 		}
 	}
-}
-
-func isUpgradeResponseHeader(name string) bool {
-	for _, n := range upgradeResponseHeaders {
-		if n == name {
-			return true
-		}
-	}
-	return false
 }
 
 // WriteHeader filters the headers, then writes the status.

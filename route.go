@@ -523,5 +523,7 @@ func escapeCaddyPlaceholders(s string) string {
 	if !strings.ContainsAny(s, "{}") {
 		return s
 	}
-	return strings.NewReplacer("{", `\{`, "}", `\}`).Replace(s)
+	return caddyBraceEscaper.Replace(s)
 }
+
+var caddyBraceEscaper = strings.NewReplacer("{", `\{`, "}", `\}`)
