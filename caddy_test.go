@@ -1221,3 +1221,104 @@ func TestIntegrationUpstreamFailures(t *testing.T) {
 		}
 	})
 }
+
+// TestIntegrationRequestInPlace: the handler turns the request into the
+// upstream request in place, as Caddy's rewrite does, and puts it back when
+// reverse_proxy returns. So reverse_proxy's placeholders read the upstream
+// request (the rewritten URI, only allowed headers), `orig_uri` and the
+// access log read the client's, and the principal placeholders reach both.
+func TestIntegrationRequestInPlace(t *testing.T) {
+	skipIfShort(t)
+	type seen struct {
+		uri    string
+		header http.Header
+	}
+	up := &recordingUpstream[seen]{}
+	up.Server = newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		up.record(seen{r.RequestURI, r.Header.Clone()})
+	}))
+	logFile := filepath.Join(t.TempDir(), "access.log")
+	cfg, err := json.Marshal(map[string]any{
+		"admin":   map[string]any{"listen": "localhost:2999"},
+		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"writer": map[string]any{"output": "file", "filename": logFile}}}},
+		"apps": map[string]any{
+			"backstage": map[string]any{"external_access": []any{map[string]any{
+				"type": "static", "options": map[string]any{"token": testStaticToken, "subject": "ci"}}}},
+			"http": map[string]any{"grace_period": 1, "servers": map[string]any{
+				fmt.Sprintf("inplace%d", serverNonce.Add(1)): map[string]any{
+					"listen": []string{":9080"}, "automatic_https": map[string]any{"disable": true}, "logs": map[string]any{},
+					"routes": []any{map[string]any{
+						"match": []any{map[string]any{"backstage_route": map[string]any{"paths": []string{"/api/proxy/r"}}}},
+						"handle": []any{
+							map[string]any{"handler": "backstage_proxy", "route": "/r", "rewrite": map[string]any{"strip_prefix": "/api/proxy/r", "target_path": "/base"}},
+							map[string]any{"handler": "reverse_proxy", "upstreams": []any{map[string]any{"dial": up.hostport()}},
+								"headers": map[string]any{"request": map[string]any{"set": map[string]any{
+									"X-Seen-Uri":      []string{"{http.request.uri}"},
+									"X-Seen-Orig-Uri": []string{"{http.request.orig_uri}"},
+									"X-Seen-Cookie":   []string{"{http.request.header.Cookie}"},
+									"X-Seen-User":     []string{"{http.auth.user.id}"},
+									"X-Seen-Route":    []string{"{http.backstage_proxy.route}"},
+								}}}},
+						},
+						"terminal": true,
+					}},
+				}}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	loadTestCaddy(t, string(cfg), "json")
+
+	res := ciRaw(t, "GET", "/api/proxy/r/a%2Fb?q=1", []string{"Authorization: " + ciToken, "Cookie: session=c00k1e", "Accept: text/plain"}, "")
+	if res.Status != 200 {
+		t.Fatalf("status %d %s", res.Status, res.Body)
+	}
+	got := up.take()
+	if len(got) != 1 {
+		t.Fatalf("the upstream got %d requests", len(got))
+	}
+	for name, want := range map[string]string{
+		"X-Seen-Uri": "/base/a%2Fb?q=1", "X-Seen-Orig-Uri": "/api/proxy/r/a%2Fb?q=1", "X-Seen-Cookie": "",
+		"X-Seen-User": "ci", "X-Seen-Route": "/r", "Accept": "text/plain", "Cookie": "", "Authorization": "",
+	} {
+		if v := got[0].header.Get(name); v != want {
+			t.Errorf("upstream %s = %q, want %q", name, v, want)
+		}
+	}
+	if got[0].uri != "/base/a%2Fb?q=1" {
+		t.Errorf("upstream URI %q", got[0].uri)
+	}
+
+	// The access log: the client's request, and who it was.
+	var entry struct {
+		UserID  string `json:"user_id"`
+		Request struct {
+			URI     string              `json:"uri"`
+			Headers map[string][]string `json:"headers"`
+		} `json:"request"`
+	}
+	deadline := time.Now().Add(ciWait)
+	for {
+		raw, _ := os.ReadFile(logFile)
+		for line := range strings.Lines(string(raw)) {
+			if strings.Contains(line, `"handled request"`) && strings.Contains(line, "/api/proxy/r/") {
+				if err := json.Unmarshal([]byte(line), &entry); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		if entry.Request.URI != "" || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if entry.Request.URI != "/api/proxy/r/a%2Fb?q=1" || entry.UserID != "ci" {
+		t.Errorf("access log: uri %q, user_id %q", entry.Request.URI, entry.UserID)
+	}
+	for _, name := range []string{"Cookie", "Authorization", "Accept"} {
+		if _, ok := entry.Request.Headers[name]; !ok {
+			t.Errorf("the access log lacks the client's %s header: %v", name, entry.Request.Headers)
+		}
+	}
+}

@@ -3,7 +3,6 @@ package backstageproxy
 import (
 	"errors"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -77,46 +76,49 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return nil
 	}
 
-	// 3. The upstream request: a shallow copy, so the original stays intact
-	// for logs and for later routes. The copy and its URL share one
-	// allocation. They are not recycled: a handler may read a request after
-	// it returned (a mirror, an asynchronous logger).
-	st := new(proxyState)
-	st.req = *r
-	r2 := &st.req
-	r2.Header = h.filterRequestHeaders(r.Header)
-	// Request trailers are headers too, and none is on any allowlist's
-	// terms: Backstage drops them, so do we.
-	r2.Trailer = nil
-	if h.Rewrite != nil {
-		st.url = *r.URL
-		uri, pathEnd := h.Rewrite.applyURI(escapedPath, r.URL.RawQuery, r.URL.ForceQuery || r.URL.RawQuery != "")
-		setEscapedPath(&st.url, uri[:pathEnd])
-		st.url.RawQuery = ""
-		if pathEnd < len(uri) {
-			st.url.RawQuery = uri[pathEnd+1:]
-		}
-		st.url.ForceQuery = false
-		r2.URL = &st.url
-		r2.RequestURI = uri
-	}
-
+	// 3. The upstream request, and the response filter.
 	rf := responseFilters.Get().(*responseFilter)
 	rf.init(w, h.respAllow, h.respAllowNames, h.AllowUpgrade, rf.staged)
-	err := next.ServeHTTP(rf, r2)
+	err := h.serveUpstream(rf, r, escapedPath, next)
 	if rf.wroteHeader {
 		rf.filterTrailers()
 	} else if err != nil {
 		err = h.upstreamError(rf, r, err)
 	}
-	rf.release(r2.Method)
+	rf.release(r.Method)
 	return err
 }
 
-// proxyState is what one proxied request needs beyond the original request.
-type proxyState struct {
-	req http.Request
-	url url.URL
+// serveUpstream calls next with r turned into the upstream request: the
+// filtered headers, no trailers (none is on any allowlist's terms; Backstage
+// drops them), and the rewritten URI. Like Caddy's own rewrite and headers
+// handlers, it changes the request in place rather than copying it (a copy
+// costs an allocation and its garbage collection on every request), so the
+// placeholders of later handlers read the upstream request, as they do
+// after a rewrite: `{http.request.uri}` is the upstream URI and
+// `{http.request.orig_uri}` the client's. Unlike those handlers, it puts the
+// request back when next returns, or panics, so that the access log and the
+// error routes see what the client sent. Nothing is recycled: a handler that
+// keeps the request after it returned sees the client's request, intact.
+func (h *Handler) serveUpstream(w http.ResponseWriter, r *http.Request, escapedPath string, next caddyhttp.Handler) error {
+	header, trailer, requestURI, u := r.Header, r.Trailer, r.RequestURI, *r.URL
+	defer func() {
+		r.Header, r.Trailer, r.RequestURI = header, trailer, requestURI
+		*r.URL = u
+	}()
+	r.Header = h.filterRequestHeaders(header)
+	r.Trailer = nil
+	if h.Rewrite != nil {
+		uri, pathEnd := h.Rewrite.applyURI(escapedPath, u.RawQuery, u.ForceQuery || u.RawQuery != "")
+		setEscapedPath(r.URL, uri[:pathEnd])
+		r.URL.RawQuery = ""
+		if pathEnd < len(uri) {
+			r.URL.RawQuery = uri[pathEnd+1:]
+		}
+		r.URL.ForceQuery = false
+		r.RequestURI = uri
+	}
+	return next.ServeHTTP(w, r)
 }
 
 // responseFilters recycles response filters and their staged header maps,

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -206,17 +207,20 @@ func TestNeedsCredentials(t *testing.T) {
 	}
 }
 
-// htNext records the request it gets and answers like reverse_proxy would.
+// htNext records a copy of the request it gets, as reverse_proxy copies it
+// (the handler puts the request back when next returns), and answers like
+// reverse_proxy would.
 type htNext struct {
 	called int
-	req    *http.Request
+	req    *http.Request // a copy, made during the call
+	ptr    *http.Request // the request itself
 	status int
 	err    error
 }
 
 func (n *htNext) ServeHTTP(w http.ResponseWriter, r *http.Request) error {
 	n.called++
-	n.req = r
+	n.req, n.ptr = r.Clone(r.Context()), r
 	if n.err != nil {
 		if n.status != 0 {
 			w.WriteHeader(n.status)
@@ -266,6 +270,34 @@ func TestServeHTTP(t *testing.T) {
 		}
 		if w.Code != 200 || w.Body.String() != "upstream" || w.Header().Get("X-Upstream") != "" {
 			t.Errorf("response %d %q %v", w.Code, w.Body, w.Header())
+		}
+	})
+
+	t.Run("the request is put back when next returns or panics", func(t *testing.T) {
+		h := htHandler(t, route(CredentialsDangerouslyAllowUnauthenticated), nil, false)
+		for _, panics := range []bool{false, true} {
+			r := htRequest("GET", "/api/proxy/r/a?q=1", "Cookie", "c=d", "Accept", "a")
+			r.Trailer = http.Header{"X-Sum": nil}
+			header, trailer, u := r.Header, r.Trailer, r.URL
+			var during string
+			next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r2 *http.Request) error {
+				during = fmt.Sprintf("%p %s %v %v", r2, r2.RequestURI, r2.Header, r2.Trailer)
+				if panics {
+					panic("next failed")
+				}
+				return nil
+			})
+			func() {
+				defer func() { _ = recover() }()
+				_ = h.ServeHTTP(httptest.NewRecorder(), r, next)
+			}()
+			if want := fmt.Sprintf("%p /base/a?q=1 map[Accept:[a]] map[]", r); during != want {
+				t.Errorf("panics=%v: next saw %q, want %q", panics, during, want)
+			}
+			if !hdEqual(r.Header, http.Header{"Cookie": {"c=d"}, "Accept": {"a"}}) || fmt.Sprintf("%p", r.Header) != fmt.Sprintf("%p", header) ||
+				fmt.Sprintf("%p", r.Trailer) != fmt.Sprintf("%p", trailer) || r.URL != u || r.URL.RequestURI() != "/api/proxy/r/a?q=1" || r.RequestURI != "/api/proxy/r/a?q=1" {
+				t.Errorf("panics=%v: not put back: %v %v %s %q", panics, r.Header, r.Trailer, r.URL, r.RequestURI)
+			}
 		}
 	})
 
@@ -354,8 +386,8 @@ func TestServeHTTP(t *testing.T) {
 		next := &htNext{}
 		r := htRequest("GET", "/api/proxy/open/x?y", "Cookie", "c", "Authorization", "Bearer bad")
 		_ = h.ServeHTTP(httptest.NewRecorder(), r, next)
-		if next.called != 1 || next.req != r {
-			t.Errorf("barrier: called %d, same request %v", next.called, next.req == r)
+		if next.called != 1 || next.ptr != r || next.req.Header.Get("Cookie") != "c" || next.req.RequestURI != "/api/proxy/open/x?y" {
+			t.Errorf("barrier: called %d, same request %v, saw %v %q", next.called, next.ptr == r, next.req.Header, next.req.RequestURI)
 		}
 		w := httptest.NewRecorder()
 		next = &htNext{}
