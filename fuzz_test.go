@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/textproto"
+	"net/url"
 	"regexp"
 	"strings"
 	"testing"
@@ -135,6 +136,9 @@ func fzWalkHandlers(v any, fn func(map[string]any)) {
 // parameters removed, is `..`; and its first decoding has no control byte.
 func FuzzPathGuard(f *testing.F) {
 	f.Fuzz(func(t *testing.T, p string) {
+		if u := (&url.URL{Path: p}); escapedPathOf(u) != u.EscapedPath() {
+			t.Fatalf("escapedPathOf(Path %q) = %q, EscapedPath %q", p, escapedPathOf(u), u.EscapedPath())
+		}
 		if !pathIsSafe(p) {
 			return
 		}

@@ -14,14 +14,14 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// ServeHTTP enforces the endpoint's policy and calls next with a filtered copy
-// of the request.
+// ServeHTTP enforces the endpoint's policy and calls next with the request turned
+// into the upstream request (serveUpstream).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	repl, _ := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if repl != nil && h.routeValue != nil {
-		repl.Set("http.backstage_proxy.route", h.routeValue)
+	if repl != nil && h.routePlaceholders != nil {
+		repl.Map(h.routePlaceholders)
 	}
-	escapedPath := r.URL.EscapedPath()
+	escapedPath := escapedPathOf(r.URL)
 
 	// 1. Credentials, before the path guard: Backstage's barrier runs first, so
 	// anonymous traversal attempts on protected routes get 401.
@@ -36,22 +36,20 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 				c.Write(zap.String("route", h.Route), zap.Int("status", authErr.status), zap.String("reason", authErr.message))
 			}
 			if repl != nil {
-				repl.Set("http.backstage_proxy.error", authErr.message)
+				repl.Set(placeholderError, authErr.message)
 			}
 			return h.writeError(w, r, authErr.status, authErr.name, authErr.message)
 		}
 		if repl != nil {
-			subject, typ, method := p.placeholderValues()
-			repl.Set("http.auth.user.id", subject)
-			repl.Set("http.backstage_proxy.principal.type", typ)
-			repl.Set("http.backstage_proxy.principal.method", method)
+			repl.Set(placeholderUserID, p.subjectPlaceholder())
+			repl.Map(principalPlaceholders(p.Type, p.Method))
 		}
 	}
 
 	// 2. Path guard (backstage-proxy.md §1.11, divergence D10).
 	if !pathIsSafe(escapedPath) {
 		if repl != nil {
-			repl.Set("http.backstage_proxy.error", "path traversal")
+			repl.Set(placeholderError, "path traversal")
 		}
 		hdr := w.Header()
 		hdr.Set("Content-Type", "text/plain; charset=utf-8")

@@ -80,14 +80,14 @@ func (m MatchRoutePath) Match(r *http.Request) bool {
 	if view == "" {
 		view = r.URL.Path
 	}
-	var escapedPath string
+	var escaped string
 	for i, prefix := range m.Paths {
 		p := view
 		if i < len(m.escaped) && m.escaped[i] {
-			if escapedPath == "" {
-				escapedPath = r.URL.EscapedPath()
+			if escaped == "" {
+				escaped = escapedPathOf(r.URL)
 			}
-			p = escapedPath
+			p = escaped
 		}
 		if hasSegmentPrefixFold(p, prefix) {
 			return true

@@ -35,15 +35,19 @@ const DefaultMountPath = "/api/proxy"
 //   - checks the caller's Backstage credentials (401/403 with Backstage's JSON
 //     error body) according to the credentials policy;
 //   - refuses path traversal (400 `Bad Request`);
-//   - passes on only the allowed request headers, on a copy of the request, so
-//     access logs still show what the client sent;
+//   - passes on only the allowed request headers;
 //   - rewrites the upstream path exactly as Backstage does (default: strip the
 //     mount path and route, prepend the target's path);
 //   - passes back only the allowed response headers;
 //   - turns upstream failures into Backstage-shaped JSON errors (502/503/504)
 //     that never name an internal address.
 //
-// It never reads the request body.
+// It never reads the request body. Like Caddy's `rewrite`, it changes the
+// request in place for the handlers after it, so their placeholders read the
+// upstream request (`{http.request.uri}` is the upstream URI, filtered-out
+// headers are gone; `{http.request.orig_uri}` is the client's URI); unlike
+// `rewrite`, it puts the request back when they return, so the access log and
+// error routes show what the client sent.
 //
 // With `barrier` set, it is the credentials
 // barrier that Backstage puts in front of all of `/api/proxy`: placed before a
@@ -58,6 +62,9 @@ const DefaultMountPath = "/api/proxy"
 // `{http.backstage_proxy.principal.type}` | `user` or `service`
 // `{http.backstage_proxy.principal.method}` | How it was verified: `user`, `plugin`, `static`, `legacy`, `jwks`
 // `{http.backstage_proxy.route}` | The route key of this endpoint
+//
+// All but `{http.auth.user.id}` come from value providers, which answer after
+// values set by other handlers under the same names.
 type Handler struct {
 	// Credentials is the Backstage credentials policy: `require` (default: a
 	// valid Backstage token is needed and not forwarded), `forward` (needed and
@@ -105,9 +112,10 @@ type Handler struct {
 	// all routes, as Backstage does for unknown paths under its mount path.
 	Barrier bool `json:"barrier,omitempty"`
 
-	identity   *App
-	routeValue any // Route, boxed once for the placeholder
-	reqAllow   map[string]struct{}
+	identity *App
+	// routePlaceholders provides {http.backstage_proxy.route}.
+	routePlaceholders caddy.ReplacerFunc
+	reqAllow          map[string]struct{}
 	// reqAllowNames and respAllowNames are the allowlists' keys, for
 	// filtering by lookup.
 	reqAllowNames  []string
@@ -139,9 +147,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) setup(identity *App, logger *zap.Logger) error {
 	h.logger = logger
 	h.identity = identity
-	if h.Route != "" {
-		h.routeValue = h.Route
-	}
+	h.routePlaceholders = routePlaceholders(h.Route)
 	if h.Credentials == "" {
 		h.Credentials = CredentialsRequire
 	}

@@ -23,17 +23,16 @@ const maxDecodeRounds = 3
 //
 // `..` in the query and `...` segments are allowed, as in Backstage.
 func pathIsSafe(escaped string) bool {
-	// Fast path: nothing that could encode or form a traversal.
-	suspicious := false
+	// Fast path: nothing that could encode or form a traversal. The classes
+	// are bits, gathered without a branch per byte.
+	var classes uint8
 	for i := 0; i < len(escaped); i++ {
-		switch pathByteClass[escaped[i]] {
-		case pathByteSuspicious:
-			suspicious = true
-		case pathByteRefused:
-			return false
-		}
+		classes |= pathByteClass[escaped[i]]
 	}
-	if !suspicious {
+	if classes&pathByteRefused != 0 {
+		return false
+	}
+	if classes == 0 {
 		return true
 	}
 	p := escaped
@@ -71,11 +70,11 @@ func pathIsSafe(escaped string) bool {
 	}
 }
 
-// Classes of the bytes of an escaped path, for pathIsSafe's fast path.
+// Classes of the bytes of an escaped path, for pathIsSafe's fast path: bits,
+// none for an ordinary byte.
 const (
-	pathByteOrdinary   = iota
-	pathByteSuspicious // may encode or form a traversal: %, ., \, ;
-	pathByteRefused    // a control byte
+	pathByteSuspicious = 1 << iota // may encode or form a traversal: %, ., \, ;
+	pathByteRefused                // a control byte
 )
 
 var pathByteClass = func() (t [256]uint8) {
@@ -108,6 +107,32 @@ func segmentsSafe(p string) bool {
 	}
 	return true
 }
+
+// escapedPathOf is u.EscapedPath(). When Go kept no RawPath and no byte of
+// Path needs escaping, which is the common case, Path is the answer; the
+// bytes are checked with a table rather than net/url's per-byte switch.
+func escapedPathOf(u *url.URL) string {
+	if u.RawPath == "" {
+		p := u.Path
+		for i := 0; i < len(p); i++ {
+			if pathByteEscaped[p[i]] {
+				return u.EscapedPath()
+			}
+		}
+		return p
+	}
+	return u.EscapedPath()
+}
+
+// pathByteEscaped is which bytes EscapedPath escapes in a path, learnt from
+// net/url itself so that the two cannot disagree.
+var pathByteEscaped = func() (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		p := "/" + string([]byte{byte(c)})
+		t[c] = (&url.URL{Path: p}).EscapedPath() != p
+	}
+	return t
+}()
 
 // setEscapedPath sets u's path from its escaped form, keeping the escaping
 // (so `%2F` stays `%2F` on the wire).
