@@ -1,6 +1,7 @@
 package backstageproxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
@@ -8,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"net/http"
 	"net/url"
 	"slices"
@@ -425,7 +427,8 @@ type externalEntry struct {
 	subject  string // static and legacy
 	restrict *accessRestriction
 
-	digest [sha256.Size]byte // static
+	digest [sha256.Size]byte // static: the token's SHA-256, and the token
+	token  []byte
 
 	secret []byte // legacy
 	opts   []jwt.ValidateOption
@@ -445,14 +448,19 @@ type identityAuthenticator struct {
 	cache    *verifiedCache
 	logger   *zap.Logger
 
-	// staticByDigest maps the digest of each static token to the first
+	// staticByHash maps a keyed hash of each static token to the first
 	// static entry with that token. A token that is not shaped like a JWT can
 	// only ever match a static entry (every other handler needs a JWT), so
-	// such tokens skip JWT parsing entirely.
-	staticByDigest map[[sha256.Size]byte]*staticFastEntry
+	// such tokens skip JWT parsing, and SHA-256, entirely. The hash (maphash,
+	// with a random seed nobody sees) only picks the candidate; the decision
+	// is the constant-time comparison of the whole token, so neither the
+	// token's bytes nor its length show in the timing of a refusal.
+	staticSeed   maphash.Seed
+	staticByHash map[uint64]*staticFastEntry
 }
 
 type staticFastEntry struct {
+	token    []byte
 	p        principal
 	restrict *accessRestriction
 }
@@ -467,18 +475,19 @@ func (a *identityAuthenticator) authenticate(ctx context.Context, token string) 
 	if token == "" || len(token) > maxTokenBytes {
 		return principal{}, errIllegalToken
 	}
-	// The token is only read: hash it in place rather than copy it.
-	digest := sha256.Sum256(unsafe.Slice(unsafe.StringData(token), len(token)))
+	// The token is only read: hash and compare it in place rather than copy it.
+	tokenBytes := unsafe.Slice(unsafe.StringData(token), len(token))
 	// A static token is not JWT-shaped, and only JWTs are cached: look it
 	// up first.
-	if a.staticByDigest != nil && strings.Count(token, ".") != 2 {
-		if e := a.staticByDigest[digest]; e != nil {
+	if a.staticByHash != nil && strings.Count(token, ".") != 2 {
+		if e := a.staticByHash[maphash.String(a.staticSeed, token)]; e != nil && subtle.ConstantTimeCompare(tokenBytes, e.token) == 1 {
 			if err := e.restrict.check(); err != nil {
 				return principal{}, err
 			}
 			return e.p, nil
 		}
 	}
+	digest := sha256.Sum256(tokenBytes)
 	if p, ok := a.cache.get(digest, now()); ok {
 		return p, nil
 	}
@@ -958,6 +967,7 @@ func buildAuthenticator(_ caddy.Context, a *App) (authenticator, func(), error) 
 				return fail("%s: Illegal subject, must be a set of non-space characters", where)
 			}
 			entry.digest = sha256.Sum256([]byte(token))
+			entry.token = []byte(token)
 			entry.subject = subject
 		case "legacy":
 			secret, subject := resolve(e.Options.Secret), resolve(e.Options.Subject)
@@ -1030,19 +1040,29 @@ func buildAuthenticator(_ caddy.Context, a *App) (authenticator, func(), error) 
 			kind: "legacy", subject: keysSubject, restrict: restrict, secret: key, opts: baseValidation(),
 		})
 	}
+	auth.staticSeed = maphash.MakeSeed()
 	for i := range auth.external {
 		e := &auth.external[i]
 		if e.kind != "static" {
 			continue
 		}
-		if auth.staticByDigest == nil {
-			auth.staticByDigest = make(map[[sha256.Size]byte]*staticFastEntry)
+		if auth.staticByHash == nil {
+			auth.staticByHash = make(map[uint64]*staticFastEntry)
 		}
-		if _, dup := auth.staticByDigest[e.digest]; !dup {
-			auth.staticByDigest[e.digest] = &staticFastEntry{
-				p:        principal{Type: principalService, Subject: e.subject, Method: "static", subjectValue: e.subject},
-				restrict: e.restrict,
+		k := maphash.Bytes(auth.staticSeed, e.token)
+		if other, taken := auth.staticByHash[k]; taken {
+			if !bytes.Equal(other.token, e.token) {
+				// two different tokens with one hash (one chance in 2^64):
+				// the general path tells them apart
+				auth.staticByHash = nil
+				break
 			}
+			continue // the first entry with this token wins, as in Backstage
+		}
+		auth.staticByHash[k] = &staticFastEntry{
+			token:    e.token,
+			p:        principal{Type: principalService, Subject: e.subject, Method: "static", subjectValue: e.subject},
+			restrict: e.restrict,
 		}
 	}
 	return auth, release, nil

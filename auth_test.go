@@ -780,6 +780,7 @@ func TestStaticTokens(t *testing.T) {
 	expectErr(t, auth, "static-token-12", 401, "Illegal token")                                                 // prefix
 	expectErr(t, auth, "static-token-1234", 401, "Illegal token")                                               // longer
 	expectErr(t, auth, "STATIC-TOKEN-123", 401, "Illegal token")                                                // case-sensitive
+	expectErr(t, auth, "static-token-124", 401, "Illegal token")                                                // same length
 	expectErr(t, auth, "restricted-token-123", 403, "This token's access is restricted to plugin(s) 'catalog'") // case 20
 	expectErr(t, auth, "two-plugins-token", 403, "This token's access is restricted to plugin(s) 'catalog', 'search'")
 	if p := expectOK(t, auth, "with-proxy-token"); p.Subject != "r3" {
@@ -792,6 +793,16 @@ func TestStaticTokens(t *testing.T) {
 	if n := auth.cache.len(); n != 0 {
 		t.Fatalf("%d cached entries after static tokens", n)
 	}
+	// The general path (taken when two tokens share a hash) decides the same.
+	if auth.staticByHash == nil {
+		t.Fatal("the static fast path is not set up")
+	}
+	auth.staticByHash = nil
+	if p := expectOK(t, auth, "static-token-123"); p.Subject != "static-subject" {
+		t.Fatalf("general path: got %+v", p)
+	}
+	expectErr(t, auth, "static-token-124", 401, "Illegal token")
+	expectErr(t, auth, "restricted-token-123", 403, "This token's access is restricted to plugin(s) 'catalog'")
 }
 
 func TestStaticTokenPlaceholder(t *testing.T) {
