@@ -57,6 +57,9 @@ type UpstreamRewrite struct {
 	NoPrependPath bool `json:"no_prepend_path,omitempty"`
 
 	stripLen int
+	// targetPrefix is the start of every upstream path: `/` and the target
+	// path (unless NoPrependPath), slashes collapsed, built once.
+	targetPrefix string
 }
 
 // PathRewriteRule is one `pathRewrite` entry: a regular expression (RE2
@@ -85,6 +88,7 @@ func (u *UpstreamRewrite) provision() error {
 	if u.TargetPath == "" {
 		u.TargetPath = "/"
 	}
+	u.targetPrefix = collapsedPrefix(u.target())
 	if _, err := url.ParseQuery(u.TargetQuery); err != nil && u.TargetQuery != "" {
 		return fmt.Errorf("target query %q: %v", u.TargetQuery, err)
 	}
@@ -131,9 +135,9 @@ func (u *UpstreamRewrite) applyURI(escapedPath, rawQuery string, hasQuery bool) 
 		reqPath, reqQuery = u.stripDefault(escapedPath), rawQuery
 	}
 
-	target := u.TargetPath
-	if u.NoPrependPath {
-		target = ""
+	target, prefix := u.target(), u.targetPrefix
+	if prefix == "" { // not provisioned
+		prefix = collapsedPrefix(target)
 	}
 	query := reqQuery
 	sep := ""
@@ -147,7 +151,15 @@ func (u *UpstreamRewrite) applyURI(escapedPath, rawQuery string, hasQuery bool) 
 	} else {
 		reqQuery = ""
 	}
-	return joinCollapse(target, reqPath, query, sep, reqQuery)
+	return joinCollapseAfter(prefix, target != "", reqPath, query, sep, reqQuery)
+}
+
+// target is the target path prepended to upstream paths, or "".
+func (u *UpstreamRewrite) target() string {
+	if u.NoPrependPath {
+		return ""
+	}
+	return u.TargetPath
 }
 
 func cutQuery(s string) (path, query string, hasQuery bool) {
@@ -201,11 +213,22 @@ func appendCollapsed(buf []byte, s string) []byte {
 // q1 (with q2 after sep) is non-empty, `?` and the query follow. It returns the
 // URI and where its path ends, building both in one allocation.
 func joinCollapse(a, b, q1, sep, q2 string) (string, int) {
-	buf := make([]byte, 0, len(a)+len(b)+len(q1)+len(sep)+len(q2)+3)
-	buf = append(buf, '/')
-	buf = appendCollapsed(buf, a)
+	return joinCollapseAfter(collapsedPrefix(a), a != "", b, q1, sep, q2)
+}
+
+// collapsedPrefix is what joinCollapse makes of a before b is joined: `/`
+// and a, slashes collapsed.
+func collapsedPrefix(a string) string {
+	return string(appendCollapsed(append(make([]byte, 0, len(a)+1), '/'), a))
+}
+
+// joinCollapseAfter is joinCollapse with a already made into prefix by
+// collapsedPrefix (aSet: a was not empty).
+func joinCollapseAfter(prefix string, aSet bool, b, q1, sep, q2 string) (string, int) {
+	buf := make([]byte, 0, len(prefix)+len(b)+len(q1)+len(sep)+len(q2)+2)
+	buf = append(buf, prefix...)
 	if b != "" {
-		if a != "" {
+		if aSet {
 			buf = appendCollapsed(buf, "/")
 		}
 		buf = appendCollapsed(buf, b)
