@@ -427,7 +427,9 @@ type externalEntry struct {
 	subject  string // static and legacy
 	restrict *accessRestriction
 
-	digest [sha256.Size]byte // static: the token's SHA-256, and the token
+	// static: the token's SHA-256, for the general path (JWT-shaped
+	// static tokens), and the token, for the fast path (staticByHash)
+	digest [sha256.Size]byte
 	token  []byte
 
 	secret []byte // legacy
