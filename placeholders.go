@@ -59,28 +59,26 @@ func newPrincipalPlaceholders(typ, method string) caddy.ReplacerFunc {
 	}
 }
 
+// principalProvider is the placeholder provider of one type and method pair.
+type principalProvider struct {
+	typ, method string
+	provider    caddy.ReplacerFunc
+}
+
 // knownPrincipalPlaceholders are the type and method pairs that
 // authentication produces: user tokens, plugin tokens (a user's when they
 // act on behalf of one), and the three kinds of external access.
-var knownPrincipalPlaceholders = func() []struct {
-	typ, method string
-	provider    caddy.ReplacerFunc
-} {
-	pairs := [][2]string{
-		{principalUser, "user"},
-		{principalService, "plugin"},
-		{principalUser, "plugin"},
-		{principalService, "static"},
-		{principalService, "legacy"},
-		{principalService, "jwks"},
+var knownPrincipalPlaceholders = func() []principalProvider {
+	known := []principalProvider{
+		{typ: principalUser, method: "user"},
+		{typ: principalService, method: "plugin"},
+		{typ: principalUser, method: "plugin"},
+		{typ: principalService, method: "static"},
+		{typ: principalService, method: "legacy"},
+		{typ: principalService, method: "jwks"},
 	}
-	known := make([]struct {
-		typ, method string
-		provider    caddy.ReplacerFunc
-	}, len(pairs))
-	for i, p := range pairs {
-		known[i].typ, known[i].method = p[0], p[1]
-		known[i].provider = newPrincipalPlaceholders(p[0], p[1])
+	for i := range known {
+		known[i].provider = newPrincipalPlaceholders(known[i].typ, known[i].method)
 	}
 	return known
 }()
