@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/maphash"
+	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -293,22 +294,105 @@ func peekJWT(token string) *jwtPeek {
 		return p
 	}
 	p.payloadB64 = payload
-	if b, err := base64.RawURLEncoding.DecodeString(h); err == nil && json.Unmarshal(b, &p.header) == nil {
-		p.headerOK = true
+	if b, err := base64.RawURLEncoding.DecodeString(h); err == nil {
+		p.headerOK = decodeMembersStrict(b, func(name string) *any {
+			switch name {
+			case "alg":
+				return &p.header.Alg
+			case "typ":
+				return &p.header.Typ
+			case "kid":
+				return &p.header.Kid
+			}
+			return nil
+		})
 	}
 	return p
 }
 
 // decodeClaims decodes the payload's dispatch claims; false if the payload is
-// not a base64url JSON object.
+// not a base64url JSON object, or names a claim twice.
 func (p *jwtPeek) decodeClaims() bool {
 	if !p.claimsDone {
 		p.claimsDone = true
-		if b, err := base64.RawURLEncoding.DecodeString(p.payloadB64); err == nil && json.Unmarshal(b, &p.claims) == nil {
-			p.claimsOK = true
+		if b, err := base64.RawURLEncoding.DecodeString(p.payloadB64); err == nil {
+			p.claimsOK = decodeMembersStrict(b, func(name string) *any {
+				switch name {
+				case "sub":
+					return &p.claims.Sub
+				case "aud":
+					return &p.claims.Aud
+				case "iss":
+					return &p.claims.Iss
+				case "iat":
+					return &p.claims.Iat
+				}
+				return nil
+			})
 		}
 	}
 	return p.claimsOK
+}
+
+// maxStrictMembersLinear is how many member names decodeMembersStrict
+// compares linearly before it switches to a set; real JWTs have about ten.
+const maxStrictMembersLinear = 16
+
+// decodeMembersStrict decodes a JSON object the way jwx and JavaScript's
+// JSON.parse read it, and stricter: member names match exactly (encoding/json
+// alone matches them ignoring case and keeps the last of duplicates, so
+// {"sub":"catalog","SUB":"evil"} would read as "evil"), and an object that
+// names any member twice is refused, so every reader of the token agrees on
+// every claim. field returns where to decode the member of that name, or nil
+// to skip it. False if b is not exactly one JSON object or has a duplicate.
+func decodeMembersStrict(b []byte, field func(name string) *any) bool {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
+		return false
+	}
+	var names []string
+	var set map[string]struct{}
+	for dec.More() {
+		t, err := dec.Token()
+		if err != nil {
+			return false
+		}
+		name, ok := t.(string)
+		if !ok {
+			return false
+		}
+		if set != nil {
+			if _, dup := set[name]; dup {
+				return false
+			}
+			set[name] = struct{}{}
+		} else {
+			if slices.Contains(names, name) {
+				return false
+			}
+			if names = append(names, name); len(names) > maxStrictMembersLinear {
+				set = make(map[string]struct{}, 2*len(names))
+				for _, n := range names {
+					set[n] = struct{}{}
+				}
+			}
+		}
+		if dst := field(name); dst != nil {
+			err = dec.Decode(dst)
+		} else {
+			var skip json.RawMessage
+			err = dec.Decode(&skip)
+		}
+		if err != nil {
+			return false
+		}
+	}
+	if t, err := dec.Token(); err != nil || t != json.Delim('}') {
+		return false
+	}
+	// Nothing may follow the object (json.Unmarshal's rule).
+	_, err := dec.Token()
+	return err == io.EOF
 }
 
 func (p *jwtPeek) typ() string {
@@ -644,7 +728,15 @@ func (a *identityAuthenticator) verifyPluginToken(ctx context.Context, jt *jwtPe
 		a.debug("plugin token refused", zap.String("plugin", sub), zap.Error(err))
 		return p, exp, errFailedPlugin
 	}
+	// The key set was chosen by the sub read above; the principal is named by
+	// the sub jwx read from the verified payload. Both come from one strict
+	// decoding rule, and they must agree: a token whose key set belongs to
+	// one plugin can never name another.
 	vsub, _ := tok.Subject()
+	if vsub != sub {
+		a.debug("plugin token refused: verified subject differs from the one that chose the key set", zap.String("plugin", sub))
+		return p, exp, errFailedPlugin
+	}
 	exp, _ = tok.Expiration()
 	var obo any
 	if tok.Has("obo") {

@@ -430,3 +430,84 @@ func TestIntegrationIdentityKeyServerDown(t *testing.T) {
 		t.Fatalf("after recovery: %d %s (key set requests: %d, paths %v)", status, body, f.users.hits.Load(), f.users.requestPaths())
 	}
 }
+
+// TestIntegrationPluginImpersonation: a plugin that signs a token with its own
+// key can never be taken for another plugin. The key set is chosen by the
+// token's sub and the principal is named by the verified sub; both are read
+// by one strict decoding (exact names, no duplicate members) and must agree.
+// Before the fix, evil's key signing {"sub":"catalog","SUB":"evil"} went
+// upstream as plugin:catalog (the real Backstage refuses it, 401).
+func TestIntegrationPluginImpersonation(t *testing.T) {
+	f := newAIFixture(t)
+	evilKey := newECKey(t, "evil-key")
+	f.plugins.set("evil", evilKey)
+	aiLoad(t, f.config(t, f.app(false), "require=require"))
+
+	now := time.Now().Unix()
+	c := f.catalogKey
+	limited := f.userKey.sign(t, f.userKey.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
+	// claims is a raw JSON payload: maps cannot hold duplicate or case-variant
+	// names in a chosen order.
+	claims := func(subs string, obo bool) string {
+		s := fmt.Sprintf(`{%s,"aud":"proxy","iat":%d,"exp":%d`, subs, now, now+3600)
+		if obo {
+			s += `,"obo":"` + limited + `"`
+		}
+		return s + "}"
+	}
+	type tc struct {
+		name  string
+		key   *testKey
+		hdr   any
+		subs  string
+		obo   bool
+		want  int
+		whom  string // the principal a 200 must name
+		actor bool
+	}
+	cases := []tc{
+		// Controls: each plugin's genuine token names that plugin.
+		{"evil genuine", evilKey, evilKey.hdr(typPlugin), `"sub":"evil"`, false, 200, "plugin:evil", false},
+		{"catalog genuine", c, c.hdr(typPlugin), `"sub":"catalog"`, false, 200, "plugin:catalog", false},
+		{"evil genuine obo", evilKey, evilKey.hdr(typPlugin), `"sub":"evil"`, true, 200, "user:default/alice", true},
+		// Case variants: exact names pick catalog's keys, evil's signature fails.
+		{"SUB after", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","SUB":"evil"`, false, 401, "", false},
+		{"Sub after", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","Sub":"evil"`, false, 401, "", false},
+		{"SUB before", evilKey, evilKey.hdr(typPlugin), `"SUB":"evil","sub":"catalog"`, false, 401, "", false},
+		{"SUB only", evilKey, evilKey.hdr(typPlugin), `"SUB":"catalog"`, false, 401, "", false},
+		// Exact duplicates are refused whichever comes first and whoever signs.
+		{"duplicate, catalog first", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
+		{"duplicate, catalog last", evilKey, evilKey.hdr(typPlugin), `"sub":"evil","sub":"catalog"`, false, 401, "", false},
+		{"duplicate, escaped name", evilKey, evilKey.hdr(typPlugin), `"sub":"evil","s\u0075b":"catalog"`, false, 401, "", false},
+		{"duplicate signed by catalog", c, c.hdr(typPlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
+		// The obo actor is named the same way.
+		{"obo SUB after", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","SUB":"evil"`, true, 401, "", false},
+		{"obo Sub after", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","Sub":"evil"`, true, 401, "", false},
+		{"obo duplicate", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","sub":"evil"`, true, 401, "", false},
+		{"obo duplicate reversed", evilKey, evilKey.hdr(typPlugin), `"sub":"evil","sub":"catalog"`, true, 401, "", false},
+		// Header members are read by the same rule: a case variant or a
+		// duplicate typ cannot change how the token is dispatched.
+		{"header TYP", evilKey, `{"alg":"ES256","kid":"evil-key","TYP":"` + typPlugin + `"}`, `"sub":"evil"`, false, 401, "", false},
+		{"header duplicate typ", evilKey, `{"alg":"ES256","kid":"evil-key","typ":"` + typUser + `","typ":"` + typPlugin + `"}`, `"sub":"evil"`, false, 401, "", false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tok := tc.key.sign(t, tc.hdr, claims(tc.subs, tc.obo))
+			_, before := f.upstream.seen()
+			status, body := aiGet(t, "/api/proxy/require/p", "Bearer "+tok)
+			got, after := f.upstream.seen()
+			if status != tc.want {
+				t.Fatalf("status %d, want %d: %s", status, tc.want, body)
+			}
+			if tc.want != 200 {
+				if after != before {
+					t.Fatal("a refused token reached the upstream")
+				}
+				return
+			}
+			if who := got.Get("X-Principal"); who != tc.whom {
+				t.Fatalf("principal %q, want %q", who, tc.whom)
+			}
+		})
+	}
+}

@@ -1292,3 +1292,57 @@ func TestStaticTokenShapedLikeJWT(t *testing.T) {
 	expectErr(t, auth, "q8w7e6r5.t4y3", 403, "This token's access is restricted to plugin(s) 'catalog'")
 	expectErr(t, auth, "plain-static-tokenx", 401, "Illegal token")
 }
+
+// FuzzPluginClaimsImpersonation signs arbitrary claim sets with one plugin's
+// key ("evil") and authenticates them against a real key-set server that
+// serves evil's and catalog's keys. The fuzzer writes the members of the
+// payload (duplicate names, case variants, escaped names, obo); a fixed
+// aud/iat/exp tail makes most of them otherwise valid. Property: a token
+// evil signed yields evil (as the principal, or as the actor of an obo user)
+// or nothing; never catalog, never any other plugin.
+func FuzzPluginClaimsImpersonation(f *testing.F) {
+	useFakeClock(f)
+	evil := fuzzKey(f)
+	catalog := newECKey(f, "catalog-key")
+	plugins := newPluginServer(f)
+	plugins.set("evil", evil)
+	plugins.set("catalog", catalog)
+	auth := build(f, &App{
+		UserTokens:   &UserTokens{JWKSURL: newJWKSServer(f, evil).url()},
+		PluginTokens: &PluginTokens{JWKSURL: plugins.template()},
+	})
+	const iat, exp = 1_900_000_000, 1_900_003_600
+	limited := evil.sign(f, evil.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
+	for _, members := range []string{
+		`"sub":"evil"`,
+		`"sub":"catalog","SUB":"evil"`,
+		`"sub":"catalog","Sub":"evil"`,
+		`"SUB":"evil","sub":"catalog"`,
+		`"sub":"catalog","sub":"evil"`,
+		`"sub":"evil","sub":"catalog"`,
+		`"sub":"evil","s\u0075b":"catalog"`,
+		`"sub":"catalog","SUB":"evil","obo":"` + limited + `"`,
+		`"sub":"evil","obo":"` + limited + `"`,
+		`"sub":"evil","obo":"` + limited + `","OBO":"x"`,
+		`"sub":"evil","aud":"search"`,
+	} {
+		f.Add(members)
+	}
+	f.Fuzz(func(t *testing.T, members string) {
+		payload := "{" + members + fmt.Sprintf(`,"aud":"proxy","iat":%d,"exp":%d}`, iat, exp)
+		if members == "" {
+			payload = fmt.Sprintf(`{"aud":"proxy","iat":%d,"exp":%d}`, iat, exp)
+		}
+		tok := evil.sign(t, evil.hdr(typPlugin), payload)
+		p, err := auth.authenticate(context.Background(), tok)
+		if err != nil {
+			return
+		}
+		switch {
+		case p.Type == principalService && p.Subject == "plugin:evil" && p.Actor == "":
+		case p.Type == principalUser && p.Actor == "plugin:evil":
+		default:
+			t.Fatalf("a token signed by evil's key yielded %+v (payload %s)", p, payload)
+		}
+	})
+}
