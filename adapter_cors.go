@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/appconfig"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -29,8 +30,8 @@ type corsOptions struct {
 	maxAge             string // "" when unset
 	preflightContinue  bool
 	successStatus      int
-	originNode         *configNode
-	allowedHeadersNode *configNode
+	originNode         *appconfig.Node
+	allowedHeadersNode *appconfig.Node
 }
 
 var corsKnownKeys = map[string]bool{
@@ -45,8 +46,8 @@ func (ad *adaptation) readCorsOptions() (*corsOptions, error) {
 	if cc == nil || cc.IsNull() {
 		return nil, nil
 	}
-	if cc.Kind != nodeMap {
-		return nil, errorAt(cc, "Invalid type in config for key 'backend.cors', got %s, wanted object", cc.TypeName())
+	if cc.Kind != appconfig.KindMap {
+		return nil, appconfig.ErrorAt(cc, "Invalid type in config for key 'backend.cors', got %s, wanted object", cc.TypeName())
 	}
 	for i, k := range cc.Keys {
 		if !corsKnownKeys[k] {
@@ -76,7 +77,7 @@ func (ad *adaptation) readCorsOptions() (*corsOptions, error) {
 		if n := cc.Get(b.key); n != nil {
 			v, ok := n.Bool()
 			if !ok {
-				return nil, errorAt(n, "Unable to convert config value for key 'backend.cors.%s' to a boolean", b.key)
+				return nil, appconfig.ErrorAt(n, "Unable to convert config value for key 'backend.cors.%s' to a boolean", b.key)
 			}
 			*b.dst = v
 		}
@@ -84,14 +85,14 @@ func (ad *adaptation) readCorsOptions() (*corsOptions, error) {
 	if n := cc.Get("maxAge"); n != nil {
 		f, ok := n.Number()
 		if !ok {
-			return nil, errorAt(n, "Unable to convert config value for key 'backend.cors.maxAge' to a number")
+			return nil, appconfig.ErrorAt(n, "Unable to convert config value for key 'backend.cors.maxAge' to a number")
 		}
-		o.maxAge = jsNumberString(f)
+		o.maxAge = appconfig.JSNumberString(f)
 	}
 	if n := cc.Get("optionsSuccessStatus"); n != nil {
 		f, ok := n.Number()
 		if !ok || f != float64(int(f)) || f < 200 || f > 599 {
-			return nil, errorAt(n, "backend.cors.optionsSuccessStatus must be an HTTP status code from 200 to 599")
+			return nil, appconfig.ErrorAt(n, "backend.cors.optionsSuccessStatus must be an HTTP status code from 200 to 599")
 		}
 		o.successStatus = int(f)
 	}
@@ -100,7 +101,7 @@ func (ad *adaptation) readCorsOptions() (*corsOptions, error) {
 
 // corsStringArray is readCorsOptions' readStringArray: a string is a list of
 // one, a falsy value is unset, an array must hold non-empty strings.
-func corsStringArray(cc *configNode, key string) ([]string, error) {
+func corsStringArray(cc *appconfig.Node, key string) ([]string, error) {
 	n := cc.Get(key)
 	if s, ok := n.String(); ok && s != "" {
 		return []string{s}, nil
@@ -108,14 +109,14 @@ func corsStringArray(cc *configNode, key string) ([]string, error) {
 	if jsFalsy(n) {
 		return nil, nil
 	}
-	if n.Kind != nodeSeq {
-		return nil, errorAt(n, "Invalid type in config for key 'backend.cors.%s', got %s, wanted string-array", key, n.TypeName())
+	if n.Kind != appconfig.KindSeq {
+		return nil, appconfig.ErrorAt(n, "Invalid type in config for key 'backend.cors.%s', got %s, wanted string-array", key, n.TypeName())
 	}
 	out := []string{}
 	for _, item := range n.Items {
 		s, ok := item.String()
 		if !ok || s == "" {
-			return nil, errorAt(item, "Invalid type in config for key 'backend.cors.%s', got %s, wanted string-array", key, item.TypeName())
+			return nil, appconfig.ErrorAt(item, "Invalid type in config for key 'backend.cors.%s', got %s, wanted string-array", key, item.TypeName())
 		}
 		out = append(out, s)
 	}
@@ -164,7 +165,7 @@ func (ad *adaptation) corsRoutes(scope caddy.ModuleMap) ([]caddyhttp.Route, erro
 		}
 		pattern, err := originPattern(o.origins)
 		if err != nil {
-			return nil, errorAt(o.originNode, "backend.cors.origin: %v", err)
+			return nil, appconfig.ErrorAt(o.originNode, "backend.cors.origin: %v", err)
 		}
 		headerRE["Origin"] = &caddyhttp.MatchRegexp{Pattern: pattern}
 	}
@@ -186,7 +187,7 @@ func (ad *adaptation) corsRoutes(scope caddy.ModuleMap) ([]caddyhttp.Route, erro
 			Response: &headers.RespHeaderOps{HeaderOps: &headers.HeaderOps{Set: set}},
 		}, "handler", "headers", &w)
 	}
-	list := func(v []string) string { return escapeCaddyPlaceholders(strings.Join(v, ",")) }
+	list := func(v []string) string { return appconfig.EscapeCaddyPlaceholders(strings.Join(v, ",")) }
 
 	allowOrigin, vary := "*", []string(nil)
 	if o.origins != nil {

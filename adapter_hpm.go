@@ -14,14 +14,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/appconfig"
 )
 
 // routerEntries reads HPM's `router` map (http-proxy-middleware router.js):
 // in map order, a key without `/` is an exact client Host, a key starting
 // with `/` a prefix of the original request-target, and `host/path` both. The
 // value is the new target; an empty value matches but keeps the target.
-func (ad *adaptation) routerEntries(route string, n *configNode) ([]routerEntry, error) {
-	if n.Kind != nodeMap {
+func (ad *adaptation) routerEntries(route string, n *appconfig.Node) ([]routerEntry, error) {
+	if n.Kind != appconfig.KindMap {
 		if !jsFalsy(n) {
 			ad.warn(n, route+".router", "proxy route %s: router must be a map of host and/or path to target; a %s is ignored, as http-proxy-middleware ignores it", route, n.TypeName())
 		}
@@ -61,7 +63,7 @@ func (ad *adaptation) routerEntries(route string, n *configNode) ([]routerEntry,
 
 // locationRewriteOption reads autoRewrite, hostRewrite and protocolRewrite.
 // http-proxy tests them for truthiness.
-func locationRewriteOption(lr *locationRewrite, key string, v *configNode) error {
+func locationRewriteOption(lr *locationRewrite, key string, v *appconfig.Node) error {
 	if key == "autoRewrite" {
 		b, ok := v.Bool()
 		if !ok {
@@ -91,15 +93,15 @@ func locationRewriteOption(lr *locationRewrite, key string, v *configNode) error
 // cookieRewriteOption reads cookieDomainRewrite or cookiePathRewrite: a
 // string (for every value) or a map from the current value (`*`: any other)
 // to the new one; "" removes the attribute. false or null is off.
-func cookieRewriteOption(v *configNode, key string) ([]cookieRewrite, error) {
+func cookieRewriteOption(v *appconfig.Node, key string) ([]cookieRewrite, error) {
 	if s, ok := v.String(); ok {
 		return []cookieRewrite{{From: "*", To: s}}, nil
 	}
-	if v.Kind == nodeMap {
+	if v.Kind == appconfig.KindMap {
 		out := []cookieRewrite{}
 		for i, from := range v.Keys {
 			to := v.Values[i]
-			if to.Kind != nodeScalar {
+			if to.Kind != appconfig.KindScalar {
 				return nil, fmt.Errorf("%s %q: the new value must be a string, got %s", key, from, to.TypeName())
 			}
 			value := to.Value
@@ -122,15 +124,15 @@ func cookieRewriteOption(v *configNode, key string) ([]cookieRewrite, error) {
 // caOption reads `ca`: PEM certificates (a string or a list), which become
 // the only roots trusted for the target, or the path of a PEM file (relative
 // to the config file).
-func (ad *adaptation) caOption(v *configNode) (certs, files []string, err error) {
-	var items []*configNode
+func (ad *adaptation) caOption(v *appconfig.Node) (certs, files []string, err error) {
+	var items []*appconfig.Node
 	switch {
-	case v.Kind == nodeSeq:
+	case v.Kind == appconfig.KindSeq:
 		items = v.Items
 	case jsFalsy(v):
 		return nil, nil, nil
 	default:
-		items = []*configNode{v}
+		items = []*appconfig.Node{v}
 	}
 	for _, item := range items {
 		s, ok := item.String()
@@ -187,7 +189,7 @@ func pemCertificates(s string) ([]string, error) {
 
 // authOption reads `auth: "user:password"`. The value is a secret: when it
 // came from ${VAR} it stays an {env.VAR} placeholder.
-func (ad *adaptation) authOption(route string, v *configNode) (string, error) {
+func (ad *adaptation) authOption(route string, v *appconfig.Node) (string, error) {
 	if jsFalsy(v) {
 		return "", nil
 	}
@@ -204,7 +206,7 @@ func (ad *adaptation) authOption(route string, v *configNode) (string, error) {
 
 // checkEndpoint warns about options that have no effect in the combination
 // given, and settles the ones that depend on each other.
-func (ad *adaptation) checkEndpoint(s *endpointSpec, n *configNode) {
+func (ad *adaptation) checkEndpoint(s *endpointSpec, n *appconfig.Node) {
 	allowed := func(name string) bool {
 		for _, h := range s.AllowedHeaders {
 			if strings.EqualFold(h, name) {
@@ -213,7 +215,7 @@ func (ad *adaptation) checkEndpoint(s *endpointSpec, n *configNode) {
 		}
 		return false
 	}
-	first := func(keys ...string) *configNode {
+	first := func(keys ...string) *appconfig.Node {
 		for _, k := range keys {
 			if v := n.Get(k); v != nil {
 				return v
@@ -257,8 +259,8 @@ func (ad *adaptation) checkEndpoint(s *endpointSpec, n *configNode) {
 }
 
 // checkInlinedSecret warns when a secret from the environment had to be
-// written into the JSON (see configNode.SecretInlined).
-func (ad *adaptation) checkInlinedSecret(n *configNode, what string) {
+// written into the JSON (see appconfig.Node.SecretInlined).
+func (ad *adaptation) checkInlinedSecret(n *appconfig.Node, what string) {
 	if n != nil && n.SecretInlined {
 		ad.warn(n, what, "%s: the value from the environment cannot be kept as an {env.*} placeholder (it has surrounding whitespace, or the variable name is not one Caddy can read), so it is written into the Caddy JSON, where the admin API shows it", what)
 	}
@@ -266,11 +268,11 @@ func (ad *adaptation) checkInlinedSecret(n *configNode, what string) {
 
 // jsFalsy reports whether n is falsy in JavaScript: absent, null, false, 0,
 // NaN or "".
-func jsFalsy(n *configNode) bool {
+func jsFalsy(n *appconfig.Node) bool {
 	if n == nil {
 		return true
 	}
-	if n.Kind != nodeScalar {
+	if n.Kind != appconfig.KindScalar {
 		return false
 	}
 	switch n.Tag {

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/appconfig"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -58,12 +59,12 @@ import (
 //	          backstage:
 //	            idle_timeout: 2m
 type caddyOptions struct {
-	node        *configNode
+	node        *appconfig.Node
 	backend     *url.URL
 	authBaseURL string
 	https       *autoHTTPS
 	accessLog   bool
-	json        *configNode
+	json        *appconfig.Node
 }
 
 // autoHTTPS is caddy.https.
@@ -71,7 +72,7 @@ type autoHTTPS struct {
 	domains  []string
 	email    string
 	internal bool
-	node     *configNode
+	node     *appconfig.Node
 }
 
 var caddyKnownKeys = map[string]bool{
@@ -86,8 +87,8 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 	if n == nil || n.IsNull() {
 		return o, nil
 	}
-	if n.Kind != nodeMap {
-		return nil, errorAt(n, "caddy must be an object of Caddy settings, got %s", n.TypeName())
+	if n.Kind != appconfig.KindMap {
+		return nil, appconfig.ErrorAt(n, "caddy must be an object of Caddy settings, got %s", n.TypeName())
 	}
 	o.node = n
 	for i, k := range n.Keys {
@@ -98,12 +99,12 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 	if b := n.Get("backend"); b != nil && !jsFalsy(b) {
 		s, ok := b.String()
 		if !ok {
-			return nil, errorAt(b, "caddy.backend must be the URL of the Backstage backend, got %s", b.TypeName())
+			return nil, appconfig.ErrorAt(b, "caddy.backend must be the URL of the Backstage backend, got %s", b.TypeName())
 		}
 		u, err := url.Parse(s)
 		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil ||
 			(u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" {
-			return nil, errorAt(b, "caddy.backend must be an http or https URL with no path, query or credentials, such as http://localhost:7008; got %q", s)
+			return nil, appconfig.ErrorAt(b, "caddy.backend must be an http or https URL with no path, query or credentials, such as http://localhost:7008; got %q", s)
 		}
 		o.backend = u
 	}
@@ -111,7 +112,7 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 		s, ok := a.String()
 		u, err := url.Parse(s)
 		if !ok || err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-			return nil, errorAt(a, "caddy.authBaseUrl must be the http or https base URL of the auth plugin, such as http://backstage:7007/api/auth")
+			return nil, appconfig.ErrorAt(a, "caddy.authBaseUrl must be the http or https base URL of the auth plugin, such as http://backstage:7007/api/auth")
 		}
 		o.authBaseURL = strings.TrimRight(s, "/")
 	}
@@ -125,23 +126,23 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 	if l := n.Get("accessLog"); l != nil {
 		v, ok := l.Bool()
 		if !ok {
-			return nil, errorAt(l, "caddy.accessLog must be a boolean, got %s", l.TypeName())
+			return nil, appconfig.ErrorAt(l, "caddy.accessLog must be a boolean, got %s", l.TypeName())
 		}
 		o.accessLog = v
 	}
 	if j := n.Get("json"); j != nil && !j.IsNull() {
-		if j.Kind != nodeMap {
-			return nil, errorAt(j, "caddy.json must be an object of Caddy JSON config, got %s", j.TypeName())
+		if j.Kind != appconfig.KindMap {
+			return nil, appconfig.ErrorAt(j, "caddy.json must be an object of Caddy JSON config, got %s", j.TypeName())
 		}
 		o.json = j
 	}
 	return o, nil
 }
 
-func (ad *adaptation) readAutoHTTPS(h *configNode) (*autoHTTPS, error) {
+func (ad *adaptation) readAutoHTTPS(h *appconfig.Node) (*autoHTTPS, error) {
 	a := &autoHTTPS{node: h}
 	switch {
-	case h.Kind == nodeMap:
+	case h.Kind == appconfig.KindMap:
 		for i, k := range h.Keys {
 			if k != "domain" && k != "email" && k != "internal" {
 				ad.warn(h.Values[i], "caddy.https", "caddy.https.%s is not a known setting and is ignored (known: domain, email, internal)", k)
@@ -153,27 +154,27 @@ func (ad *adaptation) readAutoHTTPS(h *configNode) (*autoHTTPS, error) {
 			} else if list, err := stringList(d, "caddy.https.domain"); err == nil && len(list) > 0 {
 				a.domains = list
 			} else {
-				return nil, errorAt(d, "caddy.https.domain must be a host name or a list of them")
+				return nil, appconfig.ErrorAt(d, "caddy.https.domain must be a host name or a list of them")
 			}
 		}
 		if e := h.Get("email"); e != nil {
 			s, ok := e.String()
 			if !ok || !strings.Contains(s, "@") {
-				return nil, errorAt(e, "caddy.https.email must be an email address")
+				return nil, appconfig.ErrorAt(e, "caddy.https.email must be an email address")
 			}
 			a.email = s
 		}
 		if in := h.Get("internal"); in != nil {
 			v, ok := in.Bool()
 			if !ok {
-				return nil, errorAt(in, "caddy.https.internal must be a boolean")
+				return nil, appconfig.ErrorAt(in, "caddy.https.internal must be a boolean")
 			}
 			a.internal = v
 		}
 	default:
 		v, ok := h.Bool()
 		if !ok || !v {
-			return nil, errorAt(h, "caddy.https must be true or an object {domain, email, internal}, got %s", h.TypeName())
+			return nil, appconfig.ErrorAt(h, "caddy.https must be true or an object {domain, email, internal}, got %s", h.TypeName())
 		}
 	}
 	if a.domains == nil {
@@ -182,31 +183,31 @@ func (ad *adaptation) readAutoHTTPS(h *configNode) (*autoHTTPS, error) {
 			return nil, err
 		}
 		if base == nil {
-			return nil, errorAt(h, "caddy.https needs a domain: set caddy.https.domain or backend.baseUrl")
+			return nil, appconfig.ErrorAt(h, "caddy.https needs a domain: set caddy.https.domain or backend.baseUrl")
 		}
 		a.domains = []string{base.Hostname()}
 	}
 	for _, d := range a.domains {
 		if strings.ContainsAny(d, "/:@ ") || d == "" {
-			return nil, errorAt(h, "caddy.https.domain %q must be a host name without scheme, port or path", d)
+			return nil, appconfig.ErrorAt(h, "caddy.https.domain %q must be a host name without scheme, port or path", d)
 		}
 	}
 	return a, nil
 }
 
 // baseURL reads backend.baseUrl: nil when absent.
-func (ad *adaptation) baseURL() (*url.URL, *configNode, error) {
+func (ad *adaptation) baseURL() (*url.URL, *appconfig.Node, error) {
 	n := ad.root.Lookup("backend.baseUrl")
 	if n == nil {
 		return nil, nil, nil
 	}
 	s, ok := n.String()
 	if !ok {
-		return nil, n, errorAt(n, "Invalid type in config for key 'backend.baseUrl', got %s, wanted string", n.TypeName())
+		return nil, n, appconfig.ErrorAt(n, "Invalid type in config for key 'backend.baseUrl', got %s, wanted string", n.TypeName())
 	}
 	u, err := url.Parse(s)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Hostname() == "" {
-		return nil, n, errorAt(n, "backend.baseUrl config value '%s' does not appear to be a valid URL.", s)
+		return nil, n, appconfig.ErrorAt(n, "backend.baseUrl config value '%s' does not appear to be a valid URL.", s)
 	}
 	return u, n, nil
 }
@@ -221,7 +222,7 @@ func (ad *adaptation) serverTLS(o *caddyOptions, server *caddyhttp.Server, apps 
 		bh = nil
 	}
 	if bh != nil && o.https != nil {
-		return errorAt(o.https.node, "caddy.https and backend.https cannot both be set: caddy.https replaces Backstage's HTTPS with automatic HTTPS")
+		return appconfig.ErrorAt(o.https.node, "caddy.https and backend.https cannot both be set: caddy.https replaces Backstage's HTTPS with automatic HTTPS")
 	}
 	switch {
 	case o.https != nil:
@@ -234,7 +235,7 @@ func (ad *adaptation) serverTLS(o *caddyOptions, server *caddyhttp.Server, apps 
 			return err
 		}
 		if base == nil {
-			return errorAt(bh, "Missing required config value at 'backend.baseUrl' (backend.https: true makes a certificate for its host)")
+			return appconfig.ErrorAt(bh, "Missing required config value at 'backend.baseUrl' (backend.https: true makes a certificate for its host)")
 		}
 		host := base.Hostname()
 		tlsApp := caddytls.TLS{
@@ -252,19 +253,19 @@ func (ad *adaptation) serverTLS(o *caddyOptions, server *caddyhttp.Server, apps 
 		// clients that send no SNI (IP addresses) get the baseUrl host's certificate
 		server.TLSConnPolicies = caddytls.ConnectionPolicies{{FallbackSNI: host}}
 		return nil
-	case bh.Kind == nodeMap:
+	case bh.Kind == appconfig.KindMap:
 		cert, key := bh.Lookup("certificate.cert"), bh.Lookup("certificate.key")
 		for _, c := range []struct {
-			n    *configNode
+			n    *appconfig.Node
 			name string
 		}{{cert, "cert"}, {key, "key"}} {
 			if s, ok := c.n.String(); !ok || s == "" {
-				return errorAt(bh, "Missing required config value at 'backend.https.certificate.%s' (a PEM string)", c.name)
+				return appconfig.ErrorAt(bh, "Missing required config value at 'backend.https.certificate.%s' (a PEM string)", c.name)
 			}
 		}
 		if cert.EnvTemplate == "" && key.EnvTemplate == "" {
 			if _, err := tls.X509KeyPair([]byte(cert.Value), []byte(key.Value)); err != nil {
-				return errorAt(bh, "backend.https.certificate: the cert and key are not a valid PEM certificate and private key: %v", err)
+				return appconfig.ErrorAt(bh, "backend.https.certificate: the cert and key are not a valid PEM certificate and private key: %v", err)
 			}
 		}
 		ad.checkInlinedSecret(key, "backend.https.certificate.key")
@@ -284,7 +285,7 @@ func (ad *adaptation) serverTLS(o *caddyOptions, server *caddyhttp.Server, apps 
 		}}
 		return nil
 	default:
-		return errorAt(bh, "Invalid type in config for key 'backend.https', got %s, wanted object", bh.TypeName())
+		return appconfig.ErrorAt(bh, "Invalid type in config for key 'backend.https', got %s, wanted object", bh.TypeName())
 	}
 }
 
@@ -357,7 +358,7 @@ func (ad *adaptation) backendRoute(u *url.URL) caddyhttp.Route {
 
 // mergeRawJSON deep-merges caddy.json into the adapted config: objects merge
 // key by key, anything else replaces.
-func mergeRawJSON(adapted []byte, raw *configNode) ([]byte, error) {
+func mergeRawJSON(adapted []byte, raw *appconfig.Node) ([]byte, error) {
 	var base any
 	if err := json.Unmarshal(adapted, &base); err != nil {
 		return nil, err
@@ -386,15 +387,15 @@ func mergeJSONValue(into, from any) any {
 
 // nodeToJSON converts a config value to a JSON value. Strings that came from
 // ${VAR} keep their {env.VAR} form, so secrets stay out of the JSON.
-func nodeToJSON(n *configNode) any {
+func nodeToJSON(n *appconfig.Node) any {
 	switch n.Kind {
-	case nodeMap:
+	case appconfig.KindMap:
 		m := make(map[string]any, len(n.Keys))
 		for i, k := range n.Keys {
 			m[k] = nodeToJSON(n.Values[i])
 		}
 		return m
-	case nodeSeq:
+	case appconfig.KindSeq:
 		s := make([]any, 0, len(n.Items))
 		for _, it := range n.Items {
 			s = append(s, nodeToJSON(it))
@@ -419,18 +420,18 @@ func nodeToJSON(n *configNode) any {
 }
 
 // checkJSONNode rejects caddy.json values JSON cannot hold.
-func checkJSONNode(n *configNode) error {
+func checkJSONNode(n *appconfig.Node) error {
 	switch n.Kind {
-	case nodeMap:
+	case appconfig.KindMap:
 		for _, v := range n.Values {
 			if err := checkJSONNode(v); err != nil {
 				return err
 			}
 		}
-	case nodeSeq:
+	case appconfig.KindSeq:
 		for _, v := range n.Items {
 			if v.IsNull() {
-				return errorAt(v, "caddy.json: null inside a list is not allowed")
+				return appconfig.ErrorAt(v, "caddy.json: null inside a list is not allowed")
 			}
 			if err := checkJSONNode(v); err != nil {
 				return err
@@ -439,7 +440,7 @@ func checkJSONNode(n *configNode) error {
 	default:
 		if n.Tag == "!!int" || n.Tag == "!!float" {
 			if _, ok := n.Number(); !ok {
-				return errorAt(n, "caddy.json: %s is not a JSON number", n.Value)
+				return appconfig.ErrorAt(n, "caddy.json: %s is not a JSON number", n.Value)
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/appconfig"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -143,8 +144,8 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 				if rewriteOff {
 					return nil, h.Err("path_rewrite off cannot be combined with rules")
 				}
-				rules, err := pathRewriteRules(&configNode{Kind: nodeMap, Keys: []string{args[0]},
-					Values: []*configNode{{Kind: nodeScalar, Tag: "!!str", Value: args[1]}}})
+				rules, err := pathRewriteRules(&appconfig.Node{Kind: appconfig.KindMap, Keys: []string{args[0]},
+					Values: []*appconfig.Node{{Kind: appconfig.KindScalar, Tag: "!!str", Value: args[1]}}})
 				if err != nil {
 					return nil, h.Errf("%v", err)
 				}

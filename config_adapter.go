@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/appconfig"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -51,16 +52,20 @@ type Adapter struct{}
 // line, the route and what is wrong; nothing is adapted then.
 func (Adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig.Warning, error) {
 	filename, _ := options["filename"].(string)
-	root, warnings, err := loadBackstageConfig(loadOptions{
+	root, warnings, err := appconfig.Load(appconfig.Options{
 		MainBody: body,
 		MainFile: filename,
 		Env:      os.LookupEnv,
 		Environ:  os.Environ(),
 	})
-	if err != nil {
-		return nil, labelWarnings(warnings, filename), labelError(err, filename)
+	caddyWarnings := make([]caddyconfig.Warning, len(warnings))
+	for i, w := range warnings {
+		caddyWarnings[i] = caddyconfig.Warning{File: w.File, Line: w.Line, Message: w.Message}
 	}
-	ad := &adaptation{root: root, warnings: warnings, file: filename}
+	if err != nil {
+		return nil, labelWarnings(caddyWarnings, filename), labelError(err, filename)
+	}
+	ad := &adaptation{root: root, warnings: caddyWarnings, file: filename}
 	out, err := ad.adapt()
 	return out, labelWarnings(ad.warnings, filename), labelError(err, filename)
 }
@@ -70,7 +75,7 @@ const unnamedSource = "request body"
 
 // labelError makes an error about an unnamed config (admin API) say so.
 func labelError(err error, filename string) error {
-	var ce *configError
+	var ce *appconfig.Error
 	if err == nil || filename != "" || !errors.As(err, &ce) || ce.File != "" || !strings.HasPrefix(ce.Source, "line ") {
 		return err
 	}
@@ -94,7 +99,7 @@ func labelWarnings(ws []caddyconfig.Warning, filename string) []caddyconfig.Warn
 
 // adaptation is the state of one Adapt call.
 type adaptation struct {
-	root     *configNode
+	root     *appconfig.Node
 	file     string
 	warnings []caddyconfig.Warning
 	caddy    *caddyOptions
@@ -102,12 +107,12 @@ type adaptation struct {
 	protected bool
 }
 
-func (ad *adaptation) warn(n *configNode, directive, format string, args ...any) {
+func (ad *adaptation) warn(n *appconfig.Node, directive, format string, args ...any) {
 	// hostile input must not produce unbounded output
 	switch {
-	case len(ad.warnings) > maxConfigWarnings:
+	case len(ad.warnings) > appconfig.MaxWarnings:
 		return
-	case len(ad.warnings) == maxConfigWarnings:
+	case len(ad.warnings) == appconfig.MaxWarnings:
 		format, args = "too many warnings; the rest are not shown", nil
 	}
 	w := caddyconfig.Warning{Directive: directive, Message: fmt.Sprintf(format, args...)}
@@ -218,14 +223,14 @@ func (ad *adaptation) adminConfig(cfg *caddy.Config) error {
 	}
 	s, ok := n.String()
 	if !ok {
-		return errorAt(n, "caddy.admin must be a listen address or \"off\", got %s", n.TypeName())
+		return appconfig.ErrorAt(n, "caddy.admin must be a listen address or \"off\", got %s", n.TypeName())
 	}
 	if s == "off" {
 		cfg.Admin = &caddy.AdminConfig{Disabled: true}
 		return nil
 	}
 	if _, err := caddy.ParseNetworkAddress(s); err != nil {
-		return errorAt(n, "caddy.admin: %v", err)
+		return appconfig.ErrorAt(n, "caddy.admin: %v", err)
 	}
 	cfg.Admin = &caddy.AdminConfig{Listen: s}
 	return nil
@@ -236,10 +241,10 @@ func (ad *adaptation) listenAddress() (string, error) {
 	if n := ad.root.Lookup("caddy.listen"); n != nil {
 		s, ok := n.String()
 		if !ok {
-			return "", errorAt(n, "caddy.listen must be a listen address such as \":7007\", got %s", n.TypeName())
+			return "", appconfig.ErrorAt(n, "caddy.listen must be a listen address such as \":7007\", got %s", n.TypeName())
 		}
 		if _, err := caddy.ParseNetworkAddress(s); err != nil {
-			return "", errorAt(n, "caddy.listen: %v", err)
+			return "", appconfig.ErrorAt(n, "caddy.listen: %v", err)
 		}
 		return s, nil
 	}
@@ -247,22 +252,22 @@ func (ad *adaptation) listenAddress() (string, error) {
 	host, port := "", "7007"
 	switch {
 	case n == nil || n.IsNull():
-	case n.Kind == nodeMap:
+	case n.Kind == appconfig.KindMap:
 		if h := n.Get("host"); h != nil {
 			s, ok := h.String()
 			if !ok {
-				return "", errorAt(h, "Invalid type in config for key 'backend.listen.host', got %s, wanted string", h.TypeName())
+				return "", appconfig.ErrorAt(h, "Invalid type in config for key 'backend.listen.host', got %s, wanted string", h.TypeName())
 			}
 			host = s
 		}
 		if p := n.Get("port"); p != nil {
 			f, ok := p.Number()
 			if !ok || f != float64(int(f)) || f < 0 || f > 65535 {
-				return "", errorAt(p, "Invalid type in config for key 'backend.listen.port', got %s, wanted number", p.TypeName())
+				return "", appconfig.ErrorAt(p, "Invalid type in config for key 'backend.listen.port', got %s, wanted number", p.TypeName())
 			}
 			port = strconv.Itoa(int(f))
 		}
-	case n.Kind == nodeScalar && n.Tag == "!!str":
+	case n.Kind == appconfig.KindScalar && n.Tag == "!!str":
 		s := n.Value
 		if i := strings.LastIndexByte(s, ':'); i >= 0 {
 			host, port = s[:i], s[i+1:]
@@ -270,13 +275,13 @@ func (ad *adaptation) listenAddress() (string, error) {
 			port = s
 		}
 		if strings.ContainsAny(host, "[]:") {
-			return "", errorAt(n, "Unable to parse listen address %s", s)
+			return "", appconfig.ErrorAt(n, "Unable to parse listen address %s", s)
 		}
 		if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-			return "", errorAt(n, "Unable to parse listen address %s", s)
+			return "", appconfig.ErrorAt(n, "Unable to parse listen address %s", s)
 		}
 	default:
-		return "", errorAt(n, "Invalid type in config for key 'backend.listen', got %s, wanted object", n.TypeName())
+		return "", appconfig.ErrorAt(n, "Invalid type in config for key 'backend.listen', got %s, wanted object", n.TypeName())
 	}
 	return net.JoinHostPort(host, port), nil
 }
@@ -284,7 +289,7 @@ func (ad *adaptation) listenAddress() (string, error) {
 // proxyEntry is one route key and its value, in config order.
 type proxyEntry struct {
 	key  string
-	node *configNode
+	node *appconfig.Node
 }
 
 // readProxyConfig picks the endpoint map as Backstage's readProxyConfig does
@@ -295,13 +300,13 @@ func (ad *adaptation) readProxyConfig() ([]proxyEntry, error) {
 	if proxy == nil || proxy.IsNull() {
 		return nil, nil
 	}
-	if proxy.Kind != nodeMap {
-		return nil, errorAt(proxy, "Invalid type in config for key 'proxy', got %s, wanted object", proxy.TypeName())
+	if proxy.Kind != appconfig.KindMap {
+		return nil, appconfig.ErrorAt(proxy, "Invalid type in config for key 'proxy', got %s, wanted object", proxy.TypeName())
 	}
 	var entries []proxyEntry
 	if ep := proxy.Get("endpoints"); ep != nil && !ep.IsNull() {
-		if ep.Kind != nodeMap {
-			return nil, errorAt(ep, "Invalid type in config for key 'proxy.endpoints', got %s, wanted object", ep.TypeName())
+		if ep.Kind != appconfig.KindMap {
+			return nil, appconfig.ErrorAt(ep, "Invalid type in config for key 'proxy.endpoints', got %s, wanted object", ep.TypeName())
 		}
 		for i, k := range ep.Keys {
 			entries = append(entries, proxyEntry{k, ep.Values[i]})
@@ -329,7 +334,7 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 	if n := ad.root.Lookup("proxy.skipInvalidProxies"); n != nil {
 		v, ok := n.Bool()
 		if !ok {
-			return nil, errorAt(n, "Unable to convert config value for key 'proxy.skipInvalidProxies' to a boolean")
+			return nil, appconfig.ErrorAt(n, "Unable to convert config value for key 'proxy.skipInvalidProxies' to a boolean")
 		}
 		skipInvalid = v
 	}
@@ -353,7 +358,7 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 				ad.warn(e.node, e.key, "skipped configuring %s due to %s", e.key, err)
 				continue
 			}
-			return nil, &configError{File: e.node.File, Line: e.node.Line, Source: e.node.Source,
+			return nil, &appconfig.Error{File: e.node.File, Line: e.node.Line, Source: e.node.Source,
 				Msg: fmt.Sprintf("proxy route %s: %s", e.key, err)}
 		}
 		seen[strings.ToLower(spec.routeKey())] = e.key
@@ -426,7 +431,7 @@ var unsupportedOptionHints = map[string]string{
 
 // endpoint reads one endpoint value (backstage-proxy.md §1.4). Errors carry
 // Backstage's messages.
-func (ad *adaptation) endpoint(route string, n *configNode) (endpointSpec, error) {
+func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, error) {
 	spec := endpointSpec{Route: route, Credentials: CredentialsRequire, ChangeOrigin: true}
 	if !strings.HasPrefix(route, "/") || (len(route) > 1 && strings.HasSuffix(route, "/")) {
 		ad.warn(n, route, "route key %q is served as %q (Backstage would ignore a key without a leading '/' and demand credentials under a trailing '/')", route, normalizeRouteKey(route))
@@ -439,7 +444,7 @@ func (ad *adaptation) endpoint(route string, n *configNode) (endpointSpec, error
 		spec.Target = u
 		return spec, nil
 	}
-	if n.Kind != nodeMap {
+	if n.Kind != appconfig.KindMap {
 		// numbers, arrays and booleans take Backstage's object path
 		return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type undefined", route)
 	}
@@ -590,7 +595,7 @@ func (ad *adaptation) endpoint(route string, n *configNode) (endpointSpec, error
 	return spec, nil
 }
 
-func boolOption(n *configNode, name string) (bool, error) {
+func boolOption(n *appconfig.Node, name string) (bool, error) {
 	v, ok := n.Bool()
 	if !ok {
 		return false, fmt.Errorf("%s must be a boolean, got %s", name, n.TypeName())
@@ -598,8 +603,8 @@ func boolOption(n *configNode, name string) (bool, error) {
 	return v, nil
 }
 
-func stringList(n *configNode, name string) ([]string, error) {
-	if n.Kind != nodeSeq {
+func stringList(n *appconfig.Node, name string) ([]string, error) {
+	if n.Kind != appconfig.KindSeq {
 		return nil, fmt.Errorf("%s must be a list of strings, got %s", name, n.TypeName())
 	}
 	var out []string
@@ -615,8 +620,8 @@ func stringList(n *configNode, name string) ([]string, error) {
 
 // headerValues reads `headers:`. Values that came from ${VAR} substitutions
 // are emitted as {env.VAR} placeholders, so the secret stays out of the JSON.
-func headerValues(n *configNode) ([]headerValue, error) {
-	if n.Kind != nodeMap {
+func headerValues(n *appconfig.Node) ([]headerValue, error) {
+	if n.Kind != appconfig.KindMap {
 		return nil, fmt.Errorf("headers must be an object, got %s", n.TypeName())
 	}
 	var out []headerValue
@@ -625,7 +630,7 @@ func headerValues(n *configNode) ([]headerValue, error) {
 		if !headerNameRE.MatchString(name) {
 			return nil, fmt.Errorf("invalid header name %q", name)
 		}
-		if v.Kind != nodeScalar || v.IsNull() {
+		if v.Kind != appconfig.KindScalar || v.IsNull() {
 			return nil, fmt.Errorf("header %s must be a string, got %s", name, v.TypeName())
 		}
 		if strings.ContainsAny(v.Value, "\r\n\x00") {
@@ -633,7 +638,7 @@ func headerValues(n *configNode) ([]headerValue, error) {
 		}
 		value := v.EnvTemplate
 		if value == "" {
-			value = escapeCaddyPlaceholders(v.Value)
+			value = appconfig.EscapeCaddyPlaceholders(v.Value)
 		}
 		out = append(out, headerValue{Name: name, Value: value})
 	}
@@ -643,14 +648,14 @@ func headerValues(n *configNode) ([]headerValue, error) {
 // pathRewriteRules converts `pathRewrite` (JavaScript regular expressions
 // with String.replace replacements) to Go rules. Syntax RE2 cannot express
 // (look-around, back-references) is an error, never silently different.
-func pathRewriteRules(n *configNode) ([]PathRewriteRule, error) {
-	if n.Kind != nodeMap {
+func pathRewriteRules(n *appconfig.Node) ([]PathRewriteRule, error) {
+	if n.Kind != appconfig.KindMap {
 		return nil, fmt.Errorf("[HPM] Invalid pathRewrite config. Expecting object with pathRewrite config or a rewrite function")
 	}
 	rules := []PathRewriteRule{}
 	for i, find := range n.Keys {
 		v := n.Values[i]
-		if v.Kind != nodeScalar || v.IsNull() {
+		if v.Kind != appconfig.KindScalar || v.IsNull() {
 			return nil, fmt.Errorf("pathRewrite %q: the replacement must be a string, got %s", find, v.TypeName())
 		}
 		re, err := regexp.Compile(find)
@@ -728,7 +733,7 @@ func (ad *adaptation) identity() (*App, error) {
 	if n := auth.Get("dangerouslyDisableDefaultAuthPolicy"); n != nil {
 		v, ok := n.Bool()
 		if !ok {
-			return nil, errorAt(n, "Unable to convert config value for key 'backend.auth.dangerouslyDisableDefaultAuthPolicy' to a boolean")
+			return nil, appconfig.ErrorAt(n, "Unable to convert config value for key 'backend.auth.dangerouslyDisableDefaultAuthPolicy' to a boolean")
 		}
 		app.DangerouslyDisableDefaultAuthPolicy = v
 		if v {
@@ -736,8 +741,8 @@ func (ad *adaptation) identity() (*App, error) {
 		}
 	}
 	if ea := auth.Get("externalAccess"); ea != nil && !ea.IsNull() {
-		if ea.Kind != nodeSeq {
-			return nil, errorAt(ea, "Invalid type in config for key 'backend.auth.externalAccess', got %s, wanted array", ea.TypeName())
+		if ea.Kind != appconfig.KindSeq {
+			return nil, appconfig.ErrorAt(ea, "Invalid type in config for key 'backend.auth.externalAccess', got %s, wanted array", ea.TypeName())
 		}
 		for i, item := range ea.Items {
 			for _, key := range []string{"token", "secret"} {
@@ -750,12 +755,12 @@ func (ad *adaptation) identity() (*App, error) {
 			app.ExternalAccess = append(app.ExternalAccess, entry)
 		}
 	}
-	if keys := auth.Get("keys"); keys != nil && keys.Kind == nodeSeq {
+	if keys := auth.Get("keys"); keys != nil && keys.Kind == appconfig.KindSeq {
 		ad.warn(keys, "backend.auth.keys", "backend.auth.keys is deprecated; use backend.auth.externalAccess with type 'legacy'")
 		for _, k := range keys.Items {
 			s := k.Get("secret")
 			if _, ok := s.String(); !ok {
-				return nil, errorAt(k, "backend.auth.keys entry must have a string secret")
+				return nil, appconfig.ErrorAt(k, "backend.auth.keys entry must have a string secret")
 			}
 			ad.checkInlinedSecret(s, "backend.auth.keys")
 			app.Keys = append(app.Keys, LegacyKey{Secret: secretValue(s)})
@@ -776,7 +781,7 @@ func (ad *adaptation) identity() (*App, error) {
 		app.PluginTokens = &PluginTokens{JWKSURL: tmpl + "/.backstage/auth/v1/jwks.json"}
 		// Plugins sign with their key store's algorithm (static key stores
 		// name it per key; the database store uses ES256).
-		if keys := ad.root.Lookup("backend.auth.pluginKeyStore.static.keys"); keys != nil && keys.Kind == nodeSeq {
+		if keys := ad.root.Lookup("backend.auth.pluginKeyStore.static.keys"); keys != nil && keys.Kind == appconfig.KindSeq {
 			seen := map[string]bool{}
 			for _, k := range keys.Items {
 				alg, err := ad.algorithmSetting(k.Get("algorithm"))
@@ -797,30 +802,30 @@ func (ad *adaptation) identity() (*App, error) {
 }
 
 // algorithmSetting reads a JWS algorithm name setting ("" when absent).
-func (ad *adaptation) algorithmSetting(n *configNode) (string, error) {
+func (ad *adaptation) algorithmSetting(n *appconfig.Node) (string, error) {
 	if n == nil || n.IsNull() {
 		return "", nil
 	}
 	s, ok := n.String()
 	if !ok || !regexp.MustCompile(`^(ES|RS|PS)(256|384|512)$|^EdDSA$`).MatchString(s) {
-		return "", errorAt(n, "%q is not a signature algorithm this proxy can verify (ES256, ES384, ES512, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA)", n.Value)
+		return "", appconfig.ErrorAt(n, "%q is not a signature algorithm this proxy can verify (ES256, ES384, ES512, RS256, RS384, RS512, PS256, PS384, PS512, EdDSA)", n.Value)
 	}
 	return s, nil
 }
 
 // secretValue is the value to put in the JSON for a secret: its {env.VAR}
 // placeholder form when it came from the environment.
-func secretValue(n *configNode) string {
+func secretValue(n *appconfig.Node) string {
 	if n.EnvTemplate != "" {
 		return n.EnvTemplate
 	}
-	return escapeCaddyPlaceholders(n.Value)
+	return appconfig.EscapeCaddyPlaceholders(n.Value)
 }
 
-func externalAccessEntry(n *configNode, i int) (ExternalAccess, error) {
+func externalAccessEntry(n *appconfig.Node, i int) (ExternalAccess, error) {
 	var e ExternalAccess
-	if n.Kind != nodeMap {
-		return e, errorAt(n, "backend.auth.externalAccess[%d] must be an object", i)
+	if n.Kind != appconfig.KindMap {
+		return e, appconfig.ErrorAt(n, "backend.auth.externalAccess[%d] must be an object", i)
 	}
 	typ, _ := n.Get("type").String()
 	e.Type = typ
@@ -841,7 +846,7 @@ func externalAccessEntry(n *configNode, i int) (ExternalAccess, error) {
 		var raw []string
 		if s, ok := v.String(); ok {
 			raw = []string{s}
-		} else if v.Kind == nodeSeq {
+		} else if v.Kind == appconfig.KindSeq {
 			for _, it := range v.Items {
 				if s, ok := it.String(); ok {
 					raw = append(raw, s)
@@ -855,7 +860,7 @@ func externalAccessEntry(n *configNode, i int) (ExternalAccess, error) {
 		Issuer: list("issuer"), Audience: list("audience"), Algorithm: list("algorithm"),
 		SubjectPrefix: str("subjectPrefix"),
 	}
-	if ar := n.Get("accessRestrictions"); ar != nil && ar.Kind == nodeSeq {
+	if ar := n.Get("accessRestrictions"); ar != nil && ar.Kind == appconfig.KindSeq {
 		e.AccessRestrictions = []AccessRestriction{}
 		for _, r := range ar.Items {
 			plugin, _ := r.Get("plugin").String()
@@ -863,7 +868,7 @@ func externalAccessEntry(n *configNode, i int) (ExternalAccess, error) {
 			if p := r.Get("permission"); p != nil {
 				if s, ok := p.String(); ok {
 					restriction.Permission = strings.FieldsFunc(s, func(c rune) bool { return c == ' ' || c == ',' })
-				} else if p.Kind == nodeSeq {
+				} else if p.Kind == appconfig.KindSeq {
 					for _, it := range p.Items {
 						if s, ok := it.String(); ok {
 							restriction.Permission = append(restriction.Permission, s)
@@ -887,11 +892,11 @@ func (ad *adaptation) pluginBaseURL(plugin string) string {
 	if plugin == "auth" && ad.caddy != nil && ad.caddy.authBaseURL != "" {
 		return ad.caddy.authBaseURL
 	}
-	if eps := ad.root.Lookup("discovery.endpoints"); eps != nil && eps.Kind == nodeSeq {
+	if eps := ad.root.Lookup("discovery.endpoints"); eps != nil && eps.Kind == appconfig.KindSeq {
 		var exact, wildcard string
 		for _, ep := range eps.Items {
 			target := ep.Get("target")
-			if target != nil && target.Kind == nodeMap {
+			if target != nil && target.Kind == appconfig.KindMap {
 				target = target.Get("internal")
 			}
 			t, ok := target.String()
@@ -899,7 +904,7 @@ func (ad *adaptation) pluginBaseURL(plugin string) string {
 				continue
 			}
 			t = discoveryPluginIDRE.ReplaceAllLiteralString(t, plugin)
-			if plugins := ep.Get("plugins"); plugins != nil && plugins.Kind == nodeSeq {
+			if plugins := ep.Get("plugins"); plugins != nil && plugins.Kind == appconfig.KindSeq {
 				for _, p := range plugins.Items {
 					switch s, _ := p.String(); s {
 					case plugin:

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/appconfig"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -323,7 +324,7 @@ func buildReverseProxy(s endpointSpec, target *url.URL, warnings *[]caddyconfig.
 
 	set := http.Header{}
 	if s.ChangeOrigin {
-		set["Host"] = []string{escapeCaddyPlaceholders(targetHost(target))}
+		set["Host"] = []string{appconfig.EscapeCaddyPlaceholders(targetHost(target))}
 	} else {
 		// explicit, because Caddy sends the upstream's host:port to TLS
 		// upstreams by default
@@ -473,7 +474,7 @@ func cookieRewriteOps(domain, path []cookieRewrite) *headers.HeaderOps {
 // replacement, which goes through Caddy's replacer and then
 // regexp.Expand.
 func regexpReplacementLiteral(s string) string {
-	return escapeCaddyPlaceholders(strings.ReplaceAll(s, "$", "$$"))
+	return appconfig.EscapeCaddyPlaceholders(strings.ReplaceAll(s, "$", "$$"))
 }
 
 // buildBarrierRoutes are the routes after all endpoints: under the mount path,
@@ -516,14 +517,3 @@ func buildPluginJWKSRoute(mount string, warnings *[]caddyconfig.Warning) caddyht
 		Terminal: true,
 	}
 }
-
-// escapeCaddyPlaceholders makes a literal string safe to put where Caddy
-// expands placeholders.
-func escapeCaddyPlaceholders(s string) string {
-	if !strings.ContainsAny(s, "{}") {
-		return s
-	}
-	return caddyBraceEscaper.Replace(s)
-}
-
-var caddyBraceEscaper = strings.NewReplacer("{", `\{`, "}", `\}`)

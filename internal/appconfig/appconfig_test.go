@@ -1,4 +1,4 @@
-package backstageproxy
+package appconfig
 
 import (
 	"bytes"
@@ -13,8 +13,6 @@ import (
 	"strings"
 	"testing"
 	"testing/fstest"
-
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // acfgWrite writes files (slash-separated names) into a new temp dir and returns it.
@@ -43,7 +41,7 @@ func acfgEnv(env map[string]string) (func(string) (string, bool), []string) {
 }
 
 // acfgLoad loads dir/main (main may be "" to load body with no file name).
-func acfgLoad(t *testing.T, dir, main string, env map[string]string) (*configNode, []caddyconfig.Warning, error) {
+func acfgLoad(t *testing.T, dir, main string, env map[string]string) (*Node, []Warning, error) {
 	t.Helper()
 	var body []byte
 	mainFile := ""
@@ -55,19 +53,19 @@ func acfgLoad(t *testing.T, dir, main string, env map[string]string) (*configNod
 		}
 	}
 	lookup, environ := acfgEnv(env)
-	return loadBackstageConfig(loadOptions{MainBody: body, MainFile: mainFile, Env: lookup, Environ: environ})
+	return Load(Options{MainBody: body, MainFile: mainFile, Env: lookup, Environ: environ})
 }
 
 // acfgLoadBody loads body as the main file mainFile (which need not exist on disk).
-func acfgLoadBody(mainFile, body string, env map[string]string) (*configNode, []caddyconfig.Warning, error) {
+func acfgLoadBody(mainFile, body string, env map[string]string) (*Node, []Warning, error) {
 	lookup, environ := acfgEnv(env)
-	return loadBackstageConfig(loadOptions{MainBody: []byte(body), MainFile: mainFile, Env: lookup, Environ: environ})
+	return Load(Options{MainBody: []byte(body), MainFile: mainFile, Env: lookup, Environ: environ})
 }
 
 // acfgJSON renders a tree as compact JSON in key order (numbers as JavaScript prints them).
-func acfgJSON(n *configNode) string {
+func acfgJSON(n *Node) string {
 	var b strings.Builder
-	var w func(n *configNode)
+	var w func(n *Node)
 	str := func(s string) {
 		var buf bytes.Buffer
 		enc := json.NewEncoder(&buf)
@@ -75,11 +73,11 @@ func acfgJSON(n *configNode) string {
 		_ = enc.Encode(s)
 		b.WriteString(strings.TrimSpace(buf.String()))
 	}
-	w = func(n *configNode) {
+	w = func(n *Node) {
 		switch {
 		case n == nil:
 			b.WriteString("undefined")
-		case n.Kind == nodeMap:
+		case n.Kind == KindMap:
 			b.WriteString("{")
 			for i, k := range n.Keys {
 				if i > 0 {
@@ -90,7 +88,7 @@ func acfgJSON(n *configNode) string {
 				w(n.Values[i])
 			}
 			b.WriteString("}")
-		case n.Kind == nodeSeq:
+		case n.Kind == KindSeq:
 			b.WriteString("[")
 			for i, it := range n.Items {
 				if i > 0 {
@@ -109,7 +107,7 @@ func acfgJSON(n *configNode) string {
 	return b.String()
 }
 
-func acfgWarnings(ws []caddyconfig.Warning) string {
+func acfgWarnings(ws []Warning) string {
 	var out []string
 	for _, w := range ws {
 		out = append(out, fmt.Sprintf("%s:%d: %s", filepath.Base(w.File), w.Line, w.Message))
@@ -280,7 +278,7 @@ func TestLoadBackstageConfigDirectives(t *testing.T) {
 			if got := acfgJSON(v); got != tc.want {
 				t.Errorf("got %s, want %s", got, tc.want)
 			}
-			if v != nil && v.Kind == nodeScalar && v.EnvTemplate != tc.template {
+			if v != nil && v.Kind == KindScalar && v.EnvTemplate != tc.template {
 				t.Errorf("EnvTemplate = %q, want %q", v.EnvTemplate, tc.template)
 			}
 			if tc.warning == "" && len(warns) > 0 || tc.warning != "" && !strings.Contains(acfgWarnings(warns), tc.warning) {
@@ -369,9 +367,9 @@ func TestLoadBackstageConfigErrors(t *testing.T) {
 			if !strings.Contains(err.Error(), want) {
 				t.Errorf("error %q\ndoes not contain %q", err, want)
 			}
-			var ce *configError
+			var ce *Error
 			if !errors.As(err, &ce) {
-				t.Errorf("error is %T, want *configError", err)
+				t.Errorf("error is %T, want *Error", err)
 			}
 		})
 	}
@@ -396,7 +394,7 @@ func acfgAliasBomb(levels int) string {
 
 func TestLoadBackstageConfigTooLarge(t *testing.T) {
 	big := bytes.Repeat([]byte("#"), maxConfigFileSize+1)
-	_, _, err := loadBackstageConfig(loadOptions{MainBody: big, MainFile: "app-config.yaml"})
+	_, _, err := Load(Options{MainBody: big, MainFile: "app-config.yaml"})
 	if err == nil || !strings.Contains(err.Error(), "app-config.yaml: file is larger than 10 MiB") {
 		t.Errorf("main body: %v", err)
 	}
@@ -488,13 +486,13 @@ proxy:
 }
 
 func TestLoadBackstageConfigCommittedCase72(t *testing.T) {
-	dir := filepath.Join("testdata", "appconfig", "case72")
+	dir := filepath.Join("testdata", "case72")
 	body, err := os.ReadFile(filepath.Join(dir, "app-config.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	lookup, _ := acfgEnv(map[string]string{"CADDY_BACKSTAGE_CONFIG_FILES": "app-config.override.yaml", "UPSTREAM_TOKEN": "upstream-secret"})
-	root, warns, err := loadBackstageConfig(loadOptions{MainBody: body, MainFile: filepath.Join(dir, "app-config.yaml"), Env: lookup})
+	root, warns, err := Load(Options{MainBody: body, MainFile: filepath.Join(dir, "app-config.yaml"), Env: lookup})
 	if err != nil || len(warns) > 0 {
 		t.Fatal(err, warns)
 	}
@@ -566,7 +564,7 @@ func TestLoadBackstageConfigNoMainFileName(t *testing.T) {
 	})
 	t.Chdir(dir)
 	lookup, _ := acfgEnv(map[string]string{"CADDY_BACKSTAGE_CONFIG_FILES": "over.yaml"})
-	root, warns, err := loadBackstageConfig(loadOptions{MainBody: []byte("a: {$file: secret.txt}\nb: base\nc: base\nd: ${NOPE}\n"), Env: lookup})
+	root, warns, err := Load(Options{MainBody: []byte("a: {$file: secret.txt}\nb: base\nc: base\nd: ${NOPE}\n"), Env: lookup})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -580,17 +578,17 @@ func TestLoadBackstageConfigNoMainFileName(t *testing.T) {
 		t.Errorf("warnings = %+v", warns)
 	}
 	// without a file name there is no default discovery
-	root, _, err = loadBackstageConfig(loadOptions{MainBody: []byte("c: base\n")})
+	root, _, err = Load(Options{MainBody: []byte("c: base\n")})
 	if err != nil || acfgJSON(root) != `{"c":"base"}` {
 		t.Errorf("got %s, %v", acfgJSON(root), err)
 	}
-	_, _, err = loadBackstageConfig(loadOptions{MainBody: []byte("a: 1\nb: [\n")})
+	_, _, err = Load(Options{MainBody: []byte("a: 1\nb: [\n")})
 	if err == nil || !strings.HasPrefix(err.Error(), "line 2: invalid YAML") {
 		t.Errorf("error = %v", err)
 	}
 	// nothing at all: an empty map
-	root, _, err = loadBackstageConfig(loadOptions{})
-	if err != nil || root == nil || root.Kind != nodeMap || len(root.Keys) != 0 {
+	root, _, err = Load(Options{})
+	if err != nil || root == nil || root.Kind != KindMap || len(root.Keys) != 0 {
 		t.Errorf("empty load = %+v, %v", root, err)
 	}
 }
@@ -724,7 +722,7 @@ one: 1
 			t.Errorf("%s.TypeName() = %s, want %s", k, got, want)
 		}
 	}
-	var nilNode *configNode
+	var nilNode *Node
 	if nilNode.Get("x") != nil || nilNode.Lookup("a.b") != nil || nilNode.IsNull() {
 		t.Error("nil node helpers")
 	}
@@ -738,7 +736,7 @@ func TestJSNumberString(t *testing.T) {
 		0: "0", 1: "1", -1.5: "-1.5", 1e21: "1e+21", 1e20: "100000000000000000000", 123456789012345678901: "123456789012345680000",
 		1e-7: "1e-7", 1.5e-7: "1.5e-7", 0.000001: "0.000001", 0.1: "0.1", 1.7976931348623157e308: "1.7976931348623157e+308", 5e-324: "5e-324",
 	} {
-		if got := jsNumberString(f); got != want {
+		if got := JSNumberString(f); got != want {
 			t.Errorf("jsNumberString(%v) = %s, want %s", f, got, want)
 		}
 	}
@@ -780,7 +778,7 @@ func FuzzLoadBackstageConfig(f *testing.F) {
 	f.Fuzz(func(t *testing.T, body []byte, envValue string) {
 		env := map[string]string{"HOST": "h", "PADDED": " p ", "APP_CONFIG_proxy_endpoints": envValue}
 		lookup, environ := acfgEnv(env)
-		root, _, err := loadBackstageConfig(loadOptions{MainBody: body, MainFile: "app-config.yaml", Env: lookup, Environ: environ, openFile: open})
+		root, _, err := Load(Options{MainBody: body, MainFile: "app-config.yaml", Env: lookup, Environ: environ, OpenFile: open})
 		if err != nil {
 			if root != nil {
 				t.Fatal("root and error")
@@ -790,12 +788,12 @@ func FuzzLoadBackstageConfig(f *testing.F) {
 			}
 			return
 		}
-		if root == nil || root.Kind != nodeMap {
+		if root == nil || root.Kind != KindMap {
 			t.Fatalf("root = %+v", root)
 		}
 		// merging removes nulls from maps, but (as in Backstage) not inside sequences
-		var check func(n *configNode, inMap, inSeq bool)
-		check = func(n *configNode, inMap, inSeq bool) {
+		var check func(n *Node, inMap, inSeq bool)
+		check = func(n *Node, inMap, inSeq bool) {
 			if n == nil || inMap && !inSeq && n.IsNull() {
 				t.Fatalf("nil or null value in a map")
 			}

@@ -1,9 +1,4 @@
-package backstageproxy
-
-// A loader for Backstage app-config files that behaves like @backstage/config-loader 1.11.5 and
-// @backstage/config 1.3.11 (spec §4.1–4.4), but keeps what a Caddy config adapter needs and a
-// JavaScript object loses: the key order of every map (route precedence depends on it) and, for
-// every value, the file and line it came from (for error messages and adapter warnings).
+package appconfig
 
 import (
 	"bytes"
@@ -23,7 +18,6 @@ import (
 	"unicode"
 	"unicode/utf8"
 
-	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -37,40 +31,40 @@ const (
 	maxConfigNodes     = 1_000_000 // values created in one load
 	maxAliasNodes      = 100_000   // values created by expanding YAML aliases in one load
 	maxYAMLSeparators  = 1_000_000 // cheap upper bound on YAML elements, checked before parsing
-	maxConfigWarnings  = 1000      // warnings kept; one more says that the rest were dropped
+	MaxWarnings        = 1000      // warnings kept; one more says that the rest were dropped
 )
 
-// configKind is the kind of a configNode.
-type configKind int
+// Kind is the kind of a Node.
+type Kind int
 
 const (
-	nodeScalar configKind = iota
-	nodeMap
-	nodeSeq
+	KindScalar Kind = iota
+	KindMap
+	KindSeq
 )
 
-func (k configKind) String() string {
+func (k Kind) String() string {
 	switch k {
-	case nodeScalar:
+	case KindScalar:
 		return "scalar"
-	case nodeMap:
+	case KindMap:
 		return "map"
-	case nodeSeq:
+	case KindSeq:
 		return "sequence"
 	}
-	return "configKind(" + strconv.Itoa(int(k)) + ")"
+	return "Kind(" + strconv.Itoa(int(k)) + ")"
 }
 
-// configNode is one value of a loaded Backstage configuration.
+// Node is one value of a loaded Backstage configuration.
 //
 // Scalars hold JavaScript semantics: Value is what String(value) gives in Backstage, so a YAML
 // 0x1F is "31", 1.50 is "1.5", True is "true", .inf is "Infinity" and null is "null". Tags
 // follow the YAML 1.2 core schema of the `yaml` npm package that Backstage uses (not YAML 1.1:
 // yes/no/on/off are strings, 0777 is the decimal 777).
-type configNode struct {
-	Kind  configKind // nodeMap, nodeSeq, nodeScalar
-	Tag   string     // for scalars: the resolved YAML tag: "!!str", "!!int", "!!float", "!!bool", "!!null"
-	Value string     // for scalars: the value after substitution (strings after ${} and $file/$env resolution)
+type Node struct {
+	Kind  Kind   // nodeMap, nodeSeq, nodeScalar
+	Tag   string // for scalars: the resolved YAML tag: "!!str", "!!int", "!!float", "!!bool", "!!null"
+	Value string // for scalars: the value after substitution (strings after ${} and $file/$env resolution)
 
 	// EnvTemplate is set for a string scalar whose text contained ${...} substitutions (or
 	// $${...} escapes) that all resolved: it is the value rewritten in Caddy placeholder syntax,
@@ -86,9 +80,9 @@ type configNode struct {
 	EnvTemplate   string
 	SecretInlined bool
 
-	Keys   []string      // for maps: keys in merged order
-	Values []*configNode // for maps: values, parallel to Keys
-	Items  []*configNode // for sequences
+	Keys   []string // for maps: keys in merged order
+	Values []*Node  // for maps: values, parallel to Keys
+	Items  []*Node  // for sequences
 
 	File   string // file the value came from ("" when from APP_CONFIG_* env: then Source says so)
 	Line   int    // 1-based; for a map entry, the line of its key
@@ -96,8 +90,8 @@ type configNode struct {
 }
 
 // Get returns the map value for key, or nil (also for a nil node or a non-map).
-func (n *configNode) Get(key string) *configNode {
-	if n == nil || n.Kind != nodeMap {
+func (n *Node) Get(key string) *Node {
+	if n == nil || n.Kind != KindMap {
 		return nil
 	}
 	for i, k := range n.Keys {
@@ -111,7 +105,7 @@ func (n *configNode) Get(key string) *configNode {
 // Lookup follows a dotted path of map keys, e.g. Lookup("proxy.endpoints"). An empty path
 // returns n itself. It returns nil when any step is missing or not a map. (Route keys may contain
 // dots; look those up with Get.)
-func (n *configNode) Lookup(path string) *configNode {
+func (n *Node) Lookup(path string) *Node {
 	if path == "" {
 		return n
 	}
@@ -128,7 +122,7 @@ func (n *configNode) Lookup(path string) *configNode {
 // setKey sets key to child in the map node n, replacing an earlier value of
 // the same key in place (a later duplicate wins, as in JavaScript objects);
 // index maps keys to their positions in n.
-func (n *configNode) setKey(index map[string]int, key string, child *configNode) {
+func (n *Node) setKey(index map[string]int, key string, child *Node) {
 	if j, ok := index[key]; ok {
 		n.Values[j] = child
 		return
@@ -139,15 +133,15 @@ func (n *configNode) setKey(index map[string]int, key string, child *configNode)
 }
 
 // IsNull reports whether n is a YAML/JSON null (only possible inside sequences after merging).
-func (n *configNode) IsNull() bool {
-	return n != nil && n.Kind == nodeScalar && n.Tag == "!!null"
+func (n *Node) IsNull() bool {
+	return n != nil && n.Kind == KindScalar && n.Tag == "!!null"
 }
 
 // String returns the value of a string scalar; ok is false for anything else (numbers and
 // booleans included, as Backstage's getOptionalString). The empty string is returned with ok
 // true; Backstage's getString would reject it.
-func (n *configNode) String() (string, bool) {
-	if n == nil || n.Kind != nodeScalar || n.Tag != "!!str" {
+func (n *Node) String() (string, bool) {
+	if n == nil || n.Kind != KindScalar || n.Tag != "!!str" {
 		return "", false
 	}
 	return n.Value, true
@@ -161,8 +155,8 @@ var (
 // Bool converts n with Backstage's getOptionalBoolean rules: a boolean as is; a number or
 // string whose trimmed text is y|yes|true|1|on or n|no|false|0|off (case-insensitive). ok is
 // false when n is nil or not convertible (Backstage: "Unable to convert config value").
-func (n *configNode) Bool() (value, ok bool) {
-	if n == nil || n.Kind != nodeScalar {
+func (n *Node) Bool() (value, ok bool) {
+	if n == nil || n.Kind != KindScalar {
 		return false, false
 	}
 	switch n.Tag {
@@ -183,8 +177,8 @@ func (n *configNode) Bool() (value, ok bool) {
 // Number converts n with Backstage's getOptionalNumber rules: a number as is; a string is
 // trimmed and converted with JavaScript's Number(), and must be finite and non-empty. ok is
 // false when n is nil or not convertible.
-func (n *configNode) Number() (float64, bool) {
-	if n == nil || n.Kind != nodeScalar {
+func (n *Node) Number() (float64, bool) {
+	if n == nil || n.Kind != KindScalar {
 		return 0, false
 	}
 	switch n.Tag {
@@ -210,14 +204,14 @@ func (n *configNode) Number() (float64, bool) {
 
 // TypeName names the JavaScript type of n as Backstage's config errors do: "object", "array",
 // "string", "empty-string", "number", "nan", "boolean", "null" or "undefined" (nil).
-func (n *configNode) TypeName() string {
+func (n *Node) TypeName() string {
 	if n == nil {
 		return "undefined"
 	}
 	switch n.Kind {
-	case nodeMap:
+	case KindMap:
 		return "object"
-	case nodeSeq:
+	case KindSeq:
 		return "array"
 	}
 	switch n.Tag {
@@ -237,31 +231,40 @@ func (n *configNode) TypeName() string {
 	return "string"
 }
 
-// configError is a configuration loading error that names where it happened.
-type configError struct {
+// Warning is a problem in the configuration that does not stop loading: a
+// substitution that did not resolve, a key that is ignored. File and Line say
+// where, when known.
+type Warning struct {
+	File    string
+	Line    int
+	Message string
+}
+
+// Error is a configuration loading error that names where it happened.
+type Error struct {
 	File   string // "" for the environment or an unnamed main file
 	Line   int    // 0 when unknown
 	Source string // "app-config.yaml:12", "env APP_CONFIG_x", ...
 	Msg    string
 }
 
-func (e *configError) Error() string {
+func (e *Error) Error() string {
 	if e.Source == "" {
 		return e.Msg
 	}
 	return e.Source + ": " + e.Msg
 }
 
-func newConfigError(file string, line int, format string, args ...any) *configError {
-	return &configError{File: file, Line: line, Source: sourceOf(file, line), Msg: fmt.Sprintf(format, args...)}
+func NewError(file string, line int, format string, args ...any) *Error {
+	return &Error{File: file, Line: line, Source: SourceOf(file, line), Msg: fmt.Sprintf(format, args...)}
 }
 
-func errorAt(n *configNode, format string, args ...any) *configError {
-	return &configError{File: n.File, Line: n.Line, Source: n.Source, Msg: fmt.Sprintf(format, args...)}
+func ErrorAt(n *Node, format string, args ...any) *Error {
+	return &Error{File: n.File, Line: n.Line, Source: n.Source, Msg: fmt.Sprintf(format, args...)}
 }
 
 // sourceOf formats a position: "file:line", "file", "line N" (unnamed main file) or "".
-func sourceOf(file string, line int) string {
+func SourceOf(file string, line int) string {
 	switch {
 	case file != "" && line > 0:
 		return file + ":" + strconv.Itoa(line)
@@ -273,17 +276,17 @@ func sourceOf(file string, line int) string {
 	return ""
 }
 
-type loadOptions struct {
+type Options struct {
 	MainBody []byte                      // content of the file Caddy was given (the adapter receives it as bytes)
 	MainFile string                      // its path; may be "" (admin API POST /load gives no filename): then relative paths resolve from the working directory and no default discovery happens
 	Env      func(string) (string, bool) // environment lookup (os.LookupEnv in production; a map in tests); nil means an empty environment
 	Environ  []string                    // the environment as KEY=VALUE for APP_CONFIG_* scanning (os.Environ() in production)
 
 	// openFile replaces os.Open (tests and fuzzing use an in-memory file system).
-	openFile func(name string) (io.ReadCloser, error)
+	OpenFile func(name string) (io.ReadCloser, error)
 }
 
-// loadBackstageConfig loads, transforms and merges the configuration. Warnings are Caddy
+// Load loads, transforms and merges the configuration. Warnings become Caddy
 // adapter warnings. It is our adapter's analogue of Backstage's config loading (spec §4.1):
 //
 //  1. The main file (opts.MainBody, named opts.MainFile) is always the first, lowest-priority
@@ -310,17 +313,17 @@ type loadOptions struct {
 // else in a higher source replaces, null deletes, and a merged map lists the higher source's
 // keys first. As in JavaScript objects, integer-like keys ("0", "17") come first, ascending.
 //
-// Errors are *configError values naming file and line. Hostile input is bounded: files over
+// Errors are *Error values naming file and line. Hostile input is bounded: files over
 // 10 MiB, YAML files with more than about a million elements, nesting deeper than 100,
 // $include deeper than 32 or cyclic, YAML alias expansion over 100000 values, and more than
 // 1000000 values, 1000 file reads or 64 MiB read in total are errors.
-func loadBackstageConfig(opts loadOptions) (root *configNode, warnings []caddyconfig.Warning, err error) {
+func Load(opts Options) (root *Node, warnings []Warning, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			root, warnings, err = nil, nil, fmt.Errorf("internal error while loading the Backstage config: %v", r)
 		}
 	}()
-	l := &configLoader{env: opts.Env, open: opts.openFile}
+	l := &configLoader{env: opts.Env, open: opts.OpenFile}
 	if l.env == nil {
 		l.env = func(string) (string, bool) { return "", false }
 	}
@@ -337,7 +340,7 @@ func loadBackstageConfig(opts loadOptions) (root *configNode, warnings []caddyco
 		}
 	}
 
-	var sources []*configNode
+	var sources []*Node
 	add := func(file string, body []byte) error {
 		t, err := l.loadFile(file, body)
 		if err != nil {
@@ -350,7 +353,7 @@ func loadBackstageConfig(opts loadOptions) (root *configNode, warnings []caddyco
 	}
 
 	if len(opts.MainBody) > maxConfigFileSize {
-		return nil, nil, newConfigError(opts.MainFile, 0, "file is larger than %d MiB", maxConfigFileSize>>20)
+		return nil, nil, NewError(opts.MainFile, 0, "file is larger than %d MiB", maxConfigFileSize>>20)
 	}
 	if err := add(opts.MainFile, opts.MainBody); err != nil {
 		return nil, l.warnings, err
@@ -369,9 +372,9 @@ func loadBackstageConfig(opts loadOptions) (root *configNode, warnings []caddyco
 			body, err := l.readFile(p)
 			if err != nil {
 				if errors.Is(err, os.ErrNotExist) {
-					return nil, l.warnings, newConfigError(p, 0, "config file listed in CADDY_BACKSTAGE_CONFIG_FILES does not exist")
+					return nil, l.warnings, NewError(p, 0, "config file listed in CADDY_BACKSTAGE_CONFIG_FILES does not exist")
 				}
-				return nil, l.warnings, newConfigError(p, 0, "cannot read config file listed in CADDY_BACKSTAGE_CONFIG_FILES: %v", err)
+				return nil, l.warnings, NewError(p, 0, "cannot read config file listed in CADDY_BACKSTAGE_CONFIG_FILES: %v", err)
 			}
 			if err := add(p, body); err != nil {
 				return nil, l.warnings, err
@@ -401,7 +404,7 @@ func loadBackstageConfig(opts loadOptions) (root *configNode, warnings []caddyco
 				continue // optional, as in Backstage
 			}
 			if err != nil {
-				return nil, l.warnings, newConfigError(p, 0, "cannot read config file: %v", err)
+				return nil, l.warnings, NewError(p, 0, "cannot read config file: %v", err)
 			}
 			if err := add(p, body); err != nil {
 				return nil, l.warnings, err
@@ -417,21 +420,21 @@ func loadBackstageConfig(opts loadOptions) (root *configNode, warnings []caddyco
 		sources = append(sources, envTree)
 	}
 
-	var merged *configNode
+	var merged *Node
 	for _, s := range sources {
 		merged = mergeConfig(s, merged)
 	}
 	if merged == nil {
-		merged = &configNode{Kind: nodeMap, File: opts.MainFile, Source: sourceOf(opts.MainFile, 0)}
+		merged = &Node{Kind: KindMap, File: opts.MainFile, Source: SourceOf(opts.MainFile, 0)}
 	}
 	return merged, l.warnings, nil
 }
 
-// configLoader holds the state of one loadBackstageConfig call.
+// configLoader holds the state of one Load call.
 type configLoader struct {
 	env          func(string) (string, bool)
 	open         func(string) (io.ReadCloser, error)
-	warnings     []caddyconfig.Warning
+	warnings     []Warning
 	nodes        int
 	aliasNodes   int
 	fileReads    int
@@ -449,26 +452,26 @@ type includeFrame struct {
 func (l *configLoader) warn(file string, line int, format string, args ...any) {
 	l.warningCount++
 	switch {
-	case l.warningCount <= maxConfigWarnings:
-		l.warnings = append(l.warnings, caddyconfig.Warning{File: file, Line: line, Message: fmt.Sprintf(format, args...)})
-	case l.warningCount == maxConfigWarnings+1:
-		l.warnings = append(l.warnings, caddyconfig.Warning{File: file, Line: line, Message: "too many warnings; the rest are not shown"})
+	case l.warningCount <= MaxWarnings:
+		l.warnings = append(l.warnings, Warning{File: file, Line: line, Message: fmt.Sprintf(format, args...)})
+	case l.warningCount == MaxWarnings+1:
+		l.warnings = append(l.warnings, Warning{File: file, Line: line, Message: "too many warnings; the rest are not shown"})
 	}
 }
 
 // copyNode makes a node for a transformed value. It is not counted against the budget: a
 // transform makes at most one node per parsed (and counted) one.
-func copyNode(kind configKind, pos *configNode) *configNode {
-	return &configNode{Kind: kind, File: pos.File, Line: pos.Line, Source: pos.Source}
+func copyNode(kind Kind, pos *Node) *Node {
+	return &Node{Kind: kind, File: pos.File, Line: pos.Line, Source: pos.Source}
 }
 
 // newNode counts a new parsed value against the budget.
-func (l *configLoader) newNode(kind configKind, file string, line int) (*configNode, error) {
+func (l *configLoader) newNode(kind Kind, file string, line int) (*Node, error) {
 	l.nodes++
 	if l.nodes > maxConfigNodes {
-		return nil, newConfigError(file, line, "configuration has more than %d values; refusing to load it", maxConfigNodes)
+		return nil, NewError(file, line, "configuration has more than %d values; refusing to load it", maxConfigNodes)
 	}
-	return &configNode{Kind: kind, File: file, Line: line, Source: sourceOf(file, line)}, nil
+	return &Node{Kind: kind, File: file, Line: line, Source: SourceOf(file, line)}, nil
 }
 
 func (l *configLoader) readFile(path string) ([]byte, error) {
@@ -499,7 +502,7 @@ func (l *configLoader) readFile(path string) ([]byte, error) {
 }
 
 // loadFile parses and transforms one config file. It returns nil for a file without data.
-func (l *configLoader) loadFile(file string, body []byte) (*configNode, error) {
+func (l *configLoader) loadFile(file string, body []byte) (*Node, error) {
 	tree, err := l.parseYAML(body, file)
 	if err != nil {
 		return nil, err
@@ -519,8 +522,8 @@ func (l *configLoader) loadFile(file string, body []byte) (*configNode, error) {
 	if err != nil {
 		return nil, err
 	}
-	if out == nil || out.Kind != nodeMap {
-		return nil, newConfigError(file, tree.Line, "expected object at config root, got %s", out.TypeName())
+	if out == nil || out.Kind != KindMap {
+		return nil, NewError(file, tree.Line, "expected object at config root, got %s", out.TypeName())
 	}
 	return out, nil
 }
@@ -534,9 +537,9 @@ func yamlParseError(file string, err error) error {
 	msg := err.Error()
 	if m := yamlErrLineRE.FindStringSubmatch(msg); m != nil {
 		line, _ := strconv.Atoi(m[1])
-		return newConfigError(file, line, "invalid YAML: %s", m[2])
+		return NewError(file, line, "invalid YAML: %s", m[2])
 	}
-	return newConfigError(file, 0, "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
+	return NewError(file, 0, "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
 }
 
 // yamlSeparators is a cheap upper bound on the number of YAML elements, to refuse documents that
@@ -554,16 +557,16 @@ func yamlSeparators(body []byte) int {
 
 // parseYAML parses one YAML document as the `yaml` npm package (v2, YAML 1.2 core schema) does
 // for Backstage. An empty document gives a null scalar.
-func (l *configLoader) parseYAML(body []byte, file string) (node *configNode, err error) {
+func (l *configLoader) parseYAML(body []byte, file string) (node *Node, err error) {
 	if len(body) > maxConfigFileSize {
-		return nil, newConfigError(file, 0, "file is larger than %d MiB", maxConfigFileSize>>20)
+		return nil, NewError(file, 0, "file is larger than %d MiB", maxConfigFileSize>>20)
 	}
 	if yamlSeparators(body) > maxYAMLSeparators {
-		return nil, newConfigError(file, 0, "file has too many YAML elements (more than %d); refusing to parse it", maxYAMLSeparators)
+		return nil, NewError(file, 0, "file has too many YAML elements (more than %d); refusing to parse it", maxYAMLSeparators)
 	}
 	defer func() {
 		if r := recover(); r != nil {
-			node, err = nil, newConfigError(file, 0, "invalid YAML: %v", r)
+			node, err = nil, NewError(file, 0, "invalid YAML: %v", r)
 		}
 	}()
 	dec := yaml.NewDecoder(bytes.NewReader(body))
@@ -580,7 +583,7 @@ func (l *configLoader) parseYAML(body []byte, file string) (node *configNode, er
 	case err != nil:
 		return nil, yamlParseError(file, err)
 	default:
-		return nil, newConfigError(file, next.Line, "the file contains more than one YAML document (Backstage rejects this)")
+		return nil, NewError(file, next.Line, "the file contains more than one YAML document (Backstage rejects this)")
 	}
 	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
 		return l.newNullNode(file, doc.Line)
@@ -590,8 +593,8 @@ func (l *configLoader) parseYAML(body []byte, file string) (node *configNode, er
 	return c.convert(root, root.Line, 1)
 }
 
-func (l *configLoader) newNullNode(file string, line int) (*configNode, error) {
-	n, err := l.newNode(nodeScalar, file, line)
+func (l *configLoader) newNullNode(file string, line int) (*Node, error) {
+	n, err := l.newNode(KindScalar, file, line)
 	if err != nil {
 		return nil, err
 	}
@@ -606,30 +609,30 @@ type yamlConverter struct {
 	aliasDepth int
 }
 
-func (c *yamlConverter) newNode(kind configKind, line int) (*configNode, error) {
+func (c *yamlConverter) newNode(kind Kind, line int) (*Node, error) {
 	if c.aliasDepth > 0 {
 		c.l.aliasNodes++
 		if c.l.aliasNodes > maxAliasNodes {
-			return nil, newConfigError(c.file, line, "YAML aliases expand to more than %d values; refusing to load it (alias bomb?)", maxAliasNodes)
+			return nil, NewError(c.file, line, "YAML aliases expand to more than %d values; refusing to load it (alias bomb?)", maxAliasNodes)
 		}
 	}
 	return c.l.newNode(kind, c.file, line)
 }
 
-// convert turns a yaml.Node into a configNode. line is the position to record: the key's line
+// convert turns a yaml.Node into a Node. line is the position to record: the key's line
 // for a map value, the node's own line otherwise.
-func (c *yamlConverter) convert(n *yaml.Node, line, depth int) (*configNode, error) {
+func (c *yamlConverter) convert(n *yaml.Node, line, depth int) (*Node, error) {
 	if depth > maxConfigDepth {
-		return nil, newConfigError(c.file, n.Line, "nesting deeper than %d levels", maxConfigDepth)
+		return nil, NewError(c.file, n.Line, "nesting deeper than %d levels", maxConfigDepth)
 	}
 	switch n.Kind {
 	case yaml.AliasNode:
 		target := n.Alias
 		if target == nil {
-			return nil, newConfigError(c.file, n.Line, "invalid YAML: unresolved alias *%s", n.Value)
+			return nil, NewError(c.file, n.Line, "invalid YAML: unresolved alias *%s", n.Value)
 		}
 		if c.active[target] {
-			return nil, newConfigError(c.file, n.Line, "YAML alias *%s refers to a value that contains it", n.Value)
+			return nil, NewError(c.file, n.Line, "YAML alias *%s refers to a value that contains it", n.Value)
 		}
 		c.active[target] = true
 		c.aliasDepth++
@@ -639,7 +642,7 @@ func (c *yamlConverter) convert(n *yaml.Node, line, depth int) (*configNode, err
 		return out, err
 
 	case yaml.ScalarNode:
-		out, err := c.newNode(nodeScalar, line)
+		out, err := c.newNode(KindScalar, line)
 		if err != nil {
 			return nil, err
 		}
@@ -647,11 +650,11 @@ func (c *yamlConverter) convert(n *yaml.Node, line, depth int) (*configNode, err
 		return out, nil
 
 	case yaml.SequenceNode:
-		out, err := c.newNode(nodeSeq, line)
+		out, err := c.newNode(KindSeq, line)
 		if err != nil {
 			return nil, err
 		}
-		out.Items = make([]*configNode, 0, len(n.Content))
+		out.Items = make([]*Node, 0, len(n.Content))
 		for _, item := range n.Content {
 			v, err := c.convert(item, item.Line, depth+1)
 			if err != nil {
@@ -662,7 +665,7 @@ func (c *yamlConverter) convert(n *yaml.Node, line, depth int) (*configNode, err
 		return out, nil
 
 	case yaml.MappingNode:
-		out, err := c.newNode(nodeMap, line)
+		out, err := c.newNode(KindMap, line)
 		if err != nil {
 			return nil, err
 		}
@@ -675,7 +678,7 @@ func (c *yamlConverter) convert(n *yaml.Node, line, depth int) (*configNode, err
 				kn = kn.Alias
 			}
 			if kn.Kind != yaml.ScalarNode {
-				return nil, newConfigError(c.file, k.Line, "a map key must be a scalar (complex YAML keys are not supported)")
+				return nil, NewError(c.file, k.Line, "a map key must be a scalar (complex YAML keys are not supported)")
 			}
 			tag, val := c.resolveScalar(kn)
 			key := val
@@ -687,7 +690,7 @@ func (c *yamlConverter) convert(n *yaml.Node, line, depth int) (*configNode, err
 			if !(tag == "!!float" && val == "NaN") {
 				id := jsTypeClass(tag) + "\x00" + val
 				if seen[id] {
-					return nil, newConfigError(c.file, k.Line, "duplicate map key %q (Backstage rejects duplicate keys)", key)
+					return nil, NewError(c.file, k.Line, "duplicate map key %q (Backstage rejects duplicate keys)", key)
 				}
 				seen[id] = true
 			}
@@ -700,7 +703,7 @@ func (c *yamlConverter) convert(n *yaml.Node, line, depth int) (*configNode, err
 		sortJSKeys(out)
 		return out, nil
 	}
-	return nil, newConfigError(c.file, n.Line, "invalid YAML: unexpected node kind %d", n.Kind)
+	return nil, NewError(c.file, n.Line, "invalid YAML: unexpected node kind %d", n.Kind)
 }
 
 func jsTypeClass(tag string) string {
@@ -750,12 +753,12 @@ func resolveCoreScalar(s string) (tag, value string) {
 	case coreBoolRE.MatchString(s):
 		return "!!bool", strings.ToLower(s)
 	case coreIntOctRE.MatchString(s):
-		return "!!int", jsNumberString(bigIntFloat(s[2:], 8))
+		return "!!int", JSNumberString(bigIntFloat(s[2:], 8))
 	case coreIntRE.MatchString(s):
 		f, _ := strconv.ParseFloat(s, 64)
-		return "!!int", jsNumberString(f)
+		return "!!int", JSNumberString(f)
 	case coreIntHexRE.MatchString(s):
-		return "!!int", jsNumberString(bigIntFloat(s[2:], 16))
+		return "!!int", JSNumberString(bigIntFloat(s[2:], 16))
 	case coreNaNInfRE.MatchString(s):
 		switch {
 		case strings.HasSuffix(strings.ToLower(s), "nan"):
@@ -766,7 +769,7 @@ func resolveCoreScalar(s string) (tag, value string) {
 		return "!!float", "Infinity"
 	case coreFloatExp.MatchString(s), coreFloatRE.MatchString(s):
 		f, _ := strconv.ParseFloat(s, 64)
-		return "!!float", jsNumberString(f)
+		return "!!float", JSNumberString(f)
 	}
 	return "!!str", s
 }
@@ -781,7 +784,7 @@ func bigIntFloat(digits string, base int) float64 {
 }
 
 // jsNumberString formats f as JavaScript's Number.prototype.toString() does.
-func jsNumberString(f float64) string {
+func JSNumberString(f float64) string {
 	switch {
 	case math.IsNaN(f):
 		return "NaN"
@@ -877,13 +880,13 @@ func isJSArrayIndex(key string) bool {
 
 // sortJSKeys orders map keys as a JavaScript object does: integer-like keys first, ascending,
 // then the others in insertion order.
-func sortJSKeys(n *configNode) {
+func sortJSKeys(n *Node) {
 	if !slices.ContainsFunc(n.Keys, isJSArrayIndex) {
 		return
 	}
 	type kv struct {
 		k string
-		v *configNode
+		v *Node
 	}
 	var ints, rest []kv
 	for i, k := range n.Keys {
@@ -921,7 +924,7 @@ type jsonConverter struct {
 
 // parseJSON parses data as JavaScript's JSON.parse does. Duplicate keys: the later value wins,
 // at the position of the first. The caller must have checked json.Valid(data).
-func (l *configLoader) parseJSON(data []byte, file, source string) (*configNode, error) {
+func (l *configLoader) parseJSON(data []byte, file, source string) (*Node, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	c := &jsonConverter{l: l, dec: dec, data: data, file: file, source: source, line: 1}
@@ -950,23 +953,23 @@ func (c *jsonConverter) curLine() int {
 
 func (c *jsonConverter) errorf(format string, args ...any) error {
 	if c.file == "" {
-		return &configError{Source: c.source, Msg: fmt.Sprintf(format, args...)}
+		return &Error{Source: c.source, Msg: fmt.Sprintf(format, args...)}
 	}
-	return newConfigError(c.file, c.curLine(), format, args...)
+	return NewError(c.file, c.curLine(), format, args...)
 }
 
-func (c *jsonConverter) newNode(kind configKind, line int) (*configNode, error) {
+func (c *jsonConverter) newNode(kind Kind, line int) (*Node, error) {
 	if c.file == "" {
 		c.l.nodes++
 		if c.l.nodes > maxConfigNodes {
 			return nil, c.errorf("configuration has more than %d values; refusing to load it", maxConfigNodes)
 		}
-		return &configNode{Kind: kind, Source: c.source}, nil
+		return &Node{Kind: kind, Source: c.source}, nil
 	}
 	return c.l.newNode(kind, c.file, line)
 }
 
-func (c *jsonConverter) value(depth int) (*configNode, error) {
+func (c *jsonConverter) value(depth int) (*Node, error) {
 	if depth > maxConfigDepth {
 		return nil, c.errorf("nesting deeper than %d levels", maxConfigDepth)
 	}
@@ -978,12 +981,12 @@ func (c *jsonConverter) value(depth int) (*configNode, error) {
 	return c.fromToken(tok, c.curLine(), depth)
 }
 
-func (c *jsonConverter) fromToken(tok json.Token, line, depth int) (*configNode, error) {
+func (c *jsonConverter) fromToken(tok json.Token, line, depth int) (*Node, error) {
 	switch t := tok.(type) {
 	case json.Delim:
 		switch t {
 		case '{':
-			out, err := c.newNode(nodeMap, line)
+			out, err := c.newNode(KindMap, line)
 			if err != nil {
 				return nil, err
 			}
@@ -1010,7 +1013,7 @@ func (c *jsonConverter) fromToken(tok json.Token, line, depth int) (*configNode,
 			sortJSKeys(out)
 			return out, nil
 		case '[':
-			out, err := c.newNode(nodeSeq, line)
+			out, err := c.newNode(KindSeq, line)
 			if err != nil {
 				return nil, err
 			}
@@ -1028,14 +1031,14 @@ func (c *jsonConverter) fromToken(tok json.Token, line, depth int) (*configNode,
 		}
 		return nil, c.errorf("invalid JSON: unexpected %v", t)
 	case string:
-		out, err := c.newNode(nodeScalar, line)
+		out, err := c.newNode(KindScalar, line)
 		if err != nil {
 			return nil, err
 		}
 		out.Tag, out.Value = "!!str", t
 		return out, nil
 	case json.Number:
-		out, err := c.newNode(nodeScalar, line)
+		out, err := c.newNode(KindScalar, line)
 		if err != nil {
 			return nil, err
 		}
@@ -1047,17 +1050,17 @@ func (c *jsonConverter) fromToken(tok json.Token, line, depth int) (*configNode,
 		if strings.ContainsAny(string(t), ".eE") {
 			out.Tag = "!!float"
 		}
-		out.Value = jsNumberString(f)
+		out.Value = JSNumberString(f)
 		return out, nil
 	case bool:
-		out, err := c.newNode(nodeScalar, line)
+		out, err := c.newNode(KindScalar, line)
 		if err != nil {
 			return nil, err
 		}
 		out.Tag, out.Value = "!!bool", strconv.FormatBool(t)
 		return out, nil
 	case nil:
-		out, err := c.newNode(nodeScalar, line)
+		out, err := c.newNode(KindScalar, line)
 		if err != nil {
 			return nil, err
 		}
@@ -1068,7 +1071,7 @@ func (c *jsonConverter) fromToken(tok json.Token, line, depth int) (*configNode,
 }
 
 // valueAt reads an object member value, recorded at the line of its key.
-func (c *jsonConverter) valueAt(keyLine, depth int) (*configNode, error) {
+func (c *jsonConverter) valueAt(keyLine, depth int) (*Node, error) {
 	if depth > maxConfigDepth {
 		return nil, c.errorf("nesting deeper than %d levels", maxConfigDepth)
 	}
@@ -1086,7 +1089,7 @@ const appConfigPrefix = "APP_CONFIG_"
 
 var envKeyPartRE = regexp.MustCompile(`(?i)^[a-z][a-z0-9]*(?:[-_:][a-z0-9]+)*$`)
 
-func (l *configLoader) envSource(environ []string) (*configNode, error) {
+func (l *configLoader) envSource(environ []string) (*Node, error) {
 	vars := map[string]string{}
 	for _, kv := range environ {
 		name, value, ok := strings.Cut(kv, "=")
@@ -1105,34 +1108,34 @@ func (l *configLoader) envSource(environ []string) (*configNode, error) {
 	if len(names) == 0 {
 		return nil, nil
 	}
-	root := &configNode{Kind: nodeMap, Source: "env"}
+	root := &Node{Kind: KindMap, Source: "env"}
 	for _, name := range names {
 		src := "env " + name
 		key := strings.TrimPrefix(name, appConfigPrefix)
 		parts := strings.Split(key, "_")
 		if len(parts) > maxConfigDepth {
-			return nil, &configError{Source: src, Msg: fmt.Sprintf("nesting deeper than %d levels", maxConfigDepth)}
+			return nil, &Error{Source: src, Msg: fmt.Sprintf("nesting deeper than %d levels", maxConfigDepth)}
 		}
 		obj := root
 		for i, part := range parts {
 			if !envKeyPartRE.MatchString(part) {
-				return nil, &configError{Source: src, Msg: fmt.Sprintf("invalid env config key %q: each _-separated part must match %s", key, envKeyPartRE.String()[4:])}
+				return nil, &Error{Source: src, Msg: fmt.Sprintf("invalid env config key %q: each _-separated part must match %s", key, envKeyPartRE.String()[4:])}
 			}
 			existing := obj.Get(part)
 			if i < len(parts)-1 {
 				if existing == nil {
 					l.nodes++
-					existing = &configNode{Kind: nodeMap, Source: src}
+					existing = &Node{Kind: KindMap, Source: src}
 					obj.Keys = append(obj.Keys, part)
 					obj.Values = append(obj.Values, existing)
-				} else if existing.Kind != nodeMap {
-					return nil, &configError{Source: src, Msg: fmt.Sprintf("could not nest config for key %q under existing value %q", key, strings.Join(parts[:i+1], "_"))}
+				} else if existing.Kind != KindMap {
+					return nil, &Error{Source: src, Msg: fmt.Sprintf("could not nest config for key %q under existing value %q", key, strings.Join(parts[:i+1], "_"))}
 				}
 				obj = existing
 				continue
 			}
 			if existing != nil {
-				return nil, &configError{Source: src, Msg: fmt.Sprintf("refusing to override existing config at key %q", key)}
+				return nil, &Error{Source: src, Msg: fmt.Sprintf("refusing to override existing config at key %q", key)}
 			}
 			value, err := l.envValue(name, vars[name], src, len(parts))
 			if err != nil {
@@ -1146,7 +1149,7 @@ func (l *configLoader) envSource(environ []string) (*configNode, error) {
 	return root, nil
 }
 
-func (l *configLoader) envValue(name, raw, src string, depth int) (*configNode, error) {
+func (l *configLoader) envValue(name, raw, src string, depth int) (*Node, error) {
 	data := []byte(raw)
 	if json.Valid(data) {
 		c := &jsonConverter{l: l, file: "", source: src}
@@ -1158,20 +1161,20 @@ func (l *configLoader) envValue(name, raw, src string, depth int) (*configNode, 
 			return nil, err
 		}
 		if v.IsNull() {
-			return nil, &configError{Source: src, Msg: "failed to parse JSON-serialized config value: value may not be null"}
+			return nil, &Error{Source: src, Msg: "failed to parse JSON-serialized config value: value may not be null"}
 		}
 		return v, nil
 	}
 	l.nodes++
-	v := &configNode{Kind: nodeScalar, Tag: "!!str", Value: raw, Source: src}
+	v := &Node{Kind: KindScalar, Tag: "!!str", Value: raw, Source: src}
 	if safeEnvName(name) {
 		v.EnvTemplate = "{env." + name + "}"
 	}
 	return v, nil
 }
 
-func sortJSKeysDeep(n *configNode) {
-	if n == nil || n.Kind != nodeMap {
+func sortJSKeysDeep(n *Node) {
+	if n == nil || n.Kind != KindMap {
 		return
 	}
 	sortJSKeys(n)
@@ -1192,17 +1195,17 @@ func childPath(path, key string) string {
 
 // transform applies Backstage's config transforms to n. It returns nil for an undefined value
 // (the key is then removed).
-func (l *configLoader) transform(n *configNode, path, dir string, depth int) (*configNode, error) {
+func (l *configLoader) transform(n *Node, path, dir string, depth int) (*Node, error) {
 	if depth > maxConfigDepth {
-		return nil, errorAt(n, "%s: nesting deeper than %d levels", displayPath(path), maxConfigDepth)
+		return nil, ErrorAt(n, "%s: nesting deeper than %d levels", displayPath(path), maxConfigDepth)
 	}
 	switch n.Kind {
-	case nodeScalar:
+	case KindScalar:
 		if n.Tag != "!!str" {
 			return n, nil
 		}
 		return l.substituteNode(n, path)
-	case nodeSeq:
+	case KindSeq:
 		return l.transformChildren(n, n, path, dir, depth)
 	}
 	directive := ""
@@ -1217,15 +1220,15 @@ func (l *configLoader) transform(n *configNode, path, dir string, depth int) (*c
 	}
 	arg := n.Values[slices.Index(n.Keys, directive)]
 	if len(n.Keys) != 1 {
-		return nil, errorAt(arg, "include key %s should not have adjacent keys (at %s)", directive, displayPath(path))
+		return nil, ErrorAt(arg, "include key %s should not have adjacent keys (at %s)", directive, displayPath(path))
 	}
 	s, ok := arg.String()
 	if !ok {
-		return nil, errorAt(arg, "%s include value is not a string (at %s)", directive, displayPath(path))
+		return nil, ErrorAt(arg, "%s include value is not a string (at %s)", directive, displayPath(path))
 	}
 	r := l.substitute(s)
 	if r.undefined != nil {
-		return nil, errorAt(arg, "%s substitution value was undefined: %s (at %s)", directive, strings.Join(r.undefined, ", "), displayPath(path))
+		return nil, ErrorAt(arg, "%s substitution value was undefined: %s (at %s)", directive, strings.Join(r.undefined, ", "), displayPath(path))
 	}
 	switch directive {
 	case "$file":
@@ -1237,10 +1240,10 @@ func (l *configLoader) transform(n *configNode, path, dir string, depth int) (*c
 }
 
 // transformChildren transforms the children of src into a new container positioned at pos.
-func (l *configLoader) transformChildren(src, pos *configNode, path, dir string, depth int) (*configNode, error) {
+func (l *configLoader) transformChildren(src, pos *Node, path, dir string, depth int) (*Node, error) {
 	out := copyNode(src.Kind, pos)
-	if src.Kind == nodeSeq {
-		out.Items = make([]*configNode, 0, len(src.Items))
+	if src.Kind == KindSeq {
+		out.Items = make([]*Node, 0, len(src.Items))
 		for i, item := range src.Items {
 			v, err := l.transform(item, path+"["+strconv.Itoa(i)+"]", dir, depth+1)
 			if err != nil {
@@ -1279,34 +1282,34 @@ func resolveConfigPath(dir, p string) string {
 	return filepath.Join(dir, p)
 }
 
-func (l *configLoader) fileDirective(n, arg *configNode, name, path, dir string) (*configNode, error) {
+func (l *configLoader) fileDirective(n, arg *Node, name, path, dir string) (*Node, error) {
 	p := resolveConfigPath(dir, name)
 	data, err := l.readFile(p)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, errorAt(arg, "$file: failed to read file %s: %q does not exist (at %s)", name, p, displayPath(path))
+			return nil, ErrorAt(arg, "$file: failed to read file %s: %q does not exist (at %s)", name, p, displayPath(path))
 		}
-		return nil, errorAt(arg, "$file: failed to read file %s: %v (at %s)", name, err, displayPath(path))
+		return nil, ErrorAt(arg, "$file: failed to read file %s: %v (at %s)", name, err, displayPath(path))
 	}
-	out := copyNode(nodeScalar, n)
+	out := copyNode(KindScalar, n)
 	out.Tag = "!!str"
 	out.Value = strings.TrimRightFunc(strings.ToValidUTF8(string(data), "\uFFFD"), jsIsSpace)
 	return out, nil
 }
 
-func (l *configLoader) envDirective(n *configNode, name, path string) (*configNode, error) {
+func (l *configLoader) envDirective(n *Node, name, path string) (*Node, error) {
 	raw, ok := l.env(name)
 	if !ok {
 		l.warn(n.File, n.Line, "%s: $env: environment variable %s is not set; the value is removed (as Backstage does)", displayPath(path), name)
 		return nil, nil
 	}
-	out := copyNode(nodeScalar, n)
+	out := copyNode(KindScalar, n)
 	out.Tag = "!!str"
 	out.Value = jsTrim(raw)
 	if out.Value == raw && safeEnvName(name) {
 		out.EnvTemplate = "{env." + name + "}"
 	} else {
-		out.EnvTemplate = escapeCaddyPlaceholders(out.Value)
+		out.EnvTemplate = EscapeCaddyPlaceholders(out.Value)
 		out.SecretInlined = out.Value != ""
 	}
 	return out, nil
@@ -1323,11 +1326,11 @@ func nodeExtname(p string) string {
 	return base[i:]
 }
 
-func (l *configLoader) includeDirective(n, arg *configNode, value, path, dir string, depth int) (*configNode, error) {
+func (l *configLoader) includeDirective(n, arg *Node, value, path, dir string, depth int) (*Node, error) {
 	filePath, dataPath, _ := strings.Cut(value, "#")
 	ext := nodeExtname(filePath)
 	if ext != ".json" && ext != ".yaml" && ext != ".yml" {
-		return nil, errorAt(arg, "$include: unsupported file extension %q in %q (only .json, .yaml and .yml files can be included; at %s)", ext, filePath, displayPath(path))
+		return nil, ErrorAt(arg, "$include: unsupported file extension %q in %q (only .json, .yaml and .yml files can be included; at %s)", ext, filePath, displayPath(path))
 	}
 	p := resolveConfigPath(dir, filePath)
 	abs, err := filepath.Abs(p)
@@ -1342,20 +1345,20 @@ func (l *configLoader) includeDirective(n, arg *configNode, value, path, dir str
 				chain = append(chain, g.display)
 			}
 			chain = append(chain, p)
-			return nil, errorAt(arg, "$include: include cycle: %s", strings.Join(chain, " -> "))
+			return nil, ErrorAt(arg, "$include: include cycle: %s", strings.Join(chain, " -> "))
 		}
 	}
 	if l.includeDepth >= maxIncludeDepth {
-		return nil, errorAt(arg, "$include: includes nested deeper than %d levels", maxIncludeDepth)
+		return nil, ErrorAt(arg, "$include: includes nested deeper than %d levels", maxIncludeDepth)
 	}
 	data, err := l.readFile(p)
 	if err != nil {
 		if errors.Is(err, os.ErrNotExist) {
-			return nil, errorAt(arg, "$include: failed to include %q, file does not exist (at %s)", p, displayPath(path))
+			return nil, ErrorAt(arg, "$include: failed to include %q, file does not exist (at %s)", p, displayPath(path))
 		}
-		return nil, errorAt(arg, "$include: failed to read %q: %v (at %s)", p, err, displayPath(path))
+		return nil, ErrorAt(arg, "$include: failed to read %q: %v (at %s)", p, err, displayPath(path))
 	}
-	var included *configNode
+	var included *Node
 	if ext == ".json" {
 		if !json.Valid(data) {
 			var syn *json.SyntaxError
@@ -1363,16 +1366,16 @@ func (l *configLoader) includeDirective(n, arg *configNode, value, path, dir str
 			line := 0
 			if err := json.Unmarshal(data, &v); errors.As(err, &syn) {
 				line = 1 + bytes.Count(data[:min(int(syn.Offset), len(data))], []byte{'\n'})
-				return nil, newConfigError(p, line, "invalid JSON: %v (included from %s)", err, arg.Source)
+				return nil, NewError(p, line, "invalid JSON: %v (included from %s)", err, arg.Source)
 			}
-			return nil, newConfigError(p, line, "invalid JSON (included from %s)", arg.Source)
+			return nil, NewError(p, line, "invalid JSON (included from %s)", arg.Source)
 		}
 		included, err = l.parseJSON(data, p, "")
 	} else {
 		included, err = l.parseYAML(data, p)
 	}
 	if err != nil {
-		var ce *configError
+		var ce *Error
 		if errors.As(err, &ce) {
 			ce.Msg += " (included from " + arg.Source + ")"
 		}
@@ -1382,8 +1385,8 @@ func (l *configLoader) includeDirective(n, arg *configNode, value, path, dir str
 	if dataPath != "" {
 		parts := strings.Split(dataPath, ".")
 		for i, part := range parts {
-			if included == nil || included.Kind != nodeMap {
-				return nil, errorAt(arg, "$include: value at '%s' in included file %s is not an object", strings.Join(parts[:i], "."), filePath)
+			if included == nil || included.Kind != KindMap {
+				return nil, ErrorAt(arg, "$include: value at '%s' in included file %s is not an object", strings.Join(parts[:i], "."), filePath)
 			}
 			included = included.Get(part)
 		}
@@ -1394,7 +1397,7 @@ func (l *configLoader) includeDirective(n, arg *configNode, value, path, dir str
 	}
 
 	switch included.Kind {
-	case nodeScalar:
+	case KindScalar:
 		if included.Tag == "!!str" {
 			return l.substituteNode(included, path)
 		}
@@ -1417,7 +1420,7 @@ var substitutionRE = regexp.MustCompile(`\$?\$\{[^{}]*\}`)
 type substitution struct {
 	applied   bool     // the string contained ${...} or $${...}
 	value     string   // resolved value
-	template  string   // Caddy template (see configNode.EnvTemplate)
+	template  string   // Caddy template (see Node.EnvTemplate)
 	inlined   bool     // a secret was inlined into template
 	undefined []string // reasons the value is undefined; nil when defined
 }
@@ -1440,7 +1443,7 @@ func (l *configLoader) substitute(s string) substitution {
 	var val, tpl strings.Builder
 	literal := func(text string) {
 		val.WriteString(text)
-		tpl.WriteString(escapeCaddyPlaceholders(text))
+		tpl.WriteString(EscapeCaddyPlaceholders(text))
 	}
 	envPart := func(name, raw, trimmed string) {
 		val.WriteString(trimmed)
@@ -1451,7 +1454,7 @@ func (l *configLoader) substitute(s string) substitution {
 			tpl.WriteString("{env." + name + "}")
 			return
 		}
-		tpl.WriteString(escapeCaddyPlaceholders(trimmed))
+		tpl.WriteString(EscapeCaddyPlaceholders(trimmed))
 		if trimmed != "" {
 			r.inlined = true
 		}
@@ -1510,7 +1513,7 @@ func undefinedReason(name string, set, fallback bool) string {
 }
 
 // substituteNode applies substitution to a string scalar; nil means undefined (key removed).
-func (l *configLoader) substituteNode(n *configNode, path string) (*configNode, error) {
+func (l *configLoader) substituteNode(n *Node, path string) (*Node, error) {
 	r := l.substitute(n.Value)
 	if !r.applied {
 		return n, nil
@@ -1519,7 +1522,7 @@ func (l *configLoader) substituteNode(n *configNode, path string) (*configNode, 
 		l.warn(n.File, n.Line, "%s: %s; the value is removed (as Backstage does)", displayPath(path), strings.Join(r.undefined, ", "))
 		return nil, nil
 	}
-	out := copyNode(nodeScalar, n)
+	out := copyNode(KindScalar, n)
 	out.Tag, out.Value = "!!str", r.value
 	out.EnvTemplate, out.SecretInlined = r.template, r.inlined
 	return out, nil
@@ -1559,7 +1562,7 @@ func jsTrim(s string) string {
 // merge(into, from): null deletes; a scalar or sequence in into replaces; a map in into is
 // deep-merged with a map in from (into's keys first, then keys only in from) and replaces
 // anything else. Maps of the result have no null values. nil means undefined.
-func mergeConfig(into, from *configNode) *configNode {
+func mergeConfig(into, from *Node) *Node {
 	if into == nil {
 		if from == nil {
 			return nil
@@ -1569,16 +1572,16 @@ func mergeConfig(into, from *configNode) *configNode {
 	if into.IsNull() {
 		return nil
 	}
-	if into.Kind != nodeMap {
+	if into.Kind != KindMap {
 		return into
 	}
-	out := copyNode(nodeMap, into)
-	if into.File == "" && into.Line == 0 && from != nil && from.Kind == nodeMap {
+	out := copyNode(KindMap, into)
+	if into.File == "" && into.Line == 0 && from != nil && from.Kind == KindMap {
 		// a map that APP_CONFIG_* only adds to is better located in the file that has it
 		out.File, out.Line, out.Source = from.File, from.Line, from.Source
 	}
 	var fromIndex map[string]int
-	if from != nil && from.Kind == nodeMap {
+	if from != nil && from.Kind == KindMap {
 		fromIndex = make(map[string]int, len(from.Keys))
 		for i, k := range from.Keys {
 			fromIndex[k] = i
@@ -1587,7 +1590,7 @@ func mergeConfig(into, from *configNode) *configNode {
 	seen := make(map[string]bool, len(into.Keys))
 	for i, k := range into.Keys {
 		seen[k] = true
-		var lower *configNode
+		var lower *Node
 		if j, ok := fromIndex[k]; ok {
 			lower = from.Values[j]
 		}
@@ -1610,3 +1613,14 @@ func mergeConfig(into, from *configNode) *configNode {
 	sortJSKeys(out)
 	return out
 }
+
+// EscapeCaddyPlaceholders makes a literal string safe to put where Caddy
+// expands placeholders.
+func EscapeCaddyPlaceholders(s string) string {
+	if !strings.ContainsAny(s, "{}") {
+		return s
+	}
+	return caddyBraceEscaper.Replace(s)
+}
+
+var caddyBraceEscaper = strings.NewReplacer("{", `\{`, "}", `\}`)
