@@ -20,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 )
 
 // aiUpstream records the headers of what it receives.
@@ -53,10 +55,10 @@ func (u *aiUpstream) seen() (http.Header, int) {
 
 // aiFixture holds the key servers, the keys and the upstream.
 type aiFixture struct {
-	userKey, catalogKey, extKey *testKey
-	users                       *jwksServer
-	plugins                     *pluginServer
-	ext                         *jwksServer
+	userKey, catalogKey, extKey *testkit.Key
+	users                       *testkit.JWKSServer
+	plugins                     *testkit.PluginServer
+	ext                         *testkit.JWKSServer
 	upstream                    *aiUpstream
 	legacySecret, keysSecret    []byte
 }
@@ -65,13 +67,13 @@ func newAIFixture(t *testing.T) *aiFixture {
 	t.Helper()
 	skipIfShort(t)
 	f := &aiFixture{
-		userKey: newECKey(t, "user-key"), catalogKey: newECKey(t, "catalog-key"), extKey: newRSAKey(t, "ext-key"),
+		userKey: testkit.NewECKey(t, "user-key"), catalogKey: testkit.NewECKey(t, "catalog-key"), extKey: testkit.NewRSAKey(t, "ext-key"),
 		legacySecret: []byte("integration-legacy-secret"), keysSecret: []byte("integration-keys-secret"),
 	}
-	f.users = newJWKSServer(t, f.userKey)
-	f.plugins = newPluginServer(t)
-	f.plugins.set("catalog", f.catalogKey)
-	f.ext = newJWKSServer(t, f.extKey)
+	f.users = testkit.NewJWKSServer(t, f.userKey)
+	f.plugins = testkit.NewPluginServer(t)
+	f.plugins.Set("catalog", f.catalogKey)
+	f.ext = testkit.NewJWKSServer(t, f.extKey)
 	f.upstream = newAIUpstream(t)
 	return f
 }
@@ -79,15 +81,15 @@ func newAIFixture(t *testing.T) *aiFixture {
 // app is the `apps.backstage` JSON.
 func (f *aiFixture) app(disableDefaultPolicy bool) map[string]any {
 	app := map[string]any{
-		"user_tokens":   map[string]any{"jwks_url": f.users.url()},
-		"plugin_tokens": map[string]any{"jwks_url": f.plugins.template()},
+		"user_tokens":   map[string]any{"jwks_url": f.users.KeySetURL()},
+		"plugin_tokens": map[string]any{"jwks_url": f.plugins.Template()},
 		"external_access": []any{
 			map[string]any{"type": "static", "options": map[string]any{"token": "static-token-123", "subject": "static-subject"}},
 			map[string]any{"type": "static", "options": map[string]any{"token": "restricted-token-123", "subject": "r"},
 				"access_restrictions": []any{map[string]any{"plugin": "catalog"}}},
 			map[string]any{"type": "legacy", "options": map[string]any{"secret": base64.StdEncoding.EncodeToString(f.legacySecret), "subject": "legacy-subject"}},
 			map[string]any{"type": "jwks", "options": map[string]any{
-				"url": f.ext.url(), "issuer": []string{"https://ext.example.com"}, "audience": []string{"backstage-proxy"},
+				"url": f.ext.KeySetURL(), "issuer": []string{"https://ext.example.com"}, "audience": []string{"backstage-proxy"},
 				"algorithm": []string{"RS256"}, "subject_prefix": "ext",
 			}},
 		},
@@ -128,7 +130,7 @@ func (f *aiFixture) config(t *testing.T, app map[string]any, routes ...string) s
 			"backstage": app,
 			"http": map[string]any{
 				"http_port": 9080, "https_port": 9443, "grace_period": 1,
-				"servers": map[string]any{fmt.Sprintf("identity%d", serverNonce.Add(1)): map[string]any{
+				"servers": map[string]any{fmt.Sprintf("identity%d", testkit.Nonce.Add(1)): map[string]any{
 					"listen":          []string{":9080"},
 					"automatic_https": map[string]any{"disable": true},
 					"routes":          rs,
@@ -213,7 +215,7 @@ func (f *aiFixture) cases(t *testing.T) []aiCase {
 	now := time.Now().Unix()
 	u, c, e := f.userKey, f.catalogKey, f.extKey
 	user := map[string]any{"sub": "user:default/alice", "aud": "backstage", "iat": now, "exp": now + 3600, "ent": []string{"user:default/alice"}}
-	limited := u.sign(t, u.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
+	limited := u.Sign(t, u.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
 	plugin := map[string]any{"sub": "catalog", "aud": "proxy", "iat": now, "exp": now + 3600}
 	legacy := map[string]any{"sub": "backstage-server", "iat": now, "exp": now + 3600}
 	ext := map[string]any{"sub": "svc-1", "iss": "https://ext.example.com", "aud": "backstage-proxy", "iat": now, "exp": now + 3600}
@@ -226,22 +228,22 @@ func (f *aiFixture) cases(t *testing.T) []aiCase {
 		{"static", "Bearer static-token-123", 200, "", svc("static-subject", "static")},
 		{"static lowercase scheme", "bearer  static-token-123", 200, "", svc("static-subject", "static")},
 		{"static restricted", "Bearer restricted-token-123", 403, "This token's access is restricted to plugin(s) 'catalog'", principal{}},
-		{"user", "Bearer " + u.sign(t, u.hdr(typUser), user), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
-		{"user untyped", "Bearer " + u.sign(t, u.hdr(""), user), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
-		{"user expired", "Bearer " + u.sign(t, u.hdr(typUser), with(user, "exp", now-60)), 401, "Failed user token verification", principal{}},
-		{"user unknown key", "Bearer " + newECKey(t, "other").sign(t, map[string]any{"alg": "ES256", "kid": "other", "typ": typUser}, user), 401, "Failed user token verification", principal{}},
+		{"user", "Bearer " + u.Sign(t, u.Hdr(typUser), user), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
+		{"user untyped", "Bearer " + u.Sign(t, u.Hdr(""), user), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
+		{"user expired", "Bearer " + u.Sign(t, u.Hdr(typUser), testkit.With(user, "exp", now-60)), 401, "Failed user token verification", principal{}},
+		{"user unknown key", "Bearer " + testkit.NewECKey(t, "other").Sign(t, map[string]any{"alg": "ES256", "kid": "other", "typ": typUser}, user), 401, "Failed user token verification", principal{}},
 		{"limited user", "Bearer " + limited, 401, "Illegal limited user token", principal{}},
-		{"plugin", "Bearer " + c.sign(t, c.hdr(typPlugin), plugin), 200, "", svc("plugin:catalog", "plugin")},
-		{"plugin obo", "Bearer " + c.sign(t, c.hdr(typPlugin), with(plugin, "obo", limited)), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "plugin"}},
-		{"plugin for another target", "Bearer " + c.sign(t, c.hdr(typPlugin), with(plugin, "aud", "search")), 401, "Failed plugin token verification", principal{}},
-		{"plugin forbidden subject", "Bearer " + c.sign(t, c.hdr(typPlugin), with(plugin, "sub", "ca talog")), 401, "Invalid plugin token: forbidden subject format", principal{}},
-		{"plugin without JWKS", "Bearer " + c.sign(t, c.hdr(typPlugin), with(plugin, "sub", "nosuchplugin")), 401, errPluginNoJWKS("nosuchplugin").message, principal{}},
-		{"legacy", "Bearer " + hs256(t, f.legacySecret, hs, legacy), 200, "", svc("legacy-subject", "legacy")},
-		{"legacy keys", "Bearer " + hs256(t, f.keysSecret, hs, legacy), 200, "", svc("external:backstage-plugin", "legacy")},
-		{"legacy expired (D4)", "Bearer " + hs256(t, f.legacySecret, hs, with(legacy, "exp", now-60)), 401, "Failed legacy token verification", principal{}},
-		{"legacy other key", "Bearer " + hs256(t, []byte("nope"), hs, legacy), 401, "Illegal token", principal{}},
-		{"jwks", "Bearer " + e.sign(t, e.hdr(""), ext), 200, "", svc("external:ext:svc-1", "jwks")},
-		{"jwks wrong audience", "Bearer " + e.sign(t, e.hdr(""), with(ext, "aud", "other")), 401, "Illegal token", principal{}},
+		{"plugin", "Bearer " + c.Sign(t, c.Hdr(typPlugin), plugin), 200, "", svc("plugin:catalog", "plugin")},
+		{"plugin obo", "Bearer " + c.Sign(t, c.Hdr(typPlugin), testkit.With(plugin, "obo", limited)), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "plugin"}},
+		{"plugin for another target", "Bearer " + c.Sign(t, c.Hdr(typPlugin), testkit.With(plugin, "aud", "search")), 401, "Failed plugin token verification", principal{}},
+		{"plugin forbidden subject", "Bearer " + c.Sign(t, c.Hdr(typPlugin), testkit.With(plugin, "sub", "ca talog")), 401, "Invalid plugin token: forbidden subject format", principal{}},
+		{"plugin without JWKS", "Bearer " + c.Sign(t, c.Hdr(typPlugin), testkit.With(plugin, "sub", "nosuchplugin")), 401, errPluginNoJWKS("nosuchplugin").message, principal{}},
+		{"legacy", "Bearer " + testkit.HS256(t, f.legacySecret, hs, legacy), 200, "", svc("legacy-subject", "legacy")},
+		{"legacy keys", "Bearer " + testkit.HS256(t, f.keysSecret, hs, legacy), 200, "", svc("external:backstage-plugin", "legacy")},
+		{"legacy expired (D4)", "Bearer " + testkit.HS256(t, f.legacySecret, hs, testkit.With(legacy, "exp", now-60)), 401, "Failed legacy token verification", principal{}},
+		{"legacy other key", "Bearer " + testkit.HS256(t, []byte("nope"), hs, legacy), 401, "Illegal token", principal{}},
+		{"jwks", "Bearer " + e.Sign(t, e.Hdr(""), ext), 200, "", svc("external:ext:svc-1", "jwks")},
+		{"jwks wrong audience", "Bearer " + e.Sign(t, e.Hdr(""), testkit.With(ext, "aud", "other")), 401, "Illegal token", principal{}},
 	}
 }
 
@@ -273,7 +275,7 @@ func checkError(t *testing.T, body []byte, status int, path, msg, header string)
 		t.Fatalf("error body %s, want %s %q for %s", body, name, msg, path)
 	}
 	if tok, ok := strings.CutPrefix(strings.ToLower(header), "bearer "); ok {
-		assertNoTokenContent(t, strings.TrimSpace(header[len(header)-len(tok):]), string(body))
+		testkit.AssertNoTokenContent(t, strings.TrimSpace(header[len(header)-len(tok):]), string(body))
 	}
 }
 
@@ -323,13 +325,13 @@ func TestIntegrationIdentityMatrix(t *testing.T) {
 	// One fetch per key set for the whole matrix, plus, for the user key set,
 	// at most one forced refetch per request carrying the unknown kid (two:
 	// require and forward) if that token was issued after the last fetch.
-	if n := f.users.hits.Load(); n < 1 || n > 3 {
+	if n := f.users.Hits.Load(); n < 1 || n > 3 {
 		t.Errorf("user key set fetched %d times, want 1 to 3", n)
 	}
-	if n := f.plugins.hitsFor("catalog"); n != 1 {
+	if n := f.plugins.HitsFor("catalog"); n != 1 {
 		t.Errorf("catalog key set fetched %d times, want 1", n)
 	}
-	if n := f.ext.hits.Load(); n != 1 {
+	if n := f.ext.Hits.Load(); n != 1 {
 		t.Errorf("external key set fetched %d times, want 1", n)
 	}
 }
@@ -353,7 +355,7 @@ func TestIntegrationIdentityDisabledDefaultPolicy(t *testing.T) {
 			t.Fatalf("%s %q: upstream Authorization %q", tc.path, tc.header, got.Get("Authorization"))
 		}
 	}
-	if n := f.users.hits.Load() + f.ext.hits.Load() + f.plugins.all.Load(); n != 0 {
+	if n := f.users.Hits.Load() + f.ext.Hits.Load() + f.plugins.All.Load(); n != 0 {
 		t.Fatalf("%d key set fetches with the default policy disabled", n)
 	}
 }
@@ -363,9 +365,9 @@ func TestIntegrationIdentityReload(t *testing.T) {
 	now := time.Now().Unix()
 	u, c := f.userKey, f.catalogKey
 	userTok := func(sub string) string {
-		return "Bearer " + u.sign(t, u.hdr(typUser), map[string]any{"sub": sub, "iat": now, "exp": now + 3600})
+		return "Bearer " + u.Sign(t, u.Hdr(typUser), map[string]any{"sub": sub, "iat": now, "exp": now + 3600})
 	}
-	pluginTok := "Bearer " + c.sign(t, c.hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": now, "exp": now + 3600})
+	pluginTok := "Bearer " + c.Sign(t, c.Hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": now, "exp": now + 3600})
 	expect200 := func(path, header string) {
 		t.Helper()
 		if status, body := aiGet(t, path, header); status != 200 {
@@ -382,22 +384,22 @@ func TestIntegrationIdentityReload(t *testing.T) {
 	aiLoad(t, f.config(t, f.app(false), "require=require", "forward=forward"))
 	expect200("/api/proxy/forward/b", userTok("user:default/b"))
 	expect200("/api/proxy/require/b", pluginTok)
-	if n := f.users.hits.Load(); n != 1 {
+	if n := f.users.Hits.Load(); n != 1 {
 		t.Fatalf("user key set fetched %d times across a reload, want 1", n)
 	}
-	if n := f.plugins.hitsFor("catalog"); n != 1 {
+	if n := f.plugins.HitsFor("catalog"); n != 1 {
 		t.Fatalf("catalog key set fetched %d times across a reload, want 1", n)
 	}
 
 	// A config that no longer uses a key set releases it.
 	app := f.app(false)
-	app["user_tokens"] = map[string]any{"jwks_url": f.users.url() + "?v=2"}
+	app["user_tokens"] = map[string]any{"jwks_url": f.users.KeySetURL() + "?v=2"}
 	aiLoad(t, f.config(t, app, "require=require"))
 	expect200("/api/proxy/require/c", userTok("user:default/c"))
-	if n := f.users.hits.Load(); n != 2 {
+	if n := f.users.Hits.Load(); n != 2 {
 		t.Fatalf("user key set fetched %d times, want 2", n)
 	}
-	if _, ok := keyPool.References(poolKey{kind: "jwks", url: f.users.url()}); ok {
+	if _, ok := keyPool.References(poolKey{kind: "jwks", url: f.users.KeySetURL()}); ok {
 		t.Fatal("the old key cache is still in the pool")
 	}
 }
@@ -406,8 +408,8 @@ func TestIntegrationIdentityKeyServerDown(t *testing.T) {
 	// Loading a config never waits for key servers; without keys, tokens are
 	// refused; once the server answers, they are accepted.
 	f := newAIFixture(t)
-	f.users.fail(http.StatusServiceUnavailable, "down")
-	gate := f.ext.hold() // would hang a Provision that fetched
+	f.users.Fail(http.StatusServiceUnavailable, "down")
+	gate := f.ext.Hold() // would hang a Provision that fetched
 	defer close(gate)
 	start := time.Now()
 	aiLoad(t, f.config(t, f.app(false), "require=require"))
@@ -415,7 +417,7 @@ func TestIntegrationIdentityKeyServerDown(t *testing.T) {
 		t.Fatalf("loading the config took %v", d)
 	}
 	now := time.Now().Unix()
-	tok := "Bearer " + f.userKey.sign(t, f.userKey.hdr(typUser), map[string]any{"sub": "user:default/a", "iat": now, "exp": now + 3600})
+	tok := "Bearer " + f.userKey.Sign(t, f.userKey.Hdr(typUser), map[string]any{"sub": "user:default/a", "iat": now, "exp": now + 3600})
 	status, body := aiGet(t, "/api/proxy/require/x", tok)
 	if status != 401 {
 		t.Fatalf("%d %s", status, body)
@@ -424,10 +426,10 @@ func TestIntegrationIdentityKeyServerDown(t *testing.T) {
 	if status, _ := aiGet(t, "/api/proxy/require/x", "Bearer static-token-123"); status != 200 {
 		t.Fatalf("static token: %d", status)
 	}
-	f.users.fail(0, "")
+	f.users.Fail(0, "")
 	time.Sleep(jwksRetryMin + 100*time.Millisecond) // the retry backoff after the failed fetch
 	if status, body := aiGet(t, "/api/proxy/require/x", tok); status != 200 {
-		t.Fatalf("after recovery: %d %s (key set requests: %d, paths %v)", status, body, f.users.hits.Load(), f.users.requestPaths())
+		t.Fatalf("after recovery: %d %s (key set requests: %d, paths %v)", status, body, f.users.Hits.Load(), f.users.RequestPaths())
 	}
 }
 
@@ -439,13 +441,13 @@ func TestIntegrationIdentityKeyServerDown(t *testing.T) {
 // upstream as plugin:catalog (the real Backstage refuses it, 401).
 func TestIntegrationPluginImpersonation(t *testing.T) {
 	f := newAIFixture(t)
-	evilKey := newECKey(t, "evil-key")
-	f.plugins.set("evil", evilKey)
+	evilKey := testkit.NewECKey(t, "evil-key")
+	f.plugins.Set("evil", evilKey)
 	aiLoad(t, f.config(t, f.app(false), "require=require"))
 
 	now := time.Now().Unix()
 	c := f.catalogKey
-	limited := f.userKey.sign(t, f.userKey.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
+	limited := f.userKey.Sign(t, f.userKey.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
 	// claims is a raw JSON payload: maps cannot hold duplicate or case-variant
 	// names in a chosen order.
 	claims := func(subs string, obo bool) string {
@@ -457,7 +459,7 @@ func TestIntegrationPluginImpersonation(t *testing.T) {
 	}
 	type tc struct {
 		name  string
-		key   *testKey
+		key   *testkit.Key
 		hdr   any
 		subs  string
 		obo   bool
@@ -467,24 +469,24 @@ func TestIntegrationPluginImpersonation(t *testing.T) {
 	}
 	cases := []tc{
 		// Controls: each plugin's genuine token names that plugin.
-		{"evil genuine", evilKey, evilKey.hdr(typPlugin), `"sub":"evil"`, false, 200, "plugin:evil", false},
-		{"catalog genuine", c, c.hdr(typPlugin), `"sub":"catalog"`, false, 200, "plugin:catalog", false},
-		{"evil genuine obo", evilKey, evilKey.hdr(typPlugin), `"sub":"evil"`, true, 200, "user:default/alice", true},
+		{"evil genuine", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil"`, false, 200, "plugin:evil", false},
+		{"catalog genuine", c, c.Hdr(typPlugin), `"sub":"catalog"`, false, 200, "plugin:catalog", false},
+		{"evil genuine obo", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil"`, true, 200, "user:default/alice", true},
 		// Case variants: exact names pick catalog's keys, evil's signature fails.
-		{"SUB after", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","SUB":"evil"`, false, 401, "", false},
-		{"Sub after", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","Sub":"evil"`, false, 401, "", false},
-		{"SUB before", evilKey, evilKey.hdr(typPlugin), `"SUB":"evil","sub":"catalog"`, false, 401, "", false},
-		{"SUB only", evilKey, evilKey.hdr(typPlugin), `"SUB":"catalog"`, false, 401, "", false},
+		{"SUB after", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","SUB":"evil"`, false, 401, "", false},
+		{"Sub after", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","Sub":"evil"`, false, 401, "", false},
+		{"SUB before", evilKey, evilKey.Hdr(typPlugin), `"SUB":"evil","sub":"catalog"`, false, 401, "", false},
+		{"SUB only", evilKey, evilKey.Hdr(typPlugin), `"SUB":"catalog"`, false, 401, "", false},
 		// Exact duplicates are refused whichever comes first and whoever signs.
-		{"duplicate, catalog first", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
-		{"duplicate, catalog last", evilKey, evilKey.hdr(typPlugin), `"sub":"evil","sub":"catalog"`, false, 401, "", false},
-		{"duplicate, escaped name", evilKey, evilKey.hdr(typPlugin), `"sub":"evil","s\u0075b":"catalog"`, false, 401, "", false},
-		{"duplicate signed by catalog", c, c.hdr(typPlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
+		{"duplicate, catalog first", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
+		{"duplicate, catalog last", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil","sub":"catalog"`, false, 401, "", false},
+		{"duplicate, escaped name", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil","s\u0075b":"catalog"`, false, 401, "", false},
+		{"duplicate signed by catalog", c, c.Hdr(typPlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
 		// The obo actor is named the same way.
-		{"obo SUB after", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","SUB":"evil"`, true, 401, "", false},
-		{"obo Sub after", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","Sub":"evil"`, true, 401, "", false},
-		{"obo duplicate", evilKey, evilKey.hdr(typPlugin), `"sub":"catalog","sub":"evil"`, true, 401, "", false},
-		{"obo duplicate reversed", evilKey, evilKey.hdr(typPlugin), `"sub":"evil","sub":"catalog"`, true, 401, "", false},
+		{"obo SUB after", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","SUB":"evil"`, true, 401, "", false},
+		{"obo Sub after", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","Sub":"evil"`, true, 401, "", false},
+		{"obo duplicate", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","sub":"evil"`, true, 401, "", false},
+		{"obo duplicate reversed", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil","sub":"catalog"`, true, 401, "", false},
 		// Header members are read by the same rule: a case variant or a
 		// duplicate typ cannot change how the token is dispatched.
 		{"header TYP", evilKey, `{"alg":"ES256","kid":"evil-key","TYP":"` + typPlugin + `"}`, `"sub":"evil"`, false, 401, "", false},
@@ -492,7 +494,7 @@ func TestIntegrationPluginImpersonation(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			tok := tc.key.sign(t, tc.hdr, claims(tc.subs, tc.obo))
+			tok := tc.key.Sign(t, tc.hdr, claims(tc.subs, tc.obo))
 			_, before := f.upstream.seen()
 			status, body := aiGet(t, "/api/proxy/require/p", "Bearer "+tok)
 			got, after := f.upstream.seen()

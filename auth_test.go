@@ -5,340 +5,29 @@ package backstageproxy
 
 import (
 	"context"
-	"crypto"
 	"crypto/ecdsa"
-	"crypto/ed25519"
 	"crypto/elliptic"
-	"crypto/hmac"
-	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
-	"math/big"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 	"github.com/caddyserver/caddy/v2"
 )
 
-var b64 = base64.RawURLEncoding
-
-// testKey is a signing key with its public JWK.
-type testKey struct {
-	kid  string
-	alg  string
-	priv crypto.Signer
-	jwk  map[string]any
-}
-
-func newECKey(t testing.TB, kid string) *testKey {
+func useFakeClock(t testing.TB) *testkit.FakeClock {
 	t.Helper()
-	priv, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ecTestKey(t, priv, kid)
-}
-
-func ecTestKey(t testing.TB, priv *ecdsa.PrivateKey, kid string) *testKey {
-	t.Helper()
-	pub, err := priv.PublicKey.ECDH()
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw := pub.Bytes() // 0x04 || X || Y
-	return &testKey{kid: kid, alg: "ES256", priv: priv, jwk: map[string]any{
-		"kty": "EC", "crv": "P-256", "x": b64.EncodeToString(raw[1:33]), "y": b64.EncodeToString(raw[33:]),
-		"kid": kid, "alg": "ES256", "use": "sig",
-	}}
-}
-
-func newRSAKey(t testing.TB, kid string) *testKey {
-	t.Helper()
-	priv, err := rsa.GenerateKey(rand.Reader, 2048)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testKey{kid: kid, alg: "RS256", priv: priv, jwk: map[string]any{
-		"kty": "RSA", "n": b64.EncodeToString(priv.N.Bytes()), "e": b64.EncodeToString(big.NewInt(int64(priv.E)).Bytes()),
-		"kid": kid, "alg": "RS256", "use": "sig",
-	}}
-}
-
-func newEdKey(t testing.TB, kid string) *testKey {
-	t.Helper()
-	pub, priv, err := ed25519.GenerateKey(rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &testKey{kid: kid, alg: "EdDSA", priv: priv, jwk: map[string]any{
-		"kty": "OKP", "crv": "Ed25519", "x": b64.EncodeToString(pub), "kid": kid,
-	}}
-}
-
-// jwkWithout returns the key's JWK without the given members.
-func (k *testKey) jwkWithout(members ...string) map[string]any {
-	out := map[string]any{}
-	for n, v := range k.jwk {
-		out[n] = v
-	}
-	for _, m := range members {
-		delete(out, m)
-	}
-	return out
-}
-
-func encodeSegment(t testing.TB, v any) string {
-	t.Helper()
-	if s, ok := v.(string); ok { // a raw JSON text
-		return b64.EncodeToString([]byte(s))
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return b64.EncodeToString(b)
-}
-
-// sign signs header.claims with key k using the header's alg as written.
-func (k *testKey) sign(t testing.TB, header, claims any) string {
-	t.Helper()
-	input := encodeSegment(t, header) + "." + encodeSegment(t, claims)
-	return input + "." + b64.EncodeToString(k.signature(t, input))
-}
-
-func (k *testKey) signature(t testing.TB, input string) []byte {
-	t.Helper()
-	h := sha256.Sum256([]byte(input))
-	switch priv := k.priv.(type) {
-	case *ecdsa.PrivateKey:
-		r, s, err := ecdsa.Sign(rand.Reader, priv, h[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		sig := make([]byte, 64)
-		r.FillBytes(sig[:32])
-		s.FillBytes(sig[32:])
-		return sig
-	case *rsa.PrivateKey:
-		sig, err := rsa.SignPKCS1v15(rand.Reader, priv, crypto.SHA256, h[:])
-		if err != nil {
-			t.Fatal(err)
-		}
-		return sig
-	case ed25519.PrivateKey:
-		return ed25519.Sign(priv, []byte(input))
-	}
-	t.Fatalf("unsupported key %T", k.priv)
-	return nil
-}
-
-// hs256 signs header.claims with an HMAC secret.
-func hs256(t testing.TB, secret []byte, header, claims any) string {
-	t.Helper()
-	input := encodeSegment(t, header) + "." + encodeSegment(t, claims)
-	m := hmac.New(sha256.New, secret)
-	m.Write([]byte(input))
-	return input + "." + b64.EncodeToString(m.Sum(nil))
-}
-
-// hdr is a JWS header for key k with the given typ ("" for none).
-func (k *testKey) hdr(typ string) map[string]any {
-	h := map[string]any{"alg": k.alg, "kid": k.kid}
-	if typ != "" {
-		h["typ"] = typ
-	}
-	return h
-}
-
-// fakeClock is the injectable clock, advanced by tests.
-type fakeClock struct {
-	ns atomic.Int64
-}
-
-func (c *fakeClock) Now() time.Time            { return time.Unix(0, c.ns.Load()) }
-func (c *fakeClock) Advance(d time.Duration)   { c.ns.Add(int64(d)) }
-func (c *fakeClock) Unix() int64               { return c.Now().Unix() }
-func (c *fakeClock) At(d time.Duration) int64  { return c.Now().Add(d).Unix() }
-func (c *fakeClock) Set(t time.Time)           { c.ns.Store(t.UnixNano()) }
-func (c *fakeClock) fn() func() time.Time      { return c.Now }
-func (c *fakeClock) String() string            { return c.Now().UTC().Format(time.RFC3339) }
-func (c *fakeClock) Since(t time.Time) float64 { return c.Now().Sub(t).Seconds() }
-
-// useFakeClock installs a fake clock, at a fixed whole second, for the test.
-func useFakeClock(t testing.TB) *fakeClock {
-	t.Helper()
-	c := &fakeClock{}
+	c := &testkit.FakeClock{}
 	c.Set(time.Unix(1_900_000_000, 0))
-	f := c.fn()
+	f := c.Now
 	clock.Store(&f)
 	t.Cleanup(func() { clock.Store(nil) })
 	return c
-}
-
-// serverNonce makes every test server's URLs unique, even when a port is
-// reused: key caches are shared by URL, and a running Caddy may still hold the
-// cache of a server from an earlier test.
-var serverNonce atomic.Int64
-
-// jwksServer serves a key set (at any path) and counts requests.
-type jwksServer struct {
-	*httptest.Server
-	hits  atomic.Int64
-	nonce string
-
-	mu           sync.Mutex
-	keys         []map[string]any
-	status       int    // 0: 200
-	body         string // if set, served instead of the key set
-	cacheControl string
-	gate         chan struct{} // if set, each request waits for a receive
-	paths        []string
-}
-
-func newJWKSServer(t testing.TB, keys ...*testKey) *jwksServer {
-	t.Helper()
-	s := &jwksServer{nonce: fmt.Sprintf("/n%d", serverNonce.Add(1))}
-	s.setKeys(keys...)
-	s.Server = httptest.NewServer(http.HandlerFunc(s.serve))
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *jwksServer) serve(w http.ResponseWriter, r *http.Request) {
-	s.hits.Add(1)
-	s.mu.Lock()
-	gate := s.gate
-	s.paths = append(s.paths, r.URL.Path)
-	s.mu.Unlock()
-	if gate != nil {
-		<-gate
-	}
-	s.mu.Lock()
-	status, body, cc := s.status, s.body, s.cacheControl
-	keys := s.keys
-	s.mu.Unlock()
-	if cc != "" {
-		w.Header().Set("Cache-Control", cc)
-	}
-	w.Header().Set("Content-Type", "application/json")
-	if status != 0 {
-		w.WriteHeader(status)
-	}
-	if body != "" {
-		_, _ = w.Write([]byte(body))
-		return
-	}
-	_ = json.NewEncoder(w).Encode(map[string]any{"keys": keys})
-}
-
-// jwkList is the public JWKs of keys, as a key set lists them.
-func jwkList(keys ...*testKey) []map[string]any {
-	list := make([]map[string]any, 0, len(keys))
-	for _, k := range keys {
-		list = append(list, k.jwk)
-	}
-	return list
-}
-
-func (s *jwksServer) setKeys(keys ...*testKey) {
-	s.setJWKs(jwkList(keys...)...)
-}
-
-func (s *jwksServer) setJWKs(list ...map[string]any) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.keys = list
-}
-
-// hold makes every request wait, from now on, until the returned channel is
-// closed.
-func (s *jwksServer) hold() chan struct{} {
-	gate := make(chan struct{})
-	s.mu.Lock()
-	s.gate = gate
-	s.mu.Unlock()
-	return gate
-}
-
-func (s *jwksServer) fail(status int, body string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.status, s.body = status, body
-}
-
-func (s *jwksServer) requestPaths() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return append([]string(nil), s.paths...)
-}
-
-// url is the key set URL.
-func (s *jwksServer) url() string { return s.URL + s.nonce + "/.well-known/jwks.json" }
-
-// pluginTemplate is a plugin key set URL template on this server.
-func (s *jwksServer) pluginTemplate() string {
-	return s.URL + s.nonce + "/api/{plugin}/.backstage/auth/v1/jwks.json"
-}
-
-// pluginServer serves key sets per plugin: /api/<id>/.backstage/auth/v1/jwks.json.
-type pluginServer struct {
-	*httptest.Server
-	nonce string
-	mu    sync.Mutex
-	sets  map[string]string // plugin → body ("" = 404)
-	hits  map[string]int
-	all   atomic.Int64
-}
-
-func newPluginServer(t testing.TB) *pluginServer {
-	t.Helper()
-	s := &pluginServer{sets: map[string]string{}, hits: map[string]int{}, nonce: fmt.Sprintf("/n%d", serverNonce.Add(1))}
-	s.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		s.all.Add(1)
-		id := strings.TrimPrefix(r.URL.Path, s.nonce+"/api/")
-		id, ok := strings.CutSuffix(id, "/.backstage/auth/v1/jwks.json")
-		s.mu.Lock()
-		s.hits[id]++
-		body, found := s.sets[id]
-		s.mu.Unlock()
-		if !ok || !found {
-			http.NotFound(w, r)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(body))
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
-func (s *pluginServer) set(id string, keys ...*testKey) {
-	b, _ := json.Marshal(map[string]any{"keys": jwkList(keys...)})
-	s.setBody(id, string(b))
-}
-
-func (s *pluginServer) setBody(id, body string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.sets[id] = body
-}
-
-func (s *pluginServer) hitsFor(id string) int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.hits[id]
-}
-
-func (s *pluginServer) template() string {
-	return s.URL + s.nonce + "/api/{plugin}/.backstage/auth/v1/jwks.json"
 }
 
 // testContext is a real caddy.Context, cancelled at the end of the test.
@@ -391,17 +80,7 @@ func expectErr(t testing.TB, a authenticator, token string, status int, message 
 	if err.name != wantName {
 		t.Fatalf("error name %q, want %q", err.name, wantName)
 	}
-	assertNoTokenContent(t, token, err.message)
-}
-
-// assertNoTokenContent fails if msg contains any segment of token.
-func assertNoTokenContent(t testing.TB, token, msg string) {
-	t.Helper()
-	for _, part := range strings.Split(token, ".") {
-		if len(part) >= 8 && strings.Contains(msg, part) {
-			t.Fatalf("error message %q contains token content %q", msg, part)
-		}
-	}
+	testkit.AssertNoTokenContent(t, token, err.message)
 }
 
 // ---------------------------------------------------------------------------
@@ -459,17 +138,17 @@ func TestBearerToken(t *testing.T) {
 
 // userFixture is an auth backend key set and an authenticator using it.
 type userFixture struct {
-	clk  *fakeClock
-	key  *testKey
-	srv  *jwksServer
+	clk  *testkit.FakeClock
+	key  *testkit.Key
+	srv  *testkit.JWKSServer
 	auth *identityAuthenticator
 }
 
 func newUserFixture(t *testing.T, algorithms ...string) *userFixture {
 	t.Helper()
-	f := &userFixture{clk: useFakeClock(t), key: newECKey(t, "user-key-1")}
-	f.srv = newJWKSServer(t, f.key)
-	f.auth = build(t, &App{UserTokens: &UserTokens{JWKSURL: f.srv.url(), Algorithms: algorithms}})
+	f := &userFixture{clk: useFakeClock(t), key: testkit.NewECKey(t, "user-key-1")}
+	f.srv = testkit.NewJWKSServer(t, f.key)
+	f.auth = build(t, &App{UserTokens: &UserTokens{JWKSURL: f.srv.KeySetURL(), Algorithms: algorithms}})
 	return f
 }
 
@@ -481,37 +160,18 @@ func (f *userFixture) userClaims(sub string) map[string]any {
 	}
 }
 
-func without(m map[string]any, names ...string) map[string]any {
-	out := map[string]any{}
-	for k, v := range m {
-		out[k] = v
-	}
-	for _, n := range names {
-		delete(out, n)
-	}
-	return out
-}
-
-func with(m map[string]any, kv ...any) map[string]any {
-	out := without(m)
-	for i := 0; i < len(kv); i += 2 {
-		out[kv[i].(string)] = kv[i+1]
-	}
-	return out
-}
-
 func TestUserTokens(t *testing.T) {
 	f := newUserFixture(t)
 	k := f.key
 	claims := f.userClaims("user:default/alice")
-	other := newECKey(t, "user-key-1") // same kid, different key
-	unknownKid := newECKey(t, "no-such-kid")
-	rsaKey := newRSAKey(t, "user-key-1")
+	other := testkit.NewECKey(t, "user-key-1") // same kid, different key
+	unknownKid := testkit.NewECKey(t, "no-such-kid")
+	rsaKey := testkit.NewRSAKey(t, "user-key-1")
 
 	// HS256 "signed" with the public key's JSON: algorithm confusion.
-	pubJSON, _ := json.Marshal(k.jwk)
-	confused := hs256(t, pubJSON, map[string]any{"alg": "HS256", "typ": typUser, "kid": k.kid}, claims)
-	unsigned := encodeSegment(t, map[string]any{"alg": "none", "typ": typUser}) + "." + encodeSegment(t, claims) + "."
+	pubJSON, _ := json.Marshal(k.JWK)
+	confused := testkit.HS256(t, pubJSON, map[string]any{"alg": "HS256", "typ": typUser, "kid": k.KID}, claims)
+	unsigned := testkit.EncodeSegment(t, map[string]any{"alg": "none", "typ": typUser}) + "." + testkit.EncodeSegment(t, claims) + "."
 
 	const failed = "Failed user token verification"
 	tests := []struct {
@@ -520,35 +180,35 @@ func TestUserTokens(t *testing.T) {
 		subject string // "" = rejected
 		message string
 	}{
-		{"16a typed ES256", k.sign(t, k.hdr(typUser), claims), "user:default/alice", ""},
-		{"16b expired", k.sign(t, k.hdr(typUser), with(claims, "exp", f.clk.At(-time.Second))), "", failed},
-		{"expires now", k.sign(t, k.hdr(typUser), with(claims, "exp", f.clk.Unix())), "", failed},
-		{"16c untyped aud backstage", k.sign(t, k.hdr(""), claims), "user:default/alice", ""},
-		{"untyped typ JWT aud backstage", k.sign(t, k.hdr("JWT"), claims), "user:default/alice", ""},
-		{"16d untyped aud other", k.sign(t, k.hdr(""), with(claims, "aud", "other")), "", "Illegal token"},
-		{"untyped aud array is not dispatched", k.sign(t, k.hdr(""), with(claims, "aud", []string{"backstage"})), "", "Illegal token"},
-		{"16e unknown kid", unknownKid.sign(t, unknownKid.hdr(typUser), claims), "", failed},
-		{"typed with other aud is fine", k.sign(t, k.hdr(typUser), with(claims, "aud", "whatever")), "user:default/alice", ""},
-		{"typed without aud is fine", k.sign(t, k.hdr(typUser), without(claims, "aud")), "user:default/alice", ""},
-		{"iss is not checked", k.sign(t, k.hdr(typUser), with(claims, "iss", "https://evil")), "user:default/alice", ""},
-		{"future iat accepted (like jose)", k.sign(t, k.hdr(typUser), with(claims, "iat", f.clk.At(time.Hour))), "user:default/alice", ""},
-		{"nbf in the future", k.sign(t, k.hdr(typUser), with(claims, "nbf", f.clk.At(time.Second))), "", failed},
-		{"nbf now", k.sign(t, k.hdr(typUser), with(claims, "nbf", f.clk.Unix())), "user:default/alice", ""},
-		{"typed missing iat", k.sign(t, k.hdr(typUser), without(claims, "iat")), "", failed},
-		{"typed missing exp", k.sign(t, k.hdr(typUser), without(claims, "exp")), "", failed},
-		{"typed missing sub", k.sign(t, k.hdr(typUser), without(claims, "sub")), "", failed},
-		{"untyped missing sub", k.sign(t, k.hdr(""), without(claims, "sub")), "", "No user sub found in token"},
-		{"untyped empty sub", k.sign(t, k.hdr(""), with(claims, "sub", "")), "", "No user sub found in token"},
-		{"untyped missing exp", k.sign(t, k.hdr(""), without(claims, "exp")), "", "User token is missing expiration"},
-		{"untyped expired", k.sign(t, k.hdr(""), with(claims, "exp", f.clk.At(-time.Minute))), "", failed},
-		{"wrong key, same kid", other.sign(t, other.hdr(typUser), claims), "", failed},
+		{"16a typed ES256", k.Sign(t, k.Hdr(typUser), claims), "user:default/alice", ""},
+		{"16b expired", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "exp", f.clk.At(-time.Second))), "", failed},
+		{"expires now", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "exp", f.clk.Unix())), "", failed},
+		{"16c untyped aud backstage", k.Sign(t, k.Hdr(""), claims), "user:default/alice", ""},
+		{"untyped typ JWT aud backstage", k.Sign(t, k.Hdr("JWT"), claims), "user:default/alice", ""},
+		{"16d untyped aud other", k.Sign(t, k.Hdr(""), testkit.With(claims, "aud", "other")), "", "Illegal token"},
+		{"untyped aud array is not dispatched", k.Sign(t, k.Hdr(""), testkit.With(claims, "aud", []string{"backstage"})), "", "Illegal token"},
+		{"16e unknown kid", unknownKid.Sign(t, unknownKid.Hdr(typUser), claims), "", failed},
+		{"typed with other aud is fine", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "aud", "whatever")), "user:default/alice", ""},
+		{"typed without aud is fine", k.Sign(t, k.Hdr(typUser), testkit.Without(claims, "aud")), "user:default/alice", ""},
+		{"iss is not checked", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "iss", "https://evil")), "user:default/alice", ""},
+		{"future iat accepted (like jose)", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "iat", f.clk.At(time.Hour))), "user:default/alice", ""},
+		{"nbf in the future", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "nbf", f.clk.At(time.Second))), "", failed},
+		{"nbf now", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "nbf", f.clk.Unix())), "user:default/alice", ""},
+		{"typed missing iat", k.Sign(t, k.Hdr(typUser), testkit.Without(claims, "iat")), "", failed},
+		{"typed missing exp", k.Sign(t, k.Hdr(typUser), testkit.Without(claims, "exp")), "", failed},
+		{"typed missing sub", k.Sign(t, k.Hdr(typUser), testkit.Without(claims, "sub")), "", failed},
+		{"untyped missing sub", k.Sign(t, k.Hdr(""), testkit.Without(claims, "sub")), "", "No user sub found in token"},
+		{"untyped empty sub", k.Sign(t, k.Hdr(""), testkit.With(claims, "sub", "")), "", "No user sub found in token"},
+		{"untyped missing exp", k.Sign(t, k.Hdr(""), testkit.Without(claims, "exp")), "", "User token is missing expiration"},
+		{"untyped expired", k.Sign(t, k.Hdr(""), testkit.With(claims, "exp", f.clk.At(-time.Minute))), "", failed},
+		{"wrong key, same kid", other.Sign(t, other.Hdr(typUser), claims), "", failed},
 		{"alg none", unsigned, "", failed},
 		{"alg confusion HS256 with public key", confused, "", failed},
-		{"RS256 not in default allowlist", rsaKey.sign(t, rsaKey.hdr(typUser), claims), "", failed},
-		{"tampered payload", k.sign(t, k.hdr(typUser), claims)[:20] + "x" + k.sign(t, k.hdr(typUser), claims)[21:], "", ""},
-		{"15 limited user token", k.sign(t, k.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", "Illegal limited user token"},
-		{"limited user token bad signature", other.sign(t, other.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", failed},
-		{"crit header", k.sign(t, map[string]any{"alg": "ES256", "kid": k.kid, "typ": typUser, "crit": []string{"exp"}, "exp": 1}, claims), "", failed},
+		{"RS256 not in default allowlist", rsaKey.Sign(t, rsaKey.Hdr(typUser), claims), "", failed},
+		{"tampered payload", k.Sign(t, k.Hdr(typUser), claims)[:20] + "x" + k.Sign(t, k.Hdr(typUser), claims)[21:], "", ""},
+		{"15 limited user token", k.Sign(t, k.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", "Illegal limited user token"},
+		{"limited user token bad signature", other.Sign(t, other.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", failed},
+		{"crit header", k.Sign(t, map[string]any{"alg": "ES256", "kid": k.KID, "typ": typUser, "crit": []string{"exp"}, "exp": 1}, claims), "", failed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -563,7 +223,7 @@ func TestUserTokens(t *testing.T) {
 				if err.status != http.StatusUnauthorized {
 					t.Fatalf("status %d", err.status)
 				}
-				assertNoTokenContent(t, tc.token, err.message)
+				testkit.AssertNoTokenContent(t, tc.token, err.message)
 				return
 			}
 			p := expectOK(t, f.auth, tc.token)
@@ -577,48 +237,48 @@ func TestUserTokens(t *testing.T) {
 
 func TestUserTokenAlgorithms(t *testing.T) {
 	clk := useFakeClock(t)
-	ec, rs, ed := newECKey(t, "ec"), newRSAKey(t, "rs"), newEdKey(t, "ed")
-	srv := newJWKSServer(t, ec, rs, ed)
+	ec, rs, ed := testkit.NewECKey(t, "ec"), testkit.NewRSAKey(t, "rs"), testkit.NewEdKey(t, "ed")
+	srv := testkit.NewJWKSServer(t, ec, rs, ed)
 	claims := map[string]any{"sub": "user:default/bob", "iat": clk.Unix(), "exp": clk.At(time.Hour)}
 
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url(), Algorithms: []string{"RS256, EdDSA"}}})
-	expectOK(t, auth, rs.sign(t, rs.hdr(typUser), claims))
-	expectOK(t, auth, ed.sign(t, ed.hdr(typUser), claims))
-	expectErr(t, auth, ec.sign(t, ec.hdr(typUser), claims), 401, "Failed user token verification")
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"RS256, EdDSA"}}})
+	expectOK(t, auth, rs.Sign(t, rs.Hdr(typUser), claims))
+	expectOK(t, auth, ed.Sign(t, ed.Hdr(typUser), claims))
+	expectErr(t, auth, ec.Sign(t, ec.Hdr(typUser), claims), 401, "Failed user token verification")
 
 	// An RSA key declared for RS256 cannot verify a PS256 token, and an ES256
 	// header cannot be verified with an RSA key even if the kid says so.
-	mislabeled := rs.sign(t, map[string]any{"alg": "ES256", "kid": "rs", "typ": typUser}, claims)
-	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url(), Algorithms: []string{"ES256", "PS256"}}})
+	mislabeled := rs.Sign(t, map[string]any{"alg": "ES256", "kid": "rs", "typ": typUser}, claims)
+	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"ES256", "PS256"}}})
 	expectErr(t, auth2, mislabeled, 401, "Failed user token verification")
-	expectErr(t, auth2, rs.sign(t, map[string]any{"alg": "PS256", "kid": "rs", "typ": typUser}, claims), 401, "Failed user token verification")
+	expectErr(t, auth2, rs.Sign(t, map[string]any{"alg": "PS256", "kid": "rs", "typ": typUser}, claims), 401, "Failed user token verification")
 }
 
 func TestUserTokenWithoutKid(t *testing.T) {
 	clk := useFakeClock(t)
-	k1, k2 := newECKey(t, "a"), newECKey(t, "b")
-	srv := newJWKSServer(t, k1, k2)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
+	k1, k2 := testkit.NewECKey(t, "a"), testkit.NewECKey(t, "b")
+	srv := testkit.NewJWKSServer(t, k1, k2)
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	claims := map[string]any{"sub": "user:default/c", "iat": clk.Unix(), "exp": clk.At(time.Hour)}
 	// No kid: every compatible key is tried (jose's behaviour).
-	expectOK(t, auth, k2.sign(t, map[string]any{"alg": "ES256", "typ": typUser}, claims))
+	expectOK(t, auth, k2.Sign(t, map[string]any{"alg": "ES256", "typ": typUser}, claims))
 	// A kid that is not a string is ignored, as jose does.
-	expectOK(t, auth, k2.sign(t, map[string]any{"alg": "ES256", "typ": typUser, "kid": 7}, claims))
+	expectOK(t, auth, k2.Sign(t, map[string]any{"alg": "ES256", "typ": typUser, "kid": 7}, claims))
 	// A key without kid does not match a token that names one.
-	srv.setJWKs(k1.jwkWithout("kid"))
+	srv.SetJWKs(k1.JWKWithout("kid"))
 	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.URL + "/other"}})
-	expectErr(t, auth2, k1.sign(t, k1.hdr(typUser), claims), 401, "Failed user token verification")
-	expectOK(t, auth2, k1.sign(t, map[string]any{"alg": "ES256", "typ": typUser}, claims))
+	expectErr(t, auth2, k1.Sign(t, k1.Hdr(typUser), claims), 401, "Failed user token verification")
+	expectOK(t, auth2, k1.Sign(t, map[string]any{"alg": "ES256", "typ": typUser}, claims))
 }
 
 func TestUserTokensNotConfigured(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
+	k := testkit.NewECKey(t, "k")
 	auth := build(t, &App{})
 	claims := map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(time.Hour), "aud": "backstage"}
-	expectErr(t, auth, k.sign(t, k.hdr(typUser), claims), 401, "Failed user token verification")
-	expectErr(t, auth, k.sign(t, k.hdr(""), claims), 401, "Failed user token verification")
-	expectErr(t, auth, k.sign(t, k.hdr(""), with(claims, "aud", "x")), 401, "Illegal token")
+	expectErr(t, auth, k.Sign(t, k.Hdr(typUser), claims), 401, "Failed user token verification")
+	expectErr(t, auth, k.Sign(t, k.Hdr(""), claims), 401, "Failed user token verification")
+	expectErr(t, auth, k.Sign(t, k.Hdr(""), testkit.With(claims, "aud", "x")), 401, "Illegal token")
 }
 
 // ---------------------------------------------------------------------------
@@ -626,25 +286,25 @@ func TestUserTokensNotConfigured(t *testing.T) {
 // ---------------------------------------------------------------------------
 
 type pluginFixture struct {
-	clk     *fakeClock
-	userKey *testKey
-	catalog *testKey
-	users   *jwksServer
-	plugins *pluginServer
+	clk     *testkit.FakeClock
+	userKey *testkit.Key
+	catalog *testkit.Key
+	users   *testkit.JWKSServer
+	plugins *testkit.PluginServer
 	auth    *identityAuthenticator
 }
 
 func newPluginFixture(t testing.TB, allow []string) *pluginFixture {
 	t.Helper()
-	f := &pluginFixture{clk: useFakeClock(t), userKey: newECKey(t, "user-key"), catalog: newECKey(t, "catalog-key")}
-	f.users = newJWKSServer(t, f.userKey)
-	f.plugins = newPluginServer(t)
-	f.plugins.set("catalog", f.catalog)
-	f.plugins.set("Search", f.catalog)
-	f.plugins.setBody("nokeys", `{"other":[]}`)
+	f := &pluginFixture{clk: useFakeClock(t), userKey: testkit.NewECKey(t, "user-key"), catalog: testkit.NewECKey(t, "catalog-key")}
+	f.users = testkit.NewJWKSServer(t, f.userKey)
+	f.plugins = testkit.NewPluginServer(t)
+	f.plugins.Set("catalog", f.catalog)
+	f.plugins.Set("Search", f.catalog)
+	f.plugins.SetBody("nokeys", `{"other":[]}`)
 	f.auth = build(t, &App{
-		UserTokens:   &UserTokens{JWKSURL: f.users.url()},
-		PluginTokens: &PluginTokens{JWKSURL: f.plugins.template(), Plugins: allow},
+		UserTokens:   &UserTokens{JWKSURL: f.users.KeySetURL()},
+		PluginTokens: &PluginTokens{JWKSURL: f.plugins.Template(), Plugins: allow},
 	})
 	return f
 }
@@ -654,16 +314,16 @@ func (f *pluginFixture) claims(sub string) map[string]any {
 }
 
 func (f *pluginFixture) limitedUserToken(t testing.TB, sub string, exp time.Duration) string {
-	return f.userKey.sign(t, f.userKey.hdr(typLimitedUser), map[string]any{"sub": sub, "iat": f.clk.Unix(), "exp": f.clk.At(exp)})
+	return f.userKey.Sign(t, f.userKey.Hdr(typLimitedUser), map[string]any{"sub": sub, "iat": f.clk.Unix(), "exp": f.clk.At(exp)})
 }
 
 func TestPluginTokens(t *testing.T) {
 	f := newPluginFixture(t, nil)
 	c := f.catalog
-	hdr := c.hdr(typPlugin)
+	hdr := c.Hdr(typPlugin)
 	obo := f.limitedUserToken(t, "user:default/alice", 30*time.Minute)
-	fullUser := f.userKey.sign(t, f.userKey.hdr(typUser), map[string]any{"sub": "user:default/bob", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
-	badObo := newECKey(t, "user-key").sign(t, f.userKey.hdr(typLimitedUser), map[string]any{"sub": "user:default/eve", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
+	fullUser := f.userKey.Sign(t, f.userKey.Hdr(typUser), map[string]any{"sub": "user:default/bob", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
+	badObo := testkit.NewECKey(t, "user-key").Sign(t, f.userKey.Hdr(typLimitedUser), map[string]any{"sub": "user:default/eve", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
 	noJWKS := func(id string) string {
 		return "Received a plugin token where the source '" + id + "' plugin unexpectedly does not have a JWKS endpoint. The target plugin needs to be migrated to be installed in an app using the new backend system."
 	}
@@ -674,31 +334,31 @@ func TestPluginTokens(t *testing.T) {
 		want    principal
 		message string
 	}{
-		{"17a service", c.sign(t, hdr, f.claims("catalog")), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
-		{"17b aud search", c.sign(t, hdr, with(f.claims("catalog"), "aud", "search")), principal{}, failed},
-		{"aud array with proxy", c.sign(t, hdr, with(f.claims("catalog"), "aud", []string{"search", "proxy"})), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
-		{"17c obo limited user", c.sign(t, hdr, with(f.claims("catalog"), "obo", obo)), principal{Type: "user", Subject: "user:default/alice", Actor: "plugin:catalog", Method: "plugin"}, ""},
-		{"obo full user token", c.sign(t, hdr, with(f.claims("catalog"), "obo", fullUser)), principal{Type: "user", Subject: "user:default/bob", Actor: "plugin:catalog", Method: "plugin"}, ""},
-		{"obo garbage", c.sign(t, hdr, with(f.claims("catalog"), "obo", "garbage")), principal{}, "Invalid user token in plugin token obo claim"},
-		{"obo not a string", c.sign(t, hdr, with(f.claims("catalog"), "obo", 42)), principal{}, "Invalid user token in plugin token obo claim"},
-		{"obo untyped other aud", c.sign(t, hdr, with(f.claims("catalog"), "obo", f.userKey.sign(t, f.userKey.hdr(""), map[string]any{"sub": "u", "aud": "x"}))), principal{}, "Invalid user token in plugin token obo claim"},
-		{"obo bad signature", c.sign(t, hdr, with(f.claims("catalog"), "obo", badObo)), principal{}, "Failed user token verification"},
-		{"obo empty string is no obo", c.sign(t, hdr, with(f.claims("catalog"), "obo", "")), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
-		{"17d forbidden subject", c.sign(t, hdr, f.claims("ca talog")), principal{}, "Invalid plugin token: forbidden subject format"},
-		{"subject with slash", c.sign(t, hdr, f.claims("../auth")), principal{}, "Invalid plugin token: forbidden subject format"},
-		{"subject with host", c.sign(t, hdr, f.claims("x@evil.example")), principal{}, "Invalid plugin token: forbidden subject format"},
-		{"subject with query", c.sign(t, hdr, f.claims("a?b")), principal{}, "Invalid plugin token: forbidden subject format"},
-		{"missing subject", c.sign(t, hdr, without(f.claims("catalog"), "sub")), principal{}, "Invalid plugin token: missing subject"},
-		{"17e no such plugin", c.sign(t, hdr, f.claims("nosuchplugin")), principal{}, noJWKS("nosuchplugin")},
-		{"key set without keys", c.sign(t, hdr, f.claims("nokeys")), principal{}, noJWKS("nokeys")},
-		{"case-insensitive id", c.sign(t, hdr, f.claims("Search")), principal{Type: "service", Subject: "plugin:Search", Method: "plugin"}, ""},
-		{"expired", c.sign(t, hdr, with(f.claims("catalog"), "exp", f.clk.Unix())), principal{}, failed},
-		{"missing iat", c.sign(t, hdr, without(f.claims("catalog"), "iat")), principal{}, failed},
-		{"missing exp", c.sign(t, hdr, without(f.claims("catalog"), "exp")), principal{}, failed},
-		{"missing aud", c.sign(t, hdr, without(f.claims("catalog"), "aud")), principal{}, failed},
-		{"signed by another plugin's key", f.userKey.sign(t, map[string]any{"alg": "ES256", "kid": c.kid, "typ": typPlugin}, f.claims("catalog")), principal{}, failed},
-		{"malformed payload", encodeSegment(t, hdr) + ".bm90IGpzb24." + "c2ln", principal{}, failed},
-		{"alg none", encodeSegment(t, map[string]any{"alg": "none", "typ": typPlugin}) + "." + encodeSegment(t, f.claims("catalog")) + ".", principal{}, failed},
+		{"17a service", c.Sign(t, hdr, f.claims("catalog")), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
+		{"17b aud search", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "aud", "search")), principal{}, failed},
+		{"aud array with proxy", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "aud", []string{"search", "proxy"})), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
+		{"17c obo limited user", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", obo)), principal{Type: "user", Subject: "user:default/alice", Actor: "plugin:catalog", Method: "plugin"}, ""},
+		{"obo full user token", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", fullUser)), principal{Type: "user", Subject: "user:default/bob", Actor: "plugin:catalog", Method: "plugin"}, ""},
+		{"obo garbage", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", "garbage")), principal{}, "Invalid user token in plugin token obo claim"},
+		{"obo not a string", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", 42)), principal{}, "Invalid user token in plugin token obo claim"},
+		{"obo untyped other aud", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", f.userKey.Sign(t, f.userKey.Hdr(""), map[string]any{"sub": "u", "aud": "x"}))), principal{}, "Invalid user token in plugin token obo claim"},
+		{"obo bad signature", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", badObo)), principal{}, "Failed user token verification"},
+		{"obo empty string is no obo", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", "")), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
+		{"17d forbidden subject", c.Sign(t, hdr, f.claims("ca talog")), principal{}, "Invalid plugin token: forbidden subject format"},
+		{"subject with slash", c.Sign(t, hdr, f.claims("../auth")), principal{}, "Invalid plugin token: forbidden subject format"},
+		{"subject with host", c.Sign(t, hdr, f.claims("x@evil.example")), principal{}, "Invalid plugin token: forbidden subject format"},
+		{"subject with query", c.Sign(t, hdr, f.claims("a?b")), principal{}, "Invalid plugin token: forbidden subject format"},
+		{"missing subject", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "sub")), principal{}, "Invalid plugin token: missing subject"},
+		{"17e no such plugin", c.Sign(t, hdr, f.claims("nosuchplugin")), principal{}, noJWKS("nosuchplugin")},
+		{"key set without keys", c.Sign(t, hdr, f.claims("nokeys")), principal{}, noJWKS("nokeys")},
+		{"case-insensitive id", c.Sign(t, hdr, f.claims("Search")), principal{Type: "service", Subject: "plugin:Search", Method: "plugin"}, ""},
+		{"expired", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "exp", f.clk.Unix())), principal{}, failed},
+		{"missing iat", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "iat")), principal{}, failed},
+		{"missing exp", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "exp")), principal{}, failed},
+		{"missing aud", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "aud")), principal{}, failed},
+		{"signed by another plugin's key", f.userKey.Sign(t, map[string]any{"alg": "ES256", "kid": c.KID, "typ": typPlugin}, f.claims("catalog")), principal{}, failed},
+		{"malformed payload", testkit.EncodeSegment(t, hdr) + ".bm90IGpzb24." + "c2ln", principal{}, failed},
+		{"alg none", testkit.EncodeSegment(t, map[string]any{"alg": "none", "typ": typPlugin}) + "." + testkit.EncodeSegment(t, f.claims("catalog")) + ".", principal{}, failed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -712,21 +372,19 @@ func TestPluginTokens(t *testing.T) {
 		})
 	}
 	// The forbidden subjects never produced a request.
-	f.plugins.mu.Lock()
-	for id := range f.plugins.hits {
+	for _, id := range f.plugins.Plugins() {
 		if !validPluginID(id) {
 			t.Errorf("a request was made for plugin id %q", id)
 		}
 	}
-	f.plugins.mu.Unlock()
 	// The positive key set check of catalog was made once and kept.
-	if n := f.plugins.hitsFor("catalog"); n != 1 {
+	if n := f.plugins.HitsFor("catalog"); n != 1 {
 		t.Errorf("catalog key set fetched %d times, want 1", n)
 	}
 	// Negative checks are not remembered (Backstage neither).
-	before := f.plugins.hitsFor("nosuchplugin")
-	expectErr(t, f.auth, c.sign(t, hdr, f.claims("nosuchplugin")), 401, noJWKS("nosuchplugin"))
-	if n := f.plugins.hitsFor("nosuchplugin"); n != before+1 {
+	before := f.plugins.HitsFor("nosuchplugin")
+	expectErr(t, f.auth, c.Sign(t, hdr, f.claims("nosuchplugin")), 401, noJWKS("nosuchplugin"))
+	if n := f.plugins.HitsFor("nosuchplugin"); n != before+1 {
 		t.Errorf("nosuchplugin fetched %d times, want %d", n, before+1)
 	}
 }
@@ -734,7 +392,7 @@ func TestPluginTokens(t *testing.T) {
 func TestPluginTokenOboExpiry(t *testing.T) {
 	f := newPluginFixture(t, nil)
 	obo := f.limitedUserToken(t, "user:default/alice", 10*time.Second)
-	tok := f.catalog.sign(t, f.catalog.hdr(typPlugin), with(f.claims("catalog"), "obo", obo))
+	tok := f.catalog.Sign(t, f.catalog.Hdr(typPlugin), testkit.With(f.claims("catalog"), "obo", obo))
 	expectOK(t, f.auth, tok)
 	f.clk.Advance(11 * time.Second) // the plugin token is still valid, its obo is not
 	expectErr(t, f.auth, tok, 401, "Failed user token verification")
@@ -742,19 +400,19 @@ func TestPluginTokenOboExpiry(t *testing.T) {
 
 func TestPluginAllowlist(t *testing.T) {
 	f := newPluginFixture(t, []string{"scaffolder"})
-	f.plugins.set("scaffolder", f.catalog)
-	expectErr(t, f.auth, f.catalog.sign(t, f.catalog.hdr(typPlugin), f.claims("catalog")), 401, "Failed plugin token verification")
-	if n := f.plugins.all.Load(); n != 0 {
+	f.plugins.Set("scaffolder", f.catalog)
+	expectErr(t, f.auth, f.catalog.Sign(t, f.catalog.Hdr(typPlugin), f.claims("catalog")), 401, "Failed plugin token verification")
+	if n := f.plugins.All.Load(); n != 0 {
 		t.Fatalf("%d key set requests for a plugin outside the allowlist", n)
 	}
-	expectOK(t, f.auth, f.catalog.sign(t, f.catalog.hdr(typPlugin), f.claims("scaffolder")))
+	expectOK(t, f.auth, f.catalog.Sign(t, f.catalog.Hdr(typPlugin), f.claims("scaffolder")))
 }
 
 func TestPluginTokensNotConfigured(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
+	k := testkit.NewECKey(t, "k")
 	auth := build(t, &App{})
-	tok := k.sign(t, k.hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	tok := k.Sign(t, k.Hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 	expectErr(t, auth, tok, 401, errPluginNoJWKS("catalog").message)
 }
 
@@ -841,19 +499,19 @@ func TestLegacyTokens(t *testing.T) {
 		status  int
 		message string
 	}{
-		{"18a signed with A", hs256(t, secretA, hdr, claims), legacySvc("legacy-subject"), 0, ""},
-		{"18b signed with B (backend.auth.keys)", hs256(t, secretB, hdr, claims), legacySvc("external:backstage-plugin"), 0, ""},
-		{"18c other key", hs256(t, []byte("other"), hdr, claims), principal{}, 401, "Illegal token"},
-		{"18d aud x", hs256(t, secretA, hdr, with(claims, "aud", "x")), principal{}, 401, "Illegal token"},
-		{"aud empty string is no aud", hs256(t, secretA, hdr, with(claims, "aud", "")), legacySvc("legacy-subject"), 0, ""},
-		{"aud empty array is an aud", hs256(t, secretA, hdr, with(claims, "aud", []string{})), principal{}, 401, "Illegal token"},
-		{"18e expired (D4: 401, no payload)", hs256(t, secretA, hdr, with(claims, "exp", clk.At(-time.Second))), principal{}, 401, "Failed legacy token verification"},
-		{"expired, signed with B", hs256(t, secretB, hdr, with(claims, "exp", clk.Unix())), principal{}, 401, "Failed legacy token verification"},
-		{"nbf in the future", hs256(t, secretA, hdr, with(claims, "nbf", clk.At(time.Minute))), principal{}, 401, "Failed legacy token verification"},
-		{"18f no exp never expires", hs256(t, secretA, hdr, without(claims, "exp")), legacySvc("legacy-subject"), 0, ""},
-		{"other sub", hs256(t, secretA, hdr, with(claims, "sub", "someone")), principal{}, 401, "Illegal token"},
-		{"HS384 header", hs256(t, secretA, map[string]any{"alg": "HS384"}, claims), principal{}, 401, "Illegal token"},
-		{"restricted key", hs256(t, []byte("restricted-key"), hdr, claims), principal{}, 403, "This token's access is restricted to plugin(s) 'catalog'"},
+		{"18a signed with A", testkit.HS256(t, secretA, hdr, claims), legacySvc("legacy-subject"), 0, ""},
+		{"18b signed with B (backend.auth.keys)", testkit.HS256(t, secretB, hdr, claims), legacySvc("external:backstage-plugin"), 0, ""},
+		{"18c other key", testkit.HS256(t, []byte("other"), hdr, claims), principal{}, 401, "Illegal token"},
+		{"18d aud x", testkit.HS256(t, secretA, hdr, testkit.With(claims, "aud", "x")), principal{}, 401, "Illegal token"},
+		{"aud empty string is no aud", testkit.HS256(t, secretA, hdr, testkit.With(claims, "aud", "")), legacySvc("legacy-subject"), 0, ""},
+		{"aud empty array is an aud", testkit.HS256(t, secretA, hdr, testkit.With(claims, "aud", []string{})), principal{}, 401, "Illegal token"},
+		{"18e expired (D4: 401, no payload)", testkit.HS256(t, secretA, hdr, testkit.With(claims, "exp", clk.At(-time.Second))), principal{}, 401, "Failed legacy token verification"},
+		{"expired, signed with B", testkit.HS256(t, secretB, hdr, testkit.With(claims, "exp", clk.Unix())), principal{}, 401, "Failed legacy token verification"},
+		{"nbf in the future", testkit.HS256(t, secretA, hdr, testkit.With(claims, "nbf", clk.At(time.Minute))), principal{}, 401, "Failed legacy token verification"},
+		{"18f no exp never expires", testkit.HS256(t, secretA, hdr, testkit.Without(claims, "exp")), legacySvc("legacy-subject"), 0, ""},
+		{"other sub", testkit.HS256(t, secretA, hdr, testkit.With(claims, "sub", "someone")), principal{}, 401, "Illegal token"},
+		{"HS384 header", testkit.HS256(t, secretA, map[string]any{"alg": "HS384"}, claims), principal{}, 401, "Illegal token"},
+		{"restricted key", testkit.HS256(t, []byte("restricted-key"), hdr, claims), principal{}, 403, "This token's access is restricted to plugin(s) 'catalog'"},
 		{"static entry after legacy", "static-after-legacy", principal{Type: "service", Subject: "s", Method: "static"}, 0, ""},
 	}
 	for _, tc := range tests {
@@ -870,17 +528,17 @@ func TestLegacyTokens(t *testing.T) {
 }
 
 type extFixture struct {
-	clk  *fakeClock
-	key  *testKey
-	srv  *jwksServer
+	clk  *testkit.FakeClock
+	key  *testkit.Key
+	srv  *testkit.JWKSServer
 	auth *identityAuthenticator
 }
 
 func newExtFixture(t testing.TB, opts ExternalAccessOptions, more ...ExternalAccess) *extFixture {
 	t.Helper()
-	f := &extFixture{clk: useFakeClock(t), key: newRSAKey(t, "ext-1")}
-	f.srv = newJWKSServer(t, f.key)
-	opts.URL = f.srv.url()
+	f := &extFixture{clk: useFakeClock(t), key: testkit.NewRSAKey(t, "ext-1")}
+	f.srv = testkit.NewJWKSServer(t, f.key)
+	opts.URL = f.srv.KeySetURL()
 	entries := append([]ExternalAccess{{Type: "jwks", Options: opts}}, more...)
 	f.auth = build(t, &App{ExternalAccess: entries})
 	return f
@@ -893,22 +551,22 @@ func TestJWKSExternalAccess(t *testing.T) {
 	}, ExternalAccess{Type: "static", Options: ExternalAccessOptions{Token: "static-after-jwks", Subject: "s"}})
 	k := f.key
 	claims := map[string]any{"iss": "https://ext.example.com", "aud": "backstage-proxy", "sub": "svc-1", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}
-	ec := newECKey(t, "ext-1")
+	ec := testkit.NewECKey(t, "ext-1")
 	tests := []struct {
 		name    string
 		token   string
 		subject string
 	}{
-		{"19a valid", k.sign(t, k.hdr(""), claims), "external:ext:svc-1"},
-		{"aud array", k.sign(t, k.hdr(""), with(claims, "aud", []string{"x", "backstage-proxy"})), "external:ext:svc-1"},
-		{"19b other aud", k.sign(t, k.hdr(""), with(claims, "aud", "other-aud")), ""},
-		{"19c no sub", k.sign(t, k.hdr(""), without(claims, "sub")), ""},
-		{"other iss", k.sign(t, k.hdr(""), with(claims, "iss", "https://evil")), ""},
-		{"no iss", k.sign(t, k.hdr(""), without(claims, "iss")), ""},
-		{"expired", k.sign(t, k.hdr(""), with(claims, "exp", f.clk.Unix())), ""},
-		{"no exp is accepted (jose)", k.sign(t, k.hdr(""), without(claims, "exp")), "external:ext:svc-1"},
-		{"ES256 not allowed", ec.sign(t, ec.hdr(""), claims), ""},
-		{"unknown kid", newRSAKey(t, "x").sign(t, map[string]any{"alg": "RS256", "kid": "x"}, claims), ""},
+		{"19a valid", k.Sign(t, k.Hdr(""), claims), "external:ext:svc-1"},
+		{"aud array", k.Sign(t, k.Hdr(""), testkit.With(claims, "aud", []string{"x", "backstage-proxy"})), "external:ext:svc-1"},
+		{"19b other aud", k.Sign(t, k.Hdr(""), testkit.With(claims, "aud", "other-aud")), ""},
+		{"19c no sub", k.Sign(t, k.Hdr(""), testkit.Without(claims, "sub")), ""},
+		{"other iss", k.Sign(t, k.Hdr(""), testkit.With(claims, "iss", "https://evil")), ""},
+		{"no iss", k.Sign(t, k.Hdr(""), testkit.Without(claims, "iss")), ""},
+		{"expired", k.Sign(t, k.Hdr(""), testkit.With(claims, "exp", f.clk.Unix())), ""},
+		{"no exp is accepted (jose)", k.Sign(t, k.Hdr(""), testkit.Without(claims, "exp")), "external:ext:svc-1"},
+		{"ES256 not allowed", ec.Sign(t, ec.Hdr(""), claims), ""},
+		{"unknown kid", testkit.NewRSAKey(t, "x").Sign(t, map[string]any{"alg": "RS256", "kid": "x"}, claims), ""},
 		{"static after jwks", "static-after-jwks", "s"},
 	}
 	for _, tc := range tests {
@@ -934,24 +592,24 @@ func TestJWKSExternalAccessDefaults(t *testing.T) {
 	// subject external:<sub>; lists given as one space/comma separated string.
 	f := newExtFixture(t, ExternalAccessOptions{})
 	claims := map[string]any{"sub": "svc-2", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}
-	if p := expectOK(t, f.auth, f.key.sign(t, f.key.hdr(""), claims)); p.Subject != "external:svc-2" {
+	if p := expectOK(t, f.auth, f.key.Sign(t, f.key.Hdr(""), claims)); p.Subject != "external:svc-2" {
 		t.Fatalf("got %+v", p)
 	}
 	g := newExtFixture(t, ExternalAccessOptions{Audience: []string{"a, b c"}, Issuer: []string{"i1,i2"}})
 	claims = map[string]any{"sub": "svc-3", "aud": "c", "iss": "i2", "exp": g.clk.At(time.Hour)}
-	expectOK(t, g.auth, g.key.sign(t, g.key.hdr(""), claims))
-	expectErr(t, g.auth, g.key.sign(t, g.key.hdr(""), with(claims, "aud", "a, b c")), 401, "Illegal token")
+	expectOK(t, g.auth, g.key.Sign(t, g.key.Hdr(""), claims))
+	expectErr(t, g.auth, g.key.Sign(t, g.key.Hdr(""), testkit.With(claims, "aud", "a, b c")), 401, "Illegal token")
 }
 
 func TestJWKSRestricted(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "r")
-	srv := newJWKSServer(t, k)
+	k := testkit.NewECKey(t, "r")
+	srv := testkit.NewJWKSServer(t, k)
 	auth := build(t, &App{ExternalAccess: []ExternalAccess{{
-		Type: "jwks", Options: ExternalAccessOptions{URL: srv.url()},
+		Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()},
 		AccessRestrictions: []AccessRestriction{{Plugin: "catalog", PermissionAttribute: map[string][]string{"action": {"read"}}}},
 	}}})
-	tok := k.sign(t, k.hdr(""), map[string]any{"sub": "s", "exp": clk.At(time.Hour)})
+	tok := k.Sign(t, k.Hdr(""), map[string]any{"sub": "s", "exp": clk.At(time.Hour)})
 	expectErr(t, auth, tok, 403, "This token's access is restricted to plugin(s) 'catalog'")
 	expectErr(t, auth, tok, 403, "This token's access is restricted to plugin(s) 'catalog'") // not cached as success
 }
@@ -959,18 +617,18 @@ func TestJWKSRestricted(t *testing.T) {
 func TestJWKSEntryOrder(t *testing.T) {
 	// Two jwks entries: a token for the second is "not mine" for the first.
 	clk := useFakeClock(t)
-	k1, k2 := newECKey(t, "one"), newECKey(t, "two")
-	s1, s2 := newJWKSServer(t, k1), newJWKSServer(t, k2)
+	k1, k2 := testkit.NewECKey(t, "one"), testkit.NewECKey(t, "two")
+	s1, s2 := testkit.NewJWKSServer(t, k1), testkit.NewJWKSServer(t, k2)
 	auth := build(t, &App{ExternalAccess: []ExternalAccess{
-		{Type: "jwks", Options: ExternalAccessOptions{URL: s1.url(), Issuer: []string{"one"}, SubjectPrefix: "one"}},
-		{Type: "jwks", Options: ExternalAccessOptions{URL: s2.url(), SubjectPrefix: "two"}},
+		{Type: "jwks", Options: ExternalAccessOptions{URL: s1.KeySetURL(), Issuer: []string{"one"}, SubjectPrefix: "one"}},
+		{Type: "jwks", Options: ExternalAccessOptions{URL: s2.KeySetURL(), SubjectPrefix: "two"}},
 	}})
-	tok := k2.sign(t, k2.hdr(""), map[string]any{"sub": "x", "iss": "two", "exp": clk.At(time.Hour)})
+	tok := k2.Sign(t, k2.Hdr(""), map[string]any{"sub": "x", "iss": "two", "exp": clk.At(time.Hour)})
 	if p := expectOK(t, auth, tok); p.Subject != "external:two:x" {
 		t.Fatalf("got %+v", p)
 	}
 	// The first entry's issuer did not match: its key set was never fetched.
-	if n := s1.hits.Load(); n != 0 {
+	if n := s1.Hits.Load(); n != 0 {
 		t.Fatalf("first entry's key set fetched %d times", n)
 	}
 }
@@ -981,25 +639,25 @@ func TestJWKSEntryOrder(t *testing.T) {
 
 func TestDispatchOrder(t *testing.T) {
 	clk := useFakeClock(t)
-	userKey := newECKey(t, "u")
-	users := newJWKSServer(t, userKey)
-	ext := newJWKSServer(t, userKey) // an external entry that would accept the user key
+	userKey := testkit.NewECKey(t, "u")
+	users := testkit.NewJWKSServer(t, userKey)
+	ext := testkit.NewJWKSServer(t, userKey) // an external entry that would accept the user key
 	auth := build(t, &App{
-		UserTokens:     &UserTokens{JWKSURL: users.url()},
-		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: ext.url()}}},
+		UserTokens:     &UserTokens{JWKSURL: users.KeySetURL()},
+		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: ext.KeySetURL()}}},
 	})
 	// A user token that fails verification is refused by the user handler:
 	// the external entries are not tried.
-	expired := userKey.sign(t, userKey.hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.Unix()})
+	expired := userKey.Sign(t, userKey.Hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.Unix()})
 	expectErr(t, auth, expired, 401, "Failed user token verification")
 	// A plugin token is handled by the plugin handler only.
-	plugin := userKey.sign(t, userKey.hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	plugin := userKey.Sign(t, userKey.Hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 	expectErr(t, auth, plugin, 401, errPluginNoJWKS("catalog").message)
-	if n := ext.hits.Load(); n != 0 {
+	if n := ext.Hits.Load(); n != 0 {
 		t.Fatalf("external key set fetched %d times", n)
 	}
 	// Anything else falls through to the external entries.
-	other := userKey.sign(t, userKey.hdr("JWT"), map[string]any{"sub": "svc", "exp": clk.At(time.Hour)})
+	other := userKey.Sign(t, userKey.Hdr("JWT"), map[string]any{"sub": "svc", "exp": clk.At(time.Hour)})
 	if p := expectOK(t, auth, other); p.Subject != "external:svc" || p.Method != "jwks" {
 		t.Fatalf("got %+v", p)
 	}
@@ -1007,14 +665,14 @@ func TestDispatchOrder(t *testing.T) {
 
 func TestMalformedTokens(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
 	auth := build(t, &App{
-		UserTokens:     &UserTokens{JWKSURL: srv.url()},
-		PluginTokens:   &PluginTokens{JWKSURL: srv.pluginTemplate()},
-		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url()}}, {Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0", Subject: "l"}}},
+		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
+		PluginTokens:   &PluginTokens{JWKSURL: srv.PluginTemplate()},
+		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}}, {Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0", Subject: "l"}}},
 	})
-	good := k.sign(t, k.hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	good := k.Sign(t, k.Hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 	parts := strings.Split(good, ".")
 	tests := map[string]string{
 		"empty":              "",
@@ -1024,17 +682,17 @@ func TestMalformedTokens(t *testing.T) {
 		"JWE shape":          parts[0] + ".a.b.c.d",
 		"padding":            parts[0] + "==." + parts[1] + "." + parts[2],
 		"std alphabet":       strings.NewReplacer("-", "+", "_", "/").Replace(parts[0]) + "+/." + parts[1] + "." + parts[2],
-		"header not json":    b64.EncodeToString([]byte("not json")) + "." + parts[1] + "." + parts[2],
-		"header array":       b64.EncodeToString([]byte(`["alg"]`)) + "." + parts[1] + "." + parts[2],
-		"header null":        b64.EncodeToString([]byte(`null`)) + "." + parts[1] + "." + parts[2],
-		"payload not json":   b64.EncodeToString([]byte(`{"alg":"ES256","aud":"backstage"}`)) + ".e30x." + parts[2],
+		"header not json":    base64.RawURLEncoding.EncodeToString([]byte("not json")) + "." + parts[1] + "." + parts[2],
+		"header array":       base64.RawURLEncoding.EncodeToString([]byte(`["alg"]`)) + "." + parts[1] + "." + parts[2],
+		"header null":        base64.RawURLEncoding.EncodeToString([]byte(`null`)) + "." + parts[1] + "." + parts[2],
+		"payload not json":   base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"ES256","aud":"backstage"}`)) + ".e30x." + parts[2],
 		"huge":               strings.Repeat("a", maxTokenBytes+1),
 		"huge jwt":           parts[0] + "." + strings.Repeat("A", maxTokenBytes) + "." + parts[2],
 		"signature garbage":  parts[0] + "." + parts[1] + ".!!!",
 		"empty signature":    parts[0] + "." + parts[1] + ".",
 		"dots":               "..",
-		"typ number":         b64.EncodeToString([]byte(`{"alg":"ES256","typ":5}`)) + "." + parts[1] + "." + parts[2],
-		"legacy bad sig b64": hs256(t, []byte("x"), map[string]any{"alg": "HS256"}, map[string]any{"sub": "backstage-server"})[:40] + ".%%%",
+		"typ number":         base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"ES256","typ":5}`)) + "." + parts[1] + "." + parts[2],
+		"legacy bad sig b64": testkit.HS256(t, []byte("x"), map[string]any{"alg": "HS256"}, map[string]any{"sub": "backstage-server"})[:40] + ".%%%",
 	}
 	for name, tok := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -1045,13 +703,13 @@ func TestMalformedTokens(t *testing.T) {
 			if err.status != 401 {
 				t.Fatalf("status %d", err.status)
 			}
-			assertNoTokenContent(t, tok, err.message)
+			testkit.AssertNoTokenContent(t, tok, err.message)
 		})
 	}
 	// A token over 16 KiB is refused before anything else happens.
-	before := srv.hits.Load()
+	before := srv.Hits.Load()
 	expectErr(t, auth, strings.Repeat("x", maxTokenBytes+1), 401, "Illegal token")
-	if srv.hits.Load() != before {
+	if srv.Hits.Load() != before {
 		t.Fatal("an oversized token caused a key set fetch")
 	}
 }
@@ -1061,7 +719,7 @@ func TestMalformedTokens(t *testing.T) {
 // ---------------------------------------------------------------------------
 
 func TestBuildAuthenticatorErrors(t *testing.T) {
-	srv := newJWKSServer(t)
+	srv := testkit.NewJWKSServer(t)
 	good := ExternalAccess{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123", Subject: "s"}}
 	tests := []struct {
 		name string
@@ -1081,9 +739,9 @@ func TestBuildAuthenticatorErrors(t *testing.T) {
 		{"jwks no url", App{ExternalAccess: []ExternalAccess{good, good, {Type: "jwks"}}}, "external_access[2] (type 'jwks'): missing required option 'url'"},
 		{"jwks relative url", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "/jwks.json"}}}}, "external_access[0] (type 'jwks'): Illegal JWKS URL, must be an absolute http or https URL"},
 		{"jwks url with space", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "http://a b/"}}}}, "Illegal JWKS URL, must be a set of non-space characters"},
-		{"jwks unknown algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url(), Algorithm: []string{"ES256 XS256"}}}}}, "external_access[0] (type 'jwks'): algorithm: unknown algorithm 'XS256'"},
-		{"jwks HMAC algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url(), Algorithm: []string{"HS256"}}}}}, "algorithm 'HS256' is not allowed"},
-		{"jwks none algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url(), Algorithm: []string{"none"}}}}}, "algorithm 'none' is not allowed"},
+		{"jwks unknown algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"ES256 XS256"}}}}}, "external_access[0] (type 'jwks'): algorithm: unknown algorithm 'XS256'"},
+		{"jwks HMAC algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"HS256"}}}}}, "algorithm 'HS256' is not allowed"},
+		{"jwks none algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"none"}}}}}, "algorithm 'none' is not allowed"},
 		{"restriction without plugin", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{}}}}}, "external_access[0] (type 'static'): accessRestrictions: missing required value 'plugin'"},
 		{"duplicate restriction", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a"}, {Plugin: "a"}}}}}, "attempted to declare 'accessRestrictions' twice for plugin 'a'"},
 		{"bad permission attribute", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttribute: map[string][]string{"action": {"write"}}}}}}}, "invalid value 'write' at 'action'"},
@@ -1092,10 +750,10 @@ func TestBuildAuthenticatorErrors(t *testing.T) {
 		{"keys empty secret", App{Keys: []LegacyKey{{Secret: ""}}}, "keys[0] (type 'legacy'): Illegal secret"},
 		{"user no url", App{UserTokens: &UserTokens{}}, "user_tokens: jwks_url: must be a set of non-space characters"},
 		{"user ftp url", App{UserTokens: &UserTokens{JWKSURL: "ftp://x/jwks"}}, "user_tokens: jwks_url: must be an absolute http or https URL"},
-		{"user HS256", App{UserTokens: &UserTokens{JWKSURL: srv.url(), Algorithms: []string{"HS256"}}}, "user_tokens: algorithms: algorithm 'HS256' is not allowed"},
-		{"plugin template without placeholder", App{PluginTokens: &PluginTokens{JWKSURL: srv.url()}}, "plugin_tokens: jwks_url: must contain the placeholder {plugin}"},
-		{"plugin bad allowlist", App{PluginTokens: &PluginTokens{JWKSURL: srv.pluginTemplate(), Plugins: []string{"catalog", "../x"}}}, "plugin_tokens: plugins[1]: '../x' is not a valid plugin id"},
-		{"plugin bad algorithm", App{PluginTokens: &PluginTokens{JWKSURL: srv.pluginTemplate(), Algorithms: []string{"RS1"}}}, "plugin_tokens: algorithms: unknown algorithm 'RS1'"},
+		{"user HS256", App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"HS256"}}}, "user_tokens: algorithms: algorithm 'HS256' is not allowed"},
+		{"plugin template without placeholder", App{PluginTokens: &PluginTokens{JWKSURL: srv.KeySetURL()}}, "plugin_tokens: jwks_url: must contain the placeholder {plugin}"},
+		{"plugin bad allowlist", App{PluginTokens: &PluginTokens{JWKSURL: srv.PluginTemplate(), Plugins: []string{"catalog", "../x"}}}, "plugin_tokens: plugins[1]: '../x' is not a valid plugin id"},
+		{"plugin bad algorithm", App{PluginTokens: &PluginTokens{JWKSURL: srv.PluginTemplate(), Algorithms: []string{"RS1"}}}, "plugin_tokens: algorithms: unknown algorithm 'RS1'"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -1113,15 +771,15 @@ func TestBuildAuthenticatorErrors(t *testing.T) {
 }
 
 func TestBuildFailureReleasesCaches(t *testing.T) {
-	srv := newJWKSServer(t)
+	srv := testkit.NewJWKSServer(t)
 	app := &App{
-		UserTokens:     &UserTokens{JWKSURL: srv.url()},
-		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url()}}, {Type: "bogus"}},
+		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
+		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}}, {Type: "bogus"}},
 	}
 	if _, _, err := buildAuthenticator(testContext(t), app); err == nil {
 		t.Fatal("no error")
 	}
-	if n, ok := keyPool.References(poolKey{kind: "jwks", url: srv.url()}); ok {
+	if n, ok := keyPool.References(poolKey{kind: "jwks", url: srv.KeySetURL()}); ok {
 		t.Fatalf("key cache still referenced %d times after a failed build", n)
 	}
 }
@@ -1148,14 +806,14 @@ func TestAuthErrorsCarryNoTokenContent(t *testing.T) {
 
 // fuzzKey is a fixed ES256 key, so that the committed seed corpus
 // (testdata/fuzz/FuzzBearerAndToken) holds validly signed tokens.
-func fuzzKey(t testing.TB) *testKey {
+func fuzzKey(t testing.TB) *testkit.Key {
 	t.Helper()
 	d := sha256.Sum256([]byte("caddy-backstage-proxy FuzzBearerAndToken key"))
 	priv, err := ecdsa.ParseRawPrivateKey(elliptic.P256(), d[:])
 	if err != nil {
 		t.Fatal(err)
 	}
-	return ecTestKey(t, priv, "fuzz")
+	return testkit.ECKeyFrom(t, priv, "fuzz")
 }
 
 var fuzzLegacySecret = []byte("fuzz-legacy-secret-0123456789")
@@ -1166,11 +824,11 @@ func fuzzSeeds(t testing.TB) []string {
 	k := fuzzKey(t)
 	const iat, exp = 1_900_000_000, 1_900_003_600
 	user := map[string]any{"sub": "user:default/alice", "aud": "backstage", "iat": iat, "exp": exp, "ent": []string{"group:default/a"}}
-	limited := k.sign(t, k.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
+	limited := k.Sign(t, k.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
 	plugin := map[string]any{"sub": "catalog", "aud": "proxy", "iat": iat, "exp": exp}
 	legacy := map[string]any{"sub": "backstage-server", "iat": iat, "exp": exp}
 	ext := map[string]any{"sub": "svc-1", "iss": "fuzz-issuer", "aud": "fuzz-aud", "iat": iat, "exp": exp}
-	pubJSON, _ := json.Marshal(k.jwk)
+	pubJSON, _ := json.Marshal(k.JWK)
 	return []string{
 		"Bearer static-token-123",
 		"bearer  restricted-token-123",
@@ -1179,19 +837,19 @@ func fuzzSeeds(t testing.TB) []string {
 		"Bearer a b",
 		"Bearer a.b.c",
 		"Bearer ..",
-		"Bearer " + k.sign(t, k.hdr(typUser), user),
-		"Bearer " + k.sign(t, k.hdr(""), user),
-		"Bearer " + k.sign(t, k.hdr(typUser), with(user, "exp", iat)),
+		"Bearer " + k.Sign(t, k.Hdr(typUser), user),
+		"Bearer " + k.Sign(t, k.Hdr(""), user),
+		"Bearer " + k.Sign(t, k.Hdr(typUser), testkit.With(user, "exp", iat)),
 		"Bearer " + limited,
-		"Bearer " + k.sign(t, k.hdr(typPlugin), plugin),
-		"Bearer " + k.sign(t, k.hdr(typPlugin), with(plugin, "obo", limited)),
-		"Bearer " + k.sign(t, k.hdr(typPlugin), with(plugin, "sub", "../admin")),
-		"Bearer " + hs256(t, fuzzLegacySecret, map[string]any{"alg": "HS256", "typ": "JWT"}, legacy),
-		"Bearer " + hs256(t, fuzzLegacySecret, map[string]any{"alg": "HS256"}, with(legacy, "exp", iat-1)),
-		"Bearer " + k.sign(t, map[string]any{"alg": "ES256", "kid": "fuzz"}, ext),
-		"Bearer " + encodeSegment(t, map[string]any{"alg": "none", "typ": typUser}) + "." + encodeSegment(t, user) + ".",
-		"Bearer " + hs256(t, pubJSON, map[string]any{"alg": "HS256", "typ": typUser, "kid": "fuzz"}, user),
-		"Bearer " + encodeSegment(t, `{"alg":"ES256","typ":"vnd.backstage.user","kid":{"x":1}}`) + "." + encodeSegment(t, `{"sub":1e999}`) + ".AAAA",
+		"Bearer " + k.Sign(t, k.Hdr(typPlugin), plugin),
+		"Bearer " + k.Sign(t, k.Hdr(typPlugin), testkit.With(plugin, "obo", limited)),
+		"Bearer " + k.Sign(t, k.Hdr(typPlugin), testkit.With(plugin, "sub", "../admin")),
+		"Bearer " + testkit.HS256(t, fuzzLegacySecret, map[string]any{"alg": "HS256", "typ": "JWT"}, legacy),
+		"Bearer " + testkit.HS256(t, fuzzLegacySecret, map[string]any{"alg": "HS256"}, testkit.With(legacy, "exp", iat-1)),
+		"Bearer " + k.Sign(t, map[string]any{"alg": "ES256", "kid": "fuzz"}, ext),
+		"Bearer " + testkit.EncodeSegment(t, map[string]any{"alg": "none", "typ": typUser}) + "." + testkit.EncodeSegment(t, user) + ".",
+		"Bearer " + testkit.HS256(t, pubJSON, map[string]any{"alg": "HS256", "typ": typUser, "kid": "fuzz"}, user),
+		"Bearer " + testkit.EncodeSegment(t, `{"alg":"ES256","typ":"vnd.backstage.user","kid":{"x":1}}`) + "." + testkit.EncodeSegment(t, `{"sub":1e999}`) + ".AAAA",
 	}
 }
 
@@ -1208,10 +866,10 @@ func bytesContainAny(s, set string) bool {
 func FuzzBearerAndToken(f *testing.F) {
 	useFakeClock(f)
 	k := fuzzKey(f)
-	srv := newJWKSServer(f, k) // serves the key for the user, plugin (any id) and external URLs
+	srv := testkit.NewJWKSServer(f, k) // serves the key for the user, plugin (any id) and external URLs
 	auth := build(f, &App{
-		UserTokens:   &UserTokens{JWKSURL: srv.url()},
-		PluginTokens: &PluginTokens{JWKSURL: srv.pluginTemplate()},
+		UserTokens:   &UserTokens{JWKSURL: srv.KeySetURL()},
+		PluginTokens: &PluginTokens{JWKSURL: srv.PluginTemplate()},
 		ExternalAccess: []ExternalAccess{
 			{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "static-subject"}},
 			{Type: "static", Options: ExternalAccessOptions{Token: "restricted-token-123", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
@@ -1303,16 +961,16 @@ func TestStaticTokenShapedLikeJWT(t *testing.T) {
 func FuzzPluginClaimsImpersonation(f *testing.F) {
 	useFakeClock(f)
 	evil := fuzzKey(f)
-	catalog := newECKey(f, "catalog-key")
-	plugins := newPluginServer(f)
-	plugins.set("evil", evil)
-	plugins.set("catalog", catalog)
+	catalog := testkit.NewECKey(f, "catalog-key")
+	plugins := testkit.NewPluginServer(f)
+	plugins.Set("evil", evil)
+	plugins.Set("catalog", catalog)
 	auth := build(f, &App{
-		UserTokens:   &UserTokens{JWKSURL: newJWKSServer(f, evil).url()},
-		PluginTokens: &PluginTokens{JWKSURL: plugins.template()},
+		UserTokens:   &UserTokens{JWKSURL: testkit.NewJWKSServer(f, evil).KeySetURL()},
+		PluginTokens: &PluginTokens{JWKSURL: plugins.Template()},
 	})
 	const iat, exp = 1_900_000_000, 1_900_003_600
-	limited := evil.sign(f, evil.hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
+	limited := evil.Sign(f, evil.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
 	for _, members := range []string{
 		`"sub":"evil"`,
 		`"sub":"catalog","SUB":"evil"`,
@@ -1333,7 +991,7 @@ func FuzzPluginClaimsImpersonation(f *testing.F) {
 		if members == "" {
 			payload = fmt.Sprintf(`{"aud":"proxy","iat":%d,"exp":%d}`, iat, exp)
 		}
-		tok := evil.sign(t, evil.hdr(typPlugin), payload)
+		tok := evil.Sign(t, evil.Hdr(typPlugin), payload)
 		p, err := auth.authenticate(context.Background(), tok)
 		if err != nil {
 			return

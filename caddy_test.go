@@ -28,6 +28,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
@@ -1245,7 +1246,7 @@ func TestIntegrationRequestInPlace(t *testing.T) {
 			"backstage": map[string]any{"external_access": []any{map[string]any{
 				"type": "static", "options": map[string]any{"token": testStaticToken, "subject": "ci"}}}},
 			"http": map[string]any{"grace_period": 1, "servers": map[string]any{
-				fmt.Sprintf("inplace%d", serverNonce.Add(1)): map[string]any{
+				fmt.Sprintf("inplace%d", testkit.Nonce.Add(1)): map[string]any{
 					"listen": []string{":9080"}, "automatic_https": map[string]any{"disable": true}, "logs": map[string]any{},
 					"routes": []any{map[string]any{
 						"match": []any{map[string]any{"backstage_route": map[string]any{"paths": []string{"/api/proxy/r"}}}},

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 	"github.com/caddyserver/caddy/v2"
 )
 
@@ -93,11 +94,11 @@ func TestAppModule(t *testing.T) {
 func TestAppProvisionAndCleanup(t *testing.T) {
 	t.Setenv("BACKSTAGE_TEST_TOKEN", "token-from-env-123")
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
 	newApp := func() *App {
 		return &App{
-			UserTokens:     &UserTokens{JWKSURL: srv.url()},
+			UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 			ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_TOKEN}", Subject: "env"}}},
 		}
 	}
@@ -105,7 +106,7 @@ func TestAppProvisionAndCleanup(t *testing.T) {
 	if err := a.Provision(testContext(t)); err != nil {
 		t.Fatal(err)
 	}
-	if srv.hits.Load() != 0 {
+	if srv.Hits.Load() != 0 {
 		t.Fatal("Provision fetched keys")
 	}
 	if err := a.Start(); err != nil {
@@ -127,13 +128,13 @@ func TestAppProvisionAndCleanup(t *testing.T) {
 		t.Fatal(err)
 	}
 	expectOK(t, b.authn, userToken(t, clk, k, "user:default/b"))
-	if h := srv.hits.Load(); h != 1 {
+	if h := srv.Hits.Load(); h != 1 {
 		t.Fatalf("%d fetches across a reload, want 1", h)
 	}
 	if err := b.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := keyPool.References(poolKey{kind: "jwks", url: srv.url()}); ok {
+	if _, ok := keyPool.References(poolKey{kind: "jwks", url: srv.KeySetURL()}); ok {
 		t.Fatal("key cache left in the pool")
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 	"go.uber.org/zap/zaptest/observer"
@@ -82,71 +83,71 @@ func authenticateConcurrently(t *testing.T, auth *identityAuthenticator, n int, 
 }
 
 // userToken mints a typed user token for key k, issued at the clock's now.
-func userToken(t testing.TB, clk *fakeClock, k *testKey, sub string) string {
-	return k.sign(t, k.hdr(typUser), map[string]any{"sub": sub, "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+func userToken(t testing.TB, clk *testkit.FakeClock, k *testkit.Key, sub string) string {
+	return k.Sign(t, k.Hdr(typUser), map[string]any{"sub": sub, "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 }
 
 func TestProvisionDoesNotFetch(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
-	plugins := newPluginServer(t)
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
+	plugins := testkit.NewPluginServer(t)
 	auth := build(t, &App{
-		UserTokens:     &UserTokens{JWKSURL: srv.url()},
-		PluginTokens:   &PluginTokens{JWKSURL: plugins.template()},
+		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
+		PluginTokens:   &PluginTokens{JWKSURL: plugins.Template()},
 		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.URL + "/ext"}}},
 	})
 	time.Sleep(20 * time.Millisecond)
-	if n := srv.hits.Load() + plugins.all.Load(); n != 0 {
+	if n := srv.Hits.Load() + plugins.All.Load(); n != 0 {
 		t.Fatalf("%d requests during provisioning", n)
 	}
 	// The first use fetches, synchronously; later uses do not.
 	for i := range 5 {
 		expectOK(t, auth, userToken(t, clk, k, fmt.Sprintf("user:default/u%d", i)))
 	}
-	if n := srv.hits.Load(); n != 1 {
+	if n := srv.Hits.Load(); n != 1 {
 		t.Fatalf("%d fetches, want 1", n)
 	}
 }
 
 func TestInitialFetchSingleflight(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
-	gate := srv.hold()
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
+	gate := srv.Hold()
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 
 	const n = 50
 	wait := authenticateConcurrently(t, auth, n, func(i int) string {
 		return userToken(t, clk, k, fmt.Sprintf("user:default/u%d", i))
 	})
-	waitFor(t, "the first fetch", func() bool { return srv.hits.Load() >= 1 })
+	waitFor(t, "the first fetch", func() bool { return srv.Hits.Load() >= 1 })
 	time.Sleep(20 * time.Millisecond)
 	close(gate)
 	wait()
-	if h := srv.hits.Load(); h != 1 {
+	if h := srv.Hits.Load(); h != 1 {
 		t.Fatalf("%d fetches for %d concurrent first requests, want 1", h, n)
 	}
 }
 
 func TestKeyRotationNoFailedRequests(t *testing.T) {
 	clk := useFakeClock(t)
-	current := newECKey(t, "key-0")
-	srv := newJWKSServer(t, current)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
-	published := []*testKey{current}
+	current := testkit.NewECKey(t, "key-0")
+	srv := testkit.NewJWKSServer(t, current)
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	published := []*testkit.Key{current}
 	rotations := 0
 	for i := range 300 {
 		clk.Advance(time.Second)
 		if i%20 == 19 {
 			// The auth backend creates a key, publishes it, and signs with
 			// it right away; the previous keys stay published for a while.
-			current = newECKey(t, fmt.Sprintf("key-%d", i))
+			current = testkit.NewECKey(t, fmt.Sprintf("key-%d", i))
 			published = append(published, current)
 			if len(published) > 3 {
 				published = published[1:]
 			}
-			srv.setKeys(published...)
+			srv.SetKeys(published...)
 			rotations++
 		}
 		tok := userToken(t, clk, current, fmt.Sprintf("user:default/u%d", i))
@@ -155,35 +156,35 @@ func TestKeyRotationNoFailedRequests(t *testing.T) {
 		}
 	}
 	// One fetch at first use plus one per rotation (300 s < the refresh interval).
-	if h, want := srv.hits.Load(), int64(1+rotations); h != want {
+	if h, want := srv.Hits.Load(), int64(1+rotations); h != want {
 		t.Fatalf("%d fetches, want %d", h, want)
 	}
 }
 
 func TestRotationRightAfterFetch(t *testing.T) {
 	clk := useFakeClock(t)
-	k1 := newECKey(t, "k1")
-	srv := newJWKSServer(t, k1)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
+	k1 := testkit.NewECKey(t, "k1")
+	srv := testkit.NewJWKSServer(t, k1)
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	expectOK(t, auth, userToken(t, clk, k1, "user:default/a"))
 	clk.Advance(2 * time.Second) // well within jwksForcedMinGap
-	k2 := newECKey(t, "k2")
-	srv.setKeys(k1, k2)
+	k2 := testkit.NewECKey(t, "k2")
+	srv.SetKeys(k1, k2)
 	expectOK(t, auth, userToken(t, clk, k2, "user:default/a")) // issued after the last fetch: refetched
-	if h := srv.hits.Load(); h != 2 {
+	if h := srv.Hits.Load(); h != 2 {
 		t.Fatalf("%d fetches, want 2", h)
 	}
 }
 
 func TestForcedRefreshRateLimit(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	expectOK(t, auth, userToken(t, clk, k, "user:default/a")) // fetch 1
-	stranger := newECKey(t, "unknown")
+	stranger := testkit.NewECKey(t, "unknown")
 	oldToken := func() string {
-		return stranger.sign(t, stranger.hdr(typUser), map[string]any{"sub": "u", "iat": clk.At(-time.Hour), "exp": clk.At(time.Hour)})
+		return stranger.Sign(t, stranger.Hdr(typUser), map[string]any{"sub": "u", "iat": clk.At(-time.Hour), "exp": clk.At(time.Hour)})
 	}
 
 	// An unknown kid in a token issued before the last fetch: at most one
@@ -192,14 +193,14 @@ func TestForcedRefreshRateLimit(t *testing.T) {
 	for range 5 {
 		expectErr(t, auth, oldToken(), 401, "Failed user token verification")
 	}
-	if h := srv.hits.Load(); h != 1 {
+	if h := srv.Hits.Load(); h != 1 {
 		t.Fatalf("%d fetches within the gap, want 1", h)
 	}
 	clk.Advance(jwksForcedMinGap)
 	for range 5 {
 		expectErr(t, auth, oldToken(), 401, "Failed user token verification")
 	}
-	if h := srv.hits.Load(); h != 2 {
+	if h := srv.Hits.Load(); h != 2 {
 		t.Fatalf("%d fetches after the gap, want 2", h)
 	}
 
@@ -209,37 +210,37 @@ func TestForcedRefreshRateLimit(t *testing.T) {
 		clk.Advance(time.Second)
 		expectErr(t, auth, userToken(t, clk, stranger, "u"), 401, "Failed user token verification")
 	}
-	if h, want := srv.hits.Load(), int64(2+jwksForcedMax); h != want {
+	if h, want := srv.Hits.Load(), int64(2+jwksForcedMax); h != want {
 		t.Fatalf("%d fetches, want %d", h, want)
 	}
 	clk.Advance(jwksForcedWindow)
 	expectErr(t, auth, userToken(t, clk, stranger, "u"), 401, "Failed user token verification")
-	if h, want := srv.hits.Load(), int64(3+jwksForcedMax); h != want {
+	if h, want := srv.Hits.Load(), int64(3+jwksForcedMax); h != want {
 		t.Fatalf("%d fetches after the window, want %d", h, want)
 	}
 }
 
 func TestForcedRefreshSingleflight(t *testing.T) {
 	clk := useFakeClock(t)
-	k1 := newECKey(t, "k1")
-	srv := newJWKSServer(t, k1)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
+	k1 := testkit.NewECKey(t, "k1")
+	srv := testkit.NewJWKSServer(t, k1)
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	expectOK(t, auth, userToken(t, clk, k1, "user:default/a"))
 
-	k2 := newECKey(t, "k2")
-	srv.setKeys(k1, k2)
-	gate := srv.hold()
+	k2 := testkit.NewECKey(t, "k2")
+	srv.SetKeys(k1, k2)
+	gate := srv.Hold()
 	clk.Advance(time.Second)
 
 	const n = 64
 	wait := authenticateConcurrently(t, auth, n, func(i int) string {
 		return userToken(t, clk, k2, fmt.Sprintf("user:default/u%d", i))
 	})
-	waitFor(t, "the forced refetch", func() bool { return srv.hits.Load() >= 2 })
+	waitFor(t, "the forced refetch", func() bool { return srv.Hits.Load() >= 2 })
 	time.Sleep(20 * time.Millisecond)
 	close(gate)
 	wait()
-	if h := srv.hits.Load(); h != 2 {
+	if h := srv.Hits.Load(); h != 2 {
 		t.Fatalf("%d fetches, want 2 (first use + one shared refetch)", h)
 	}
 }
@@ -247,9 +248,9 @@ func TestForcedRefreshSingleflight(t *testing.T) {
 func TestOutageKeepsLastGoodKeys(t *testing.T) {
 	logs := observeJWKSLogs(t)
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	kc := auth.user.keys
 	expectOK(t, auth, userToken(t, clk, k, "user:default/a"))
 
@@ -264,7 +265,7 @@ func TestOutageKeepsLastGoodKeys(t *testing.T) {
 		{404, ""},
 	}
 	for i, fail := range failures {
-		srv.fail(fail.status, fail.body)
+		srv.Fail(fail.status, fail.body)
 		clk.Advance(jwksMaxRefresh) // stale (and past any backoff): the next use refreshes in the background
 		fetches := kc.fetches.Load()
 		expectOK(t, auth, userToken(t, clk, k, fmt.Sprintf("user:default/outage%d", i)))
@@ -280,9 +281,9 @@ func TestOutageKeepsLastGoodKeys(t *testing.T) {
 	}
 
 	// Recovery: one Info, and a rotated key is picked up again.
-	srv.fail(0, "")
-	k2 := newECKey(t, "k2")
-	srv.setKeys(k2)
+	srv.Fail(0, "")
+	k2 := testkit.NewECKey(t, "k2")
+	srv.SetKeys(k2)
 	clk.Advance(jwksMaxRefresh)
 	expectOK(t, auth, userToken(t, clk, k2, "user:default/back"))
 	if n := countLevel(logs, zapcore.InfoLevel); n != 1 {
@@ -290,14 +291,14 @@ func TestOutageKeepsLastGoodKeys(t *testing.T) {
 	}
 	for _, e := range logs.All() {
 		for _, f := range e.Context {
-			if f.Key == "url" && f.String != srv.url() {
+			if f.Key == "url" && f.String != srv.KeySetURL() {
 				t.Errorf("logged url %q", f.String)
 			}
 		}
 	}
 
 	// A second outage warns again, once.
-	srv.fail(503, "")
+	srv.Fail(503, "")
 	clk.Advance(jwksMaxRefresh)
 	fetches := kc.fetches.Load()
 	expectOK(t, auth, userToken(t, clk, k2, "user:default/second"))
@@ -310,20 +311,20 @@ func TestOutageKeepsLastGoodKeys(t *testing.T) {
 func TestNoKeysFailClosed(t *testing.T) {
 	logs := observeJWKSLogs(t)
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
-	srv.fail(502, "bad gateway")
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
+	srv.Fail(502, "bad gateway")
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 
 	expectErr(t, auth, userToken(t, clk, k, "user:default/a"), 401, "Failed user token verification")
 	// Backoff: no new attempt right away.
 	expectErr(t, auth, userToken(t, clk, k, "user:default/a"), 401, "Failed user token verification")
-	if h := srv.hits.Load(); h != 1 {
+	if h := srv.Hits.Load(); h != 1 {
 		t.Fatalf("%d fetches, want 1", h)
 	}
 	clk.Advance(jwksRetryMin)
 	expectErr(t, auth, userToken(t, clk, k, "user:default/a"), 401, "Failed user token verification")
-	if h := srv.hits.Load(); h != 2 {
+	if h := srv.Hits.Load(); h != 2 {
 		t.Fatalf("%d fetches, want 2", h)
 	}
 	if n := countLevel(logs, zapcore.WarnLevel); n != 1 {
@@ -332,23 +333,23 @@ func TestNoKeysFailClosed(t *testing.T) {
 	if msg := logs.FilterLevelExact(zapcore.WarnLevel).All()[0].Message; !strings.Contains(msg, "refused") {
 		t.Fatalf("warning %q", msg)
 	}
-	srv.fail(0, "")
+	srv.Fail(0, "")
 	clk.Advance(2 * jwksRetryMin)
 	expectOK(t, auth, userToken(t, clk, k, "user:default/a"))
 }
 
 func TestBackgroundRefreshHonoursCacheControl(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
-	srv.cacheControl = "public, max-age=120"
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url()}})
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
+	srv.SetCacheControl("public, max-age=120")
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	kc := auth.user.keys
 	expectOK(t, auth, userToken(t, clk, k, "user:default/a"))
 	clk.Advance(119 * time.Second)
 	expectOK(t, auth, userToken(t, clk, k, "user:default/b"))
 	time.Sleep(20 * time.Millisecond)
-	if h := srv.hits.Load(); h != 1 {
+	if h := srv.Hits.Load(); h != 1 {
 		t.Fatalf("%d fetches before max-age, want 1", h)
 	}
 	clk.Advance(2 * time.Second)
@@ -356,8 +357,8 @@ func TestBackgroundRefreshHonoursCacheControl(t *testing.T) {
 	waitFor(t, "the background refresh", func() bool { return kc.fetches.Load() == 2 })
 
 	// A key removed from the set stops verifying after the refresh.
-	k2 := newECKey(t, "k2")
-	srv.setKeys(k2)
+	k2 := testkit.NewECKey(t, "k2")
+	srv.SetKeys(k2)
 	clk.Advance(121 * time.Second)
 	expectOK(t, auth, userToken(t, clk, k, "user:default/d")) // served from the old set, triggers the refresh
 	waitFor(t, "the background refresh", func() bool { return kc.fetches.Load() == 3 })
@@ -388,9 +389,9 @@ func TestCacheMaxAge(t *testing.T) {
 }
 
 func TestRefreshLoop(t *testing.T) {
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
-	c := newKeyCache(context.Background(), srv.url(), jwksLog)
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
+	c := newKeyCache(context.Background(), srv.KeySetURL(), jwksLog)
 	defer c.Destruct()
 	c.mu.Lock()
 	c.interval, c.timerOn = 10*time.Millisecond, true
@@ -409,14 +410,14 @@ func TestRefreshLoop(t *testing.T) {
 }
 
 func TestFetchKeySetLimits(t *testing.T) {
-	k := newECKey(t, "k")
+	k := testkit.NewECKey(t, "k")
 	big := `{"keys":[` + strings.Repeat(" ", jwksMaxBodyBytes) + `]}`
 	mux := http.NewServeMux()
 	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(big)) })
 	mux.HandleFunc("/redirect", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/redirect", http.StatusFound) })
 	mux.HandleFunc("/moved", func(w http.ResponseWriter, r *http.Request) { http.Redirect(w, r, "/ok", http.StatusFound) })
 	mux.HandleFunc("/ok", func(w http.ResponseWriter, r *http.Request) {
-		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []any{k.jwk}})
+		_ = json.NewEncoder(w).Encode(map[string]any{"keys": []any{k.JWK}})
 	})
 	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(http.StatusTeapot) })
 	srv := httptest.NewServer(mux)
@@ -448,35 +449,35 @@ func TestFetchKeySetLimits(t *testing.T) {
 }
 
 func TestParseKeySet(t *testing.T) {
-	ec, rs, ed := newECKey(t, "ec"), newRSAKey(t, "rs"), newEdKey(t, "ed")
+	ec, rs, ed := testkit.NewECKey(t, "ec"), testkit.NewRSAKey(t, "rs"), testkit.NewEdKey(t, "ed")
 	js := func(v any) string { b, _ := json.Marshal(v); return string(b) }
 	keys := func(list ...any) string { return js(map[string]any{"keys": list}) }
-	ecPriv := ec.jwkWithout()
-	ecdhPriv, err := ec.priv.(*ecdsa.PrivateKey).ECDH()
+	ecPriv := ec.JWKWithout()
+	ecdhPriv, err := ec.Priv.(*ecdsa.PrivateKey).ECDH()
 	if err != nil {
 		t.Fatal(err)
 	}
-	ecPriv["d"] = b64.EncodeToString(ecdhPriv.Bytes())
+	ecPriv["d"] = base64.RawURLEncoding.EncodeToString(ecdhPriv.Bytes())
 	tests := []struct {
 		name string
 		body string
 		n    int // usable keys; -1 = error
 	}{
-		{"three", keys(ec.jwk, rs.jwk, ed.jwk), 3},
+		{"three", keys(ec.JWK, rs.JWK, ed.JWK), 3},
 		{"empty list", `{"keys":[]}`, 0},
 		{"no keys member", `{}`, -1},
 		{"keys null", `{"keys":null}`, -1},
 		{"not an object", `[]`, -1},
 		{"not json", `nope`, -1},
-		{"single JWK", js(ec.jwk), -1},
-		{"symmetric skipped", keys(map[string]any{"kty": "oct", "k": "c2VjcmV0"}, ec.jwk), 1},
+		{"single JWK", js(ec.JWK), -1},
+		{"symmetric skipped", keys(map[string]any{"kty": "oct", "k": "c2VjcmV0"}, ec.JWK), 1},
 		{"only symmetric", keys(map[string]any{"kty": "oct", "k": "c2VjcmV0"}), -1},
-		{"use enc skipped", keys(with(ec.jwk, "use", "enc"), rs.jwk), 1},
-		{"key_ops sign only skipped", keys(with(ec.jwk, "key_ops", []string{"sign"}), rs.jwk), 1},
-		{"key_ops verify kept", keys(with(ec.jwk, "key_ops", []string{"verify"})), 1},
+		{"use enc skipped", keys(testkit.With(ec.JWK, "use", "enc"), rs.JWK), 1},
+		{"key_ops sign only skipped", keys(testkit.With(ec.JWK, "key_ops", []string{"sign"}), rs.JWK), 1},
+		{"key_ops verify kept", keys(testkit.With(ec.JWK, "key_ops", []string{"verify"})), 1},
 		{"private key reduced to public", keys(ecPriv), 1},
-		{"garbage entries skipped", keys("x", 5, map[string]any{"kty": "EC"}, ec.jwk), 1},
-		{"small RSA skipped", keys(smallRSAJWK(t), ec.jwk), 1},
+		{"garbage entries skipped", keys("x", 5, map[string]any{"kty": "EC"}, ec.JWK), 1},
+		{"small RSA skipped", keys(smallRSAJWK(t), ec.JWK), 1},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -500,7 +501,7 @@ func TestParseKeySet(t *testing.T) {
 	// At most jwksMaxKeys entries are looked at.
 	list := make([]any, jwksMaxKeys+10)
 	for i := range list {
-		list[i] = with(ec.jwk, "kid", fmt.Sprint(i))
+		list[i] = testkit.With(ec.JWK, "kid", fmt.Sprint(i))
 	}
 	got, err = parseKeySet([]byte(keys(list...)))
 	if err != nil || len(got) != jwksMaxKeys {
@@ -514,41 +515,41 @@ func smallRSAJWK(t *testing.T) map[string]any {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return map[string]any{"kty": "RSA", "n": b64.EncodeToString(priv.N.Bytes()), "e": "AQAB", "kid": "small"}
+	return map[string]any{"kty": "RSA", "n": base64.RawURLEncoding.EncodeToString(priv.N.Bytes()), "e": "AQAB", "kid": "small"}
 }
 
 func TestKeySelection(t *testing.T) {
 	clk := useFakeClock(t)
-	ec := newECKey(t, "same")
-	rs := newRSAKey(t, "same")
-	srv := newJWKSServer(t, rs, ec) // two keys with one kid, different types
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.url(), Algorithms: []string{"ES256", "RS256"}}})
+	ec := testkit.NewECKey(t, "same")
+	rs := testkit.NewRSAKey(t, "same")
+	srv := testkit.NewJWKSServer(t, rs, ec) // two keys with one kid, different types
+	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"ES256", "RS256"}}})
 	expectOK(t, auth, userToken(t, clk, ec, "user:default/a"))
 	expectOK(t, auth, userToken(t, clk, rs, "user:default/a"))
 	// A key that declares its alg is only used with that alg.
-	srv2 := newJWKSServer(t)
-	srv2.setJWKs(with(rs.jwk, "alg", "PS256"))
-	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv2.url(), Algorithms: []string{"RS256", "PS256"}}})
+	srv2 := testkit.NewJWKSServer(t)
+	srv2.SetJWKs(testkit.With(rs.JWK, "alg", "PS256"))
+	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv2.KeySetURL(), Algorithms: []string{"RS256", "PS256"}}})
 	expectErr(t, auth2, userToken(t, clk, rs, "user:default/a"), 401, "Failed user token verification")
 }
 
 func TestUsagePoolAcrossReload(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
-	plugins := newPluginServer(t)
-	plugins.set("catalog", k)
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
+	plugins := testkit.NewPluginServer(t)
+	plugins.Set("catalog", k)
 	cfg := func() *App {
 		return &App{
-			UserTokens:     &UserTokens{JWKSURL: srv.url()},
-			PluginTokens:   &PluginTokens{JWKSURL: plugins.template()},
-			ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url()}}},
+			UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
+			PluginTokens:   &PluginTokens{JWKSURL: plugins.Template()},
+			ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}}},
 		}
 	}
-	userKey := poolKey{kind: "jwks", url: srv.url()}
-	pluginKey := poolKey{kind: "plugin-jwks", url: plugins.template()}
+	userKey := poolKey{kind: "jwks", url: srv.KeySetURL()}
+	pluginKey := poolKey{kind: "plugin-jwks", url: plugins.Template()}
 	pluginToken := func() string {
-		return k.sign(t, k.hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+		return k.Sign(t, k.Hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 	}
 
 	// Config A.
@@ -558,8 +559,8 @@ func TestUsagePoolAcrossReload(t *testing.T) {
 	}
 	expectOK(t, authA, userToken(t, clk, k, "user:default/a"))
 	expectOK(t, authA, pluginToken())
-	if srv.hits.Load() != 1 || plugins.all.Load() != 1 {
-		t.Fatalf("fetches: %d user, %d plugin", srv.hits.Load(), plugins.all.Load())
+	if srv.Hits.Load() != 1 || plugins.All.Load() != 1 {
+		t.Fatalf("fetches: %d user, %d plugin", srv.Hits.Load(), plugins.All.Load())
 	}
 	if n, _ := keyPool.References(userKey); n != 2 { // user_tokens and the jwks entry share the URL
 		t.Fatalf("%d references", n)
@@ -578,8 +579,8 @@ func TestUsagePoolAcrossReload(t *testing.T) {
 	}
 	expectOK(t, authB, userToken(t, clk, k, "user:default/b"))
 	expectOK(t, authB, pluginToken())
-	if srv.hits.Load() != 1 || plugins.all.Load() != 1 {
-		t.Fatalf("reload refetched: %d user, %d plugin", srv.hits.Load(), plugins.all.Load())
+	if srv.Hits.Load() != 1 || plugins.All.Load() != 1 {
+		t.Fatalf("reload refetched: %d user, %d plugin", srv.Hits.Load(), plugins.All.Load())
 	}
 	if kc.ctx.Err() != nil {
 		t.Fatal("shared cache destroyed by the old config's cleanup")
@@ -604,7 +605,7 @@ func TestUsagePoolAcrossReload(t *testing.T) {
 	}
 	defer releaseC()
 	expectOK(t, authC, userToken(t, clk, k, "user:default/c"))
-	if h := srv.hits.Load(); h != 2 {
+	if h := srv.Hits.Load(); h != 2 {
 		t.Fatalf("%d fetches, want 2", h)
 	}
 }
@@ -615,19 +616,19 @@ func TestUsagePoolAcrossReload(t *testing.T) {
 
 func TestVerificationCache(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
 	secret := []byte("legacy-secret-0123456789")
 	auth := build(t, &App{
-		UserTokens: &UserTokens{JWKSURL: srv.url()},
+		UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()},
 		ExternalAccess: []ExternalAccess{
-			{Type: "legacy", Options: ExternalAccessOptions{Secret: b64.EncodeToString(secret), Subject: "legacy"}},
-			{Type: "jwks", Options: ExternalAccessOptions{URL: srv.url()}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+			{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.RawURLEncoding.EncodeToString(secret), Subject: "legacy"}},
+			{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
 		},
 	})
 	checks := func() int64 { return signatureChecks.Load() }
 
-	short := k.sign(t, k.hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(30 * time.Second)})
+	short := k.Sign(t, k.Hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(30 * time.Second)})
 	before := checks()
 	for range 10 {
 		expectOK(t, auth, short)
@@ -655,7 +656,7 @@ func TestVerificationCache(t *testing.T) {
 	}
 
 	// Legacy tokens are cached too.
-	leg := hs256(t, secret, map[string]any{"alg": "HS256"}, map[string]any{"sub": "backstage-server", "exp": clk.At(time.Hour)})
+	leg := testkit.HS256(t, secret, map[string]any{"alg": "HS256"}, map[string]any{"sub": "backstage-server", "exp": clk.At(time.Hour)})
 	before = checks()
 	expectOK(t, auth, leg)
 	expectOK(t, auth, leg)
@@ -664,7 +665,7 @@ func TestVerificationCache(t *testing.T) {
 	}
 
 	// Rejections are not cached: a restricted jwks token costs a check each time.
-	restricted := k.sign(t, k.hdr(""), map[string]any{"sub": "svc", "exp": clk.At(time.Hour)})
+	restricted := k.Sign(t, k.Hdr(""), map[string]any{"sub": "svc", "exp": clk.At(time.Hour)})
 	before = checks()
 	expectErr(t, auth, restricted, 403, "This token's access is restricted to plugin(s) 'catalog'")
 	expectErr(t, auth, restricted, 403, "This token's access is restricted to plugin(s) 'catalog'")
@@ -708,10 +709,10 @@ func TestVerifiedCacheEviction(t *testing.T) {
 
 func TestConcurrentAuthenticate(t *testing.T) {
 	clk := useFakeClock(t)
-	k := newECKey(t, "k")
-	srv := newJWKSServer(t, k)
+	k := testkit.NewECKey(t, "k")
+	srv := testkit.NewJWKSServer(t, k)
 	auth := build(t, &App{
-		UserTokens:     &UserTokens{JWKSURL: srv.url()},
+		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 		ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "s"}}},
 	})
 	tokens := []string{"static-token-123", "garbage"}
@@ -743,11 +744,11 @@ func TestConcurrentAuthenticate(t *testing.T) {
 // Benchmarks
 // ---------------------------------------------------------------------------
 
-func benchAuth(b *testing.B, k *testKey, algs []string) (*identityAuthenticator, *fakeClock) {
+func benchAuth(b *testing.B, k *testkit.Key, algs []string) (*identityAuthenticator, *testkit.FakeClock) {
 	clk := useFakeClock(b)
-	srv := newJWKSServer(b, k)
+	srv := testkit.NewJWKSServer(b, k)
 	return build(b, &App{
-		UserTokens:     &UserTokens{JWKSURL: srv.url(), Algorithms: algs},
+		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: algs},
 		ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "s"}}},
 	}), clk
 }
@@ -765,24 +766,24 @@ func BenchmarkAuthenticate(b *testing.B) {
 		}
 	}
 	b.Run("ES256-uncached", func(b *testing.B) {
-		k := newECKey(b, "k")
+		k := testkit.NewECKey(b, "k")
 		auth, clk := benchAuth(b, k, nil)
 		auth.cache = newVerifiedCache(0)
 		run(b, auth, userToken(b, clk, k, "user:default/a"))
 	})
 	b.Run("ES256-cached", func(b *testing.B) {
-		k := newECKey(b, "k")
+		k := testkit.NewECKey(b, "k")
 		auth, clk := benchAuth(b, k, nil)
 		run(b, auth, userToken(b, clk, k, "user:default/a"))
 	})
 	b.Run("RS256-uncached", func(b *testing.B) {
-		k := newRSAKey(b, "k")
+		k := testkit.NewRSAKey(b, "k")
 		auth, clk := benchAuth(b, k, []string{"RS256"})
 		auth.cache = newVerifiedCache(0)
 		run(b, auth, userToken(b, clk, k, "user:default/a"))
 	})
 	b.Run("static", func(b *testing.B) {
-		k := newECKey(b, "k")
+		k := testkit.NewECKey(b, "k")
 		auth, _ := benchAuth(b, k, nil)
 		run(b, auth, "static-token-123")
 	})
@@ -794,7 +795,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 			if !cached {
 				f.auth.cache = newVerifiedCache(0)
 			}
-			run(b, f.auth, f.catalog.sign(b, f.catalog.hdr(typPlugin), f.claims("catalog")))
+			run(b, f.auth, f.catalog.Sign(b, f.catalog.Hdr(typPlugin), f.claims("catalog")))
 		})
 	}
 	// A plugin token on behalf of a user: two signatures to check.
@@ -802,7 +803,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 		f := newPluginFixture(b, nil)
 		f.auth.cache = newVerifiedCache(0)
 		obo := f.limitedUserToken(b, "user:default/alice", 30*time.Minute)
-		run(b, f.auth, f.catalog.sign(b, f.catalog.hdr(typPlugin), with(f.claims("catalog"), "obo", obo)))
+		run(b, f.auth, f.catalog.Sign(b, f.catalog.Hdr(typPlugin), testkit.With(f.claims("catalog"), "obo", obo)))
 	})
 	// Legacy (HS256 shared secret) tokens.
 	for _, cached := range []bool{false, true} {
@@ -816,7 +817,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 			if !cached {
 				auth.cache = newVerifiedCache(0)
 			}
-			run(b, auth, hs256(b, secret, map[string]any{"alg": "HS256", "typ": "JWT"},
+			run(b, auth, testkit.HS256(b, secret, map[string]any{"alg": "HS256", "typ": "JWT"},
 				map[string]any{"sub": "backstage-server", "iat": clk.Unix(), "exp": clk.At(time.Hour)}))
 		})
 	}
@@ -824,6 +825,6 @@ func BenchmarkAuthenticate(b *testing.B) {
 	b.Run("external-jwks-RS256-uncached", func(b *testing.B) {
 		f := newExtFixture(b, ExternalAccessOptions{Issuer: []string{"https://ext.example.com"}, Algorithm: []string{"RS256"}})
 		f.auth.cache = newVerifiedCache(0)
-		run(b, f.auth, f.key.sign(b, f.key.hdr(""), map[string]any{"iss": "https://ext.example.com", "sub": "svc-1", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}))
+		run(b, f.auth, f.key.Sign(b, f.key.Hdr(""), map[string]any{"iss": "https://ext.example.com", "sub": "svc-1", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}))
 	})
 }
