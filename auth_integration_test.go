@@ -21,6 +21,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 )
 
@@ -206,44 +207,46 @@ func aiGet(t *testing.T, path, authorization string) (int, []byte) {
 type aiCase struct {
 	name   string
 	header string
-	status int       // on require/forward routes
-	msg    string    // error message when status is not 200
-	want   principal // when status is 200
+	status int                // on require/forward routes
+	msg    string             // error message when status is not 200
+	want   identity.Principal // when status is 200
 }
 
 func (f *aiFixture) cases(t *testing.T) []aiCase {
 	now := time.Now().Unix()
 	u, c, e := f.userKey, f.catalogKey, f.extKey
 	user := map[string]any{"sub": "user:default/alice", "aud": "backstage", "iat": now, "exp": now + 3600, "ent": []string{"user:default/alice"}}
-	limited := u.Sign(t, u.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
+	limited := u.Sign(t, u.Hdr(identity.TypeLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
 	plugin := map[string]any{"sub": "catalog", "aud": "proxy", "iat": now, "exp": now + 3600}
 	legacy := map[string]any{"sub": "backstage-server", "iat": now, "exp": now + 3600}
 	ext := map[string]any{"sub": "svc-1", "iss": "https://ext.example.com", "aud": "backstage-proxy", "iat": now, "exp": now + 3600}
 	hs := map[string]any{"alg": "HS256", "typ": "JWT"}
-	svc := func(sub, method string) principal { return principal{Type: "service", Subject: sub, Method: method} }
+	svc := func(sub, method string) identity.Principal {
+		return identity.Principal{Type: "service", Subject: sub, Method: method}
+	}
 	return []aiCase{
-		{"no credentials", "", 401, "Missing credentials", principal{}},
-		{"basic scheme", "Basic YWJjOmRlZg==", 401, "Missing credentials", principal{}},
-		{"invalid token", "Bearer not-valid", 401, "Illegal token", principal{}},
+		{"no credentials", "", 401, "Missing credentials", identity.Principal{}},
+		{"basic scheme", "Basic YWJjOmRlZg==", 401, "Missing credentials", identity.Principal{}},
+		{"invalid token", "Bearer not-valid", 401, "Illegal token", identity.Principal{}},
 		{"static", "Bearer static-token-123", 200, "", svc("static-subject", "static")},
 		{"static lowercase scheme", "bearer  static-token-123", 200, "", svc("static-subject", "static")},
-		{"static restricted", "Bearer restricted-token-123", 403, "This token's access is restricted to plugin(s) 'catalog'", principal{}},
-		{"user", "Bearer " + u.Sign(t, u.Hdr(typUser), user), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
-		{"user untyped", "Bearer " + u.Sign(t, u.Hdr(""), user), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
-		{"user expired", "Bearer " + u.Sign(t, u.Hdr(typUser), testkit.With(user, "exp", now-60)), 401, "Failed user token verification", principal{}},
-		{"user unknown key", "Bearer " + testkit.NewECKey(t, "other").Sign(t, map[string]any{"alg": "ES256", "kid": "other", "typ": typUser}, user), 401, "Failed user token verification", principal{}},
-		{"limited user", "Bearer " + limited, 401, "Illegal limited user token", principal{}},
-		{"plugin", "Bearer " + c.Sign(t, c.Hdr(typPlugin), plugin), 200, "", svc("plugin:catalog", "plugin")},
-		{"plugin obo", "Bearer " + c.Sign(t, c.Hdr(typPlugin), testkit.With(plugin, "obo", limited)), 200, "", principal{Type: "user", Subject: "user:default/alice", Method: "plugin"}},
-		{"plugin for another target", "Bearer " + c.Sign(t, c.Hdr(typPlugin), testkit.With(plugin, "aud", "search")), 401, "Failed plugin token verification", principal{}},
-		{"plugin forbidden subject", "Bearer " + c.Sign(t, c.Hdr(typPlugin), testkit.With(plugin, "sub", "ca talog")), 401, "Invalid plugin token: forbidden subject format", principal{}},
-		{"plugin without JWKS", "Bearer " + c.Sign(t, c.Hdr(typPlugin), testkit.With(plugin, "sub", "nosuchplugin")), 401, errPluginNoJWKS("nosuchplugin").message, principal{}},
+		{"static restricted", "Bearer restricted-token-123", 403, "This token's access is restricted to plugin(s) 'catalog'", identity.Principal{}},
+		{"user", "Bearer " + u.Sign(t, u.Hdr(identity.TypeUser), user), 200, "", identity.Principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
+		{"user untyped", "Bearer " + u.Sign(t, u.Hdr(""), user), 200, "", identity.Principal{Type: "user", Subject: "user:default/alice", Method: "user"}},
+		{"user expired", "Bearer " + u.Sign(t, u.Hdr(identity.TypeUser), testkit.With(user, "exp", now-60)), 401, "Failed user token verification", identity.Principal{}},
+		{"user unknown key", "Bearer " + testkit.NewECKey(t, "other").Sign(t, map[string]any{"alg": "ES256", "kid": "other", "typ": identity.TypeUser}, user), 401, "Failed user token verification", identity.Principal{}},
+		{"limited user", "Bearer " + limited, 401, "Illegal limited user token", identity.Principal{}},
+		{"plugin", "Bearer " + c.Sign(t, c.Hdr(identity.TypePlugin), plugin), 200, "", svc("plugin:catalog", "plugin")},
+		{"plugin obo", "Bearer " + c.Sign(t, c.Hdr(identity.TypePlugin), testkit.With(plugin, "obo", limited)), 200, "", identity.Principal{Type: "user", Subject: "user:default/alice", Method: "plugin"}},
+		{"plugin for another target", "Bearer " + c.Sign(t, c.Hdr(identity.TypePlugin), testkit.With(plugin, "aud", "search")), 401, "Failed plugin token verification", identity.Principal{}},
+		{"plugin forbidden subject", "Bearer " + c.Sign(t, c.Hdr(identity.TypePlugin), testkit.With(plugin, "sub", "ca talog")), 401, "Invalid plugin token: forbidden subject format", identity.Principal{}},
+		{"plugin without JWKS", "Bearer " + c.Sign(t, c.Hdr(identity.TypePlugin), testkit.With(plugin, "sub", "nosuchplugin")), 401, identity.PluginWithoutKeySet("nosuchplugin").Message, identity.Principal{}},
 		{"legacy", "Bearer " + testkit.HS256(t, f.legacySecret, hs, legacy), 200, "", svc("legacy-subject", "legacy")},
 		{"legacy keys", "Bearer " + testkit.HS256(t, f.keysSecret, hs, legacy), 200, "", svc("external:backstage-plugin", "legacy")},
-		{"legacy expired (D4)", "Bearer " + testkit.HS256(t, f.legacySecret, hs, testkit.With(legacy, "exp", now-60)), 401, "Failed legacy token verification", principal{}},
-		{"legacy other key", "Bearer " + testkit.HS256(t, []byte("nope"), hs, legacy), 401, "Illegal token", principal{}},
+		{"legacy expired (D4)", "Bearer " + testkit.HS256(t, f.legacySecret, hs, testkit.With(legacy, "exp", now-60)), 401, "Failed legacy token verification", identity.Principal{}},
+		{"legacy other key", "Bearer " + testkit.HS256(t, []byte("nope"), hs, legacy), 401, "Illegal token", identity.Principal{}},
 		{"jwks", "Bearer " + e.Sign(t, e.Hdr(""), ext), 200, "", svc("external:ext:svc-1", "jwks")},
-		{"jwks wrong audience", "Bearer " + e.Sign(t, e.Hdr(""), testkit.With(ext, "aud", "other")), 401, "Illegal token", principal{}},
+		{"jwks wrong audience", "Bearer " + e.Sign(t, e.Hdr(""), testkit.With(ext, "aud", "other")), 401, "Illegal token", identity.Principal{}},
 	}
 }
 
@@ -315,7 +318,7 @@ func TestIntegrationIdentityMatrix(t *testing.T) {
 					t.Fatalf("upstream got Authorization %q", authz)
 				}
 				if mode != "open" {
-					if p := (principal{Type: got.Get("X-Principal-Type"), Subject: got.Get("X-Principal"), Method: got.Get("X-Principal-Method")}); p != (principal{Type: tc.want.Type, Subject: tc.want.Subject, Method: tc.want.Method}) {
+					if p := (identity.Principal{Type: got.Get("X-Principal-Type"), Subject: got.Get("X-Principal"), Method: got.Get("X-Principal-Method")}); p != (identity.Principal{Type: tc.want.Type, Subject: tc.want.Subject, Method: tc.want.Method}) {
 						t.Fatalf("placeholders %+v, want %+v", p, tc.want)
 					}
 				}
@@ -365,9 +368,9 @@ func TestIntegrationIdentityReload(t *testing.T) {
 	now := time.Now().Unix()
 	u, c := f.userKey, f.catalogKey
 	userTok := func(sub string) string {
-		return "Bearer " + u.Sign(t, u.Hdr(typUser), map[string]any{"sub": sub, "iat": now, "exp": now + 3600})
+		return "Bearer " + u.Sign(t, u.Hdr(identity.TypeUser), map[string]any{"sub": sub, "iat": now, "exp": now + 3600})
 	}
-	pluginTok := "Bearer " + c.Sign(t, c.Hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": now, "exp": now + 3600})
+	pluginTok := "Bearer " + c.Sign(t, c.Hdr(identity.TypePlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": now, "exp": now + 3600})
 	expect200 := func(path, header string) {
 		t.Helper()
 		if status, body := aiGet(t, path, header); status != 200 {
@@ -399,7 +402,7 @@ func TestIntegrationIdentityReload(t *testing.T) {
 	if n := f.users.Hits.Load(); n != 2 {
 		t.Fatalf("user key set fetched %d times, want 2", n)
 	}
-	if _, ok := keyPool.References(poolKey{kind: "jwks", url: f.users.KeySetURL()}); ok {
+	if _, ok := keyPool.References(identity.PoolKey{Kind: "jwks", URL: f.users.KeySetURL()}); ok {
 		t.Fatal("the old key cache is still in the pool")
 	}
 }
@@ -417,7 +420,7 @@ func TestIntegrationIdentityKeyServerDown(t *testing.T) {
 		t.Fatalf("loading the config took %v", d)
 	}
 	now := time.Now().Unix()
-	tok := "Bearer " + f.userKey.Sign(t, f.userKey.Hdr(typUser), map[string]any{"sub": "user:default/a", "iat": now, "exp": now + 3600})
+	tok := "Bearer " + f.userKey.Sign(t, f.userKey.Hdr(identity.TypeUser), map[string]any{"sub": "user:default/a", "iat": now, "exp": now + 3600})
 	status, body := aiGet(t, "/api/proxy/require/x", tok)
 	if status != 401 {
 		t.Fatalf("%d %s", status, body)
@@ -427,7 +430,7 @@ func TestIntegrationIdentityKeyServerDown(t *testing.T) {
 		t.Fatalf("static token: %d", status)
 	}
 	f.users.Fail(0, "")
-	time.Sleep(jwksRetryMin + 100*time.Millisecond) // the retry backoff after the failed fetch
+	time.Sleep(identity.KeySetRetryMin + 100*time.Millisecond) // the retry backoff after the failed fetch
 	if status, body := aiGet(t, "/api/proxy/require/x", tok); status != 200 {
 		t.Fatalf("after recovery: %d %s (key set requests: %d, paths %v)", status, body, f.users.Hits.Load(), f.users.RequestPaths())
 	}
@@ -447,7 +450,7 @@ func TestIntegrationPluginImpersonation(t *testing.T) {
 
 	now := time.Now().Unix()
 	c := f.catalogKey
-	limited := f.userKey.Sign(t, f.userKey.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
+	limited := f.userKey.Sign(t, f.userKey.Hdr(identity.TypeLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
 	// claims is a raw JSON payload: maps cannot hold duplicate or case-variant
 	// names in a chosen order.
 	claims := func(subs string, obo bool) string {
@@ -469,28 +472,28 @@ func TestIntegrationPluginImpersonation(t *testing.T) {
 	}
 	cases := []tc{
 		// Controls: each plugin's genuine token names that plugin.
-		{"evil genuine", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil"`, false, 200, "plugin:evil", false},
-		{"catalog genuine", c, c.Hdr(typPlugin), `"sub":"catalog"`, false, 200, "plugin:catalog", false},
-		{"evil genuine obo", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil"`, true, 200, "user:default/alice", true},
+		{"evil genuine", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"evil"`, false, 200, "plugin:evil", false},
+		{"catalog genuine", c, c.Hdr(identity.TypePlugin), `"sub":"catalog"`, false, 200, "plugin:catalog", false},
+		{"evil genuine obo", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"evil"`, true, 200, "user:default/alice", true},
 		// Case variants: exact names pick catalog's keys, evil's signature fails.
-		{"SUB after", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","SUB":"evil"`, false, 401, "", false},
-		{"Sub after", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","Sub":"evil"`, false, 401, "", false},
-		{"SUB before", evilKey, evilKey.Hdr(typPlugin), `"SUB":"evil","sub":"catalog"`, false, 401, "", false},
-		{"SUB only", evilKey, evilKey.Hdr(typPlugin), `"SUB":"catalog"`, false, 401, "", false},
+		{"SUB after", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"catalog","SUB":"evil"`, false, 401, "", false},
+		{"Sub after", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"catalog","Sub":"evil"`, false, 401, "", false},
+		{"SUB before", evilKey, evilKey.Hdr(identity.TypePlugin), `"SUB":"evil","sub":"catalog"`, false, 401, "", false},
+		{"SUB only", evilKey, evilKey.Hdr(identity.TypePlugin), `"SUB":"catalog"`, false, 401, "", false},
 		// Exact duplicates are refused whichever comes first and whoever signs.
-		{"duplicate, catalog first", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
-		{"duplicate, catalog last", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil","sub":"catalog"`, false, 401, "", false},
-		{"duplicate, escaped name", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil","s\u0075b":"catalog"`, false, 401, "", false},
-		{"duplicate signed by catalog", c, c.Hdr(typPlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
+		{"duplicate, catalog first", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
+		{"duplicate, catalog last", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"evil","sub":"catalog"`, false, 401, "", false},
+		{"duplicate, escaped name", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"evil","s\u0075b":"catalog"`, false, 401, "", false},
+		{"duplicate signed by catalog", c, c.Hdr(identity.TypePlugin), `"sub":"catalog","sub":"evil"`, false, 401, "", false},
 		// The obo actor is named the same way.
-		{"obo SUB after", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","SUB":"evil"`, true, 401, "", false},
-		{"obo Sub after", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","Sub":"evil"`, true, 401, "", false},
-		{"obo duplicate", evilKey, evilKey.Hdr(typPlugin), `"sub":"catalog","sub":"evil"`, true, 401, "", false},
-		{"obo duplicate reversed", evilKey, evilKey.Hdr(typPlugin), `"sub":"evil","sub":"catalog"`, true, 401, "", false},
+		{"obo SUB after", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"catalog","SUB":"evil"`, true, 401, "", false},
+		{"obo Sub after", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"catalog","Sub":"evil"`, true, 401, "", false},
+		{"obo duplicate", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"catalog","sub":"evil"`, true, 401, "", false},
+		{"obo duplicate reversed", evilKey, evilKey.Hdr(identity.TypePlugin), `"sub":"evil","sub":"catalog"`, true, 401, "", false},
 		// Header members are read by the same rule: a case variant or a
 		// duplicate typ cannot change how the token is dispatched.
-		{"header TYP", evilKey, `{"alg":"ES256","kid":"evil-key","TYP":"` + typPlugin + `"}`, `"sub":"evil"`, false, 401, "", false},
-		{"header duplicate typ", evilKey, `{"alg":"ES256","kid":"evil-key","typ":"` + typUser + `","typ":"` + typPlugin + `"}`, `"sub":"evil"`, false, 401, "", false},
+		{"header TYP", evilKey, `{"alg":"ES256","kid":"evil-key","TYP":"` + identity.TypePlugin + `"}`, `"sub":"evil"`, false, 401, "", false},
+		{"header duplicate typ", evilKey, `{"alg":"ES256","kid":"evil-key","typ":"` + identity.TypeUser + `","typ":"` + identity.TypePlugin + `"}`, `"sub":"evil"`, false, 401, "", false},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -164,8 +165,8 @@ func BenchmarkHandlerOpen(b *testing.B) {
 
 // BenchmarkHandlerStaticToken: require with a static external-access token.
 func BenchmarkHandlerStaticToken(b *testing.B) {
-	app := benchProvisionApp(b, &App{ExternalAccess: []ExternalAccess{
-		{Type: "static", Options: ExternalAccessOptions{Token: "static-token-0123456789", Subject: "ci"}},
+	app := benchProvisionApp(b, &App{ExternalAccess: []identity.ExternalAccess{
+		{Type: "static", Options: identity.ExternalAccessOptions{Token: "static-token-0123456789", Subject: "ci"}},
 	}})
 	h := benchHandler(b, CredentialsRequire, app)
 	runHandlerBench(b, h, benchRequest("Bearer static-token-0123456789"))
@@ -203,7 +204,7 @@ func (f *userTokenFixture) token(b *testing.B, sub string) string {
 // from a steady client: the verification cache answers.
 func BenchmarkHandlerUserTokenCached(b *testing.B) {
 	f := newUserTokenFixture(b)
-	app := benchProvisionApp(b, &App{UserTokens: &UserTokens{JWKSURL: f.jwks.URL}})
+	app := benchProvisionApp(b, &App{UserTokens: &identity.UserTokens{JWKSURL: f.jwks.URL}})
 	h := benchHandler(b, CredentialsRequire, app)
 	runHandlerBench(b, h, benchRequest("Bearer "+f.token(b, "user:default/alice")))
 }
@@ -219,8 +220,8 @@ var noopNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 func BenchmarkHandlerNoopNext(b *testing.B) {
 	f := newUserTokenFixture(b)
 	app := benchProvisionApp(b, &App{
-		UserTokens:     &UserTokens{JWKSURL: f.jwks.URL},
-		ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "static-token-0123456789", Subject: "ci"}}},
+		UserTokens:     &identity.UserTokens{JWKSURL: f.jwks.URL},
+		ExternalAccess: []identity.ExternalAccess{{Type: "static", Options: identity.ExternalAccessOptions{Token: "static-token-0123456789", Subject: "ci"}}},
 	})
 	for _, c := range []struct {
 		name string
@@ -257,7 +258,7 @@ func BenchmarkHandlerNoopNext(b *testing.B) {
 // Authorization header is forwarded too.
 func BenchmarkHandlerForward(b *testing.B) {
 	f := newUserTokenFixture(b)
-	app := benchProvisionApp(b, &App{UserTokens: &UserTokens{JWKSURL: f.jwks.URL}})
+	app := benchProvisionApp(b, &App{UserTokens: &identity.UserTokens{JWKSURL: f.jwks.URL}})
 	h := benchHandler(b, CredentialsForward, app)
 	runHandlerBench(b, h, benchRequest("Bearer "+f.token(b, "user:default/alice")))
 }
@@ -266,7 +267,7 @@ func BenchmarkHandlerForward(b *testing.B) {
 // every request costs an ES256 signature check.
 func BenchmarkHandlerUserTokenUncached(b *testing.B) {
 	f := newUserTokenFixture(b)
-	app := benchProvisionApp(b, &App{UserTokens: &UserTokens{JWKSURL: f.jwks.URL}})
+	app := benchProvisionApp(b, &App{UserTokens: &identity.UserTokens{JWKSURL: f.jwks.URL}})
 	h := benchHandler(b, CredentialsRequire, app)
 	tokens := make([]string, 512)
 	for i := range tokens {

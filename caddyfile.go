@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/appconfig"
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -329,15 +330,15 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 	for d.NextBlock(0) {
 		sub := d.Val()
 		args := d.RemainingArgs()
-		restrictOf := func(from int) ([]AccessRestriction, []string, error) {
-			var rs []AccessRestriction
+		restrictOf := func(from int) ([]identity.AccessRestriction, []string, error) {
+			var rs []identity.AccessRestriction
 			for i := from; i < len(args); i++ {
 				if args[i] == "restrict" {
 					if i+1 == len(args) {
 						return nil, nil, d.Err("restrict needs at least one plugin id")
 					}
 					for _, p := range args[i+1:] {
-						rs = append(rs, AccessRestriction{Plugin: p})
+						rs = append(rs, identity.AccessRestriction{Plugin: p})
 					}
 					return rs, args[:i], nil
 				}
@@ -349,12 +350,12 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if len(args) < 1 {
 				return nil, d.ArgErr()
 			}
-			app.UserTokens = &UserTokens{JWKSURL: args[0], Algorithms: args[1:]}
+			app.UserTokens = &identity.UserTokens{JWKSURL: args[0], Algorithms: args[1:]}
 		case "plugin_tokens_jwks":
 			if len(args) < 1 {
 				return nil, d.ArgErr()
 			}
-			app.PluginTokens = &PluginTokens{JWKSURL: args[0], Plugins: args[1:]}
+			app.PluginTokens = &identity.PluginTokens{JWKSURL: args[0], Plugins: args[1:]}
 		case "static_token", "legacy_secret":
 			rs, rest, err := restrictOf(2)
 			if err != nil {
@@ -363,19 +364,19 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if len(rest) != 2 {
 				return nil, d.ArgErr()
 			}
-			e := ExternalAccess{Type: "static", AccessRestrictions: rs}
+			e := identity.ExternalAccess{Type: "static", AccessRestrictions: rs}
 			if sub == "static_token" {
-				e.Options = ExternalAccessOptions{Token: rest[0], Subject: rest[1]}
+				e.Options = identity.ExternalAccessOptions{Token: rest[0], Subject: rest[1]}
 			} else {
 				e.Type = "legacy"
-				e.Options = ExternalAccessOptions{Secret: rest[0], Subject: rest[1]}
+				e.Options = identity.ExternalAccessOptions{Secret: rest[0], Subject: rest[1]}
 			}
 			app.ExternalAccess = append(app.ExternalAccess, e)
 		case "jwks":
 			if len(args) != 1 {
 				return nil, d.ArgErr()
 			}
-			e := ExternalAccess{Type: "jwks", Options: ExternalAccessOptions{URL: args[0]}}
+			e := identity.ExternalAccess{Type: "jwks", Options: identity.ExternalAccessOptions{URL: args[0]}}
 			for nesting := d.Nesting(); d.NextBlock(nesting); {
 				opt := d.Val()
 				vals := d.RemainingArgs()
@@ -396,7 +397,7 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 					e.Options.SubjectPrefix = vals[0]
 				case "restrict":
 					for _, p := range vals {
-						e.AccessRestrictions = append(e.AccessRestrictions, AccessRestriction{Plugin: p})
+						e.AccessRestrictions = append(e.AccessRestrictions, identity.AccessRestriction{Plugin: p})
 					}
 				default:
 					return nil, d.Errf("unrecognized jwks option %s", opt)
@@ -407,7 +408,7 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if len(args) != 1 {
 				return nil, d.ArgErr()
 			}
-			app.Keys = append(app.Keys, LegacyKey{Secret: args[0]})
+			app.Keys = append(app.Keys, identity.LegacyKey{Secret: args[0]})
 		case "dangerously_disable_default_auth_policy":
 			if len(args) != 0 {
 				return nil, d.ArgErr()

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/appconfig"
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -763,12 +764,12 @@ func (ad *adaptation) identity() (*App, error) {
 				return nil, appconfig.ErrorAt(k, "backend.auth.keys entry must have a string secret")
 			}
 			ad.checkInlinedSecret(s, "backend.auth.keys")
-			app.Keys = append(app.Keys, LegacyKey{Secret: secretValue(s)})
+			app.Keys = append(app.Keys, identity.LegacyKey{Secret: secretValue(s)})
 		}
 	}
 	authBase := ad.pluginBaseURL("auth")
 	if authBase != "" {
-		app.UserTokens = &UserTokens{JWKSURL: authBase + "/.well-known/jwks.json"}
+		app.UserTokens = &identity.UserTokens{JWKSURL: authBase + "/.well-known/jwks.json"}
 		// The auth backend signs user tokens with auth.identityTokenAlgorithm
 		// (default ES256); accept that algorithm, not just the default.
 		if alg, err := ad.algorithmSetting(ad.root.Lookup("auth.identityTokenAlgorithm")); err != nil {
@@ -778,7 +779,7 @@ func (ad *adaptation) identity() (*App, error) {
 		}
 	}
 	if tmpl := ad.pluginBaseURL("{plugin}"); tmpl != "" {
-		app.PluginTokens = &PluginTokens{JWKSURL: tmpl + "/.backstage/auth/v1/jwks.json"}
+		app.PluginTokens = &identity.PluginTokens{JWKSURL: tmpl + "/.backstage/auth/v1/jwks.json"}
 		// Plugins sign with their key store's algorithm (static key stores
 		// name it per key; the database store uses ES256).
 		if keys := ad.root.Lookup("backend.auth.pluginKeyStore.static.keys"); keys != nil && keys.Kind == appconfig.KindSeq {
@@ -822,8 +823,8 @@ func secretValue(n *appconfig.Node) string {
 	return appconfig.EscapeCaddyPlaceholders(n.Value)
 }
 
-func externalAccessEntry(n *appconfig.Node, i int) (ExternalAccess, error) {
-	var e ExternalAccess
+func externalAccessEntry(n *appconfig.Node, i int) (identity.ExternalAccess, error) {
+	var e identity.ExternalAccess
 	if n.Kind != appconfig.KindMap {
 		return e, appconfig.ErrorAt(n, "backend.auth.externalAccess[%d] must be an object", i)
 	}
@@ -853,18 +854,18 @@ func externalAccessEntry(n *appconfig.Node, i int) (ExternalAccess, error) {
 				}
 			}
 		}
-		return splitList(raw)
+		return identity.SplitList(raw)
 	}
-	e.Options = ExternalAccessOptions{
+	e.Options = identity.ExternalAccessOptions{
 		Token: str("token"), Subject: str("subject"), Secret: str("secret"), URL: str("url"),
 		Issuer: list("issuer"), Audience: list("audience"), Algorithm: list("algorithm"),
 		SubjectPrefix: str("subjectPrefix"),
 	}
 	if ar := n.Get("accessRestrictions"); ar != nil && ar.Kind == appconfig.KindSeq {
-		e.AccessRestrictions = []AccessRestriction{}
+		e.AccessRestrictions = []identity.AccessRestriction{}
 		for _, r := range ar.Items {
 			plugin, _ := r.Get("plugin").String()
-			restriction := AccessRestriction{Plugin: plugin}
+			restriction := identity.AccessRestriction{Plugin: plugin}
 			if p := r.Get("permission"); p != nil {
 				if s, ok := p.String(); ok {
 					restriction.Permission = strings.FieldsFunc(s, func(c rune) bool { return c == ' ' || c == ',' })

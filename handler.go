@@ -8,6 +8,7 @@ import (
 	"sync"
 	"unicode/utf8"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -26,22 +27,22 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// 1. Credentials, before the path guard: Backstage's barrier runs first, so
 	// anonymous traversal attempts on protected routes get 401.
 	if h.needsCredentials(escapedPath) {
-		token, authErr := bearerToken(r.Header)
-		var p principal
+		token, authErr := identity.BearerToken(r.Header)
+		var p identity.Principal
 		if authErr == nil {
-			p, authErr = h.identity.authn.authenticate(r.Context(), token)
+			p, authErr = h.identity.authn.Authenticate(r.Context(), token)
 		}
 		if authErr != nil {
 			if c := h.logger.Check(zapcore.DebugLevel, "credentials rejected"); c != nil {
-				c.Write(zap.String("route", h.Route), zap.Int("status", authErr.status), zap.String("reason", authErr.message))
+				c.Write(zap.String("route", h.Route), zap.Int("status", authErr.Status), zap.String("reason", authErr.Message))
 			}
 			if repl != nil {
-				repl.Set(placeholderError, authErr.message)
+				repl.Set(placeholderError, authErr.Message)
 			}
-			return h.writeError(w, r, authErr.status, authErr.name, authErr.message)
+			return h.writeError(w, r, authErr.Status, authErr.Name, authErr.Message)
 		}
 		if repl != nil {
-			repl.Set(placeholderUserID, p.subjectPlaceholder())
+			repl.Set(placeholderUserID, p.SubjectValue())
 			repl.Map(principalPlaceholders(p.Type, p.Method))
 		}
 	}

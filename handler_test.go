@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -19,15 +20,15 @@ import (
 // htAuth accepts one token.
 type htAuth struct{ calls int }
 
-func (a *htAuth) authenticate(_ context.Context, token string) (principal, *authError) {
+func (a *htAuth) Authenticate(_ context.Context, token string) (identity.Principal, *identity.Error) {
 	a.calls++
 	switch token {
 	case "good":
-		return principal{Type: principalService, Subject: "external:ci", Method: "static"}, nil
+		return identity.Principal{Type: identity.PrincipalService, Subject: "external:ci", Method: "static"}, nil
 	case "restricted":
-		return principal{}, errNotAllowed("This token's access is restricted to plugin(s) 'catalog'")
+		return identity.Principal{}, identity.NotAllowed("This token's access is restricted to plugin(s) 'catalog'")
 	}
-	return principal{}, errIllegalToken
+	return identity.Principal{}, identity.ErrIllegalToken
 }
 
 // htHandler is a provisioned Handler without a Caddy context.

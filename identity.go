@@ -3,6 +3,7 @@ package backstageproxy
 import (
 	"fmt"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 )
@@ -22,19 +23,19 @@ func init() {
 type App struct {
 	// UserTokens verifies Backstage user tokens (`typ: vnd.backstage.user`, or
 	// untyped with `aud: backstage`), issued by the auth backend.
-	UserTokens *UserTokens `json:"user_tokens,omitempty"`
+	UserTokens *identity.UserTokens `json:"user_tokens,omitempty"`
 
 	// PluginTokens verifies plugin-to-plugin tokens (`typ: vnd.backstage.plugin`,
 	// `aud: proxy`), signed by the calling plugin.
-	PluginTokens *PluginTokens `json:"plugin_tokens,omitempty"`
+	PluginTokens *identity.PluginTokens `json:"plugin_tokens,omitempty"`
 
 	// ExternalAccess lists the `backend.auth.externalAccess` entries, tried in
 	// order: `static`, `legacy` and `jwks`.
-	ExternalAccess []ExternalAccess `json:"external_access,omitempty"`
+	ExternalAccess []identity.ExternalAccess `json:"external_access,omitempty"`
 
 	// Keys are the deprecated `backend.auth.keys` shared secrets: legacy HS256
 	// tokens with subject `external:backstage-plugin`.
-	Keys []LegacyKey `json:"keys,omitempty"`
+	Keys []identity.LegacyKey `json:"keys,omitempty"`
 
 	// DangerouslyDisableDefaultAuthPolicy mirrors
 	// `backend.auth.dangerouslyDisableDefaultAuthPolicy`: when true, every route
@@ -45,95 +46,6 @@ type App struct {
 	authn   authenticator
 	release func()
 	logger  *zap.Logger
-}
-
-// UserTokens configures verification of Backstage user tokens.
-type UserTokens struct {
-	// JWKSURL is the auth backend's key set, normally
-	// `<auth base URL>/.well-known/jwks.json`. Placeholders are resolved once.
-	JWKSURL string `json:"jwks_url,omitempty"`
-
-	// Algorithms the signature may use. Default: `ES256`, the algorithm of
-	// Backstage's auth backend; list others (RS256, RS384, RS512, PS256, PS384,
-	// PS512, ES384, ES512, EdDSA, Ed25519) if `auth.identityTokenAlgorithm` is
-	// set. HMAC and `none` are never accepted.
-	Algorithms []string `json:"algorithms,omitempty"`
-}
-
-// PluginTokens configures verification of plugin-to-plugin tokens.
-type PluginTokens struct {
-	// JWKSURL is the template of a plugin's key set URL. `{plugin}` is replaced
-	// by the calling plugin's id (the token's `sub`, checked against
-	// `^[a-z0-9_-]+$` before use), e.g.
-	// `http://backstage:7007/api/{plugin}/.backstage/auth/v1/jwks.json`.
-	JWKSURL string `json:"jwks_url,omitempty"`
-
-	// Plugins, if set, is the allowlist of calling plugin ids (exact match).
-	// Tokens from other plugins are refused before any key is fetched.
-	Plugins []string `json:"plugins,omitempty"`
-
-	// Algorithms the signature may use. Default: `ES256`, the default of
-	// Backstage's plugin key store. HMAC and `none` are never accepted.
-	Algorithms []string `json:"algorithms,omitempty"`
-}
-
-// ExternalAccess is one `backend.auth.externalAccess` entry.
-type ExternalAccess struct {
-	// Type is `static`, `legacy` or `jwks`.
-	Type string `json:"type"`
-
-	// Options are the entry's options; which apply depends on Type.
-	Options ExternalAccessOptions `json:"options"`
-
-	// AccessRestrictions limits the entry to some plugins. When set and no
-	// restriction names plugin `proxy`, the proxy answers 403.
-	AccessRestrictions []AccessRestriction `json:"access_restrictions,omitempty"`
-}
-
-// ExternalAccessOptions are the options of an external-access entry.
-// String options accept Caddy placeholders such as `{env.STATIC_TOKEN}`,
-// resolved once at provision time, so secrets need not appear in the JSON.
-type ExternalAccessOptions struct {
-	// Token is the static token (type `static`), at least 8 characters.
-	Token string `json:"token,omitempty"`
-	// Subject is the subject of the principal (types `static` and `legacy`).
-	Subject string `json:"subject,omitempty"`
-	// Secret is the base64-encoded HMAC secret (type `legacy`).
-	Secret string `json:"secret,omitempty"`
-	// URL is the JWKS URL (type `jwks`).
-	URL string `json:"url,omitempty"`
-	// Issuer lists the accepted `iss` values (type `jwks`); none: not checked.
-	// Items may hold several values separated by spaces or commas, as in Backstage.
-	Issuer []string `json:"issuer,omitempty"`
-	// Audience lists the accepted `aud` values (type `jwks`); none: not checked.
-	Audience []string `json:"audience,omitempty"`
-	// Algorithm lists the accepted signature algorithms (type `jwks`). Default:
-	// every asymmetric algorithm (RS*, PS*, ES256/384/512, EdDSA, Ed25519); HMAC
-	// and `none` are never accepted.
-	Algorithm []string `json:"algorithm,omitempty"`
-	// SubjectPrefix makes the subject `external:<prefix>:<sub>` (type `jwks`).
-	SubjectPrefix string `json:"subject_prefix,omitempty"`
-}
-
-// AccessRestriction is one `accessRestrictions` entry.
-type AccessRestriction struct {
-	// Plugin is the plugin id the token may be used for.
-	Plugin string `json:"plugin"`
-	// Permission, if set, limits the permissions (not checked by the proxy,
-	// which makes no permission checks).
-	Permission []string `json:"permission,omitempty"`
-	// PermissionAttribute, if set, limits permission attributes (not checked by
-	// the proxy).
-	PermissionAttribute map[string][]string `json:"permission_attribute,omitempty"`
-}
-
-// LegacyKey is one deprecated `backend.auth.keys` entry.
-type LegacyKey struct {
-	// Secret is the base64-encoded HMAC secret.
-	Secret string `json:"secret"`
-
-	// AccessRestrictions limits the key to some plugins, as for ExternalAccess.
-	AccessRestrictions []AccessRestriction `json:"access_restrictions,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -148,7 +60,20 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // fetched in the background and on demand.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
-	authn, release, err := buildAuthenticator(ctx, a)
+	repl := caddy.NewReplacer()
+	authn, release, err := identity.New(identity.Config{
+		UserTokens:     a.UserTokens,
+		PluginTokens:   a.PluginTokens,
+		ExternalAccess: a.ExternalAccess,
+		Keys:           a.Keys,
+	}, identity.Options{
+		Pool:         usagePool{keyPool},
+		Logger:       a.logger,
+		KeySetLogger: func() *zap.Logger { return caddy.Log().Named("backstage.jwks") },
+		// Placeholders ({env.STATIC_TOKEN}) are resolved once, here, so that
+		// secrets need not appear in the JSON.
+		Resolve: func(s string) string { return repl.ReplaceKnown(s, "") },
+	})
 	if err != nil {
 		return fmt.Errorf("backstage identity: %v", err)
 	}

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 	"github.com/caddyserver/caddy/v2"
 )
@@ -42,23 +43,23 @@ func TestAppJSONShape(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := App{
-		UserTokens: &UserTokens{JWKSURL: "http://localhost:7007/api/auth/.well-known/jwks.json", Algorithms: []string{"ES256"}},
-		PluginTokens: &PluginTokens{
+		UserTokens: &identity.UserTokens{JWKSURL: "http://localhost:7007/api/auth/.well-known/jwks.json", Algorithms: []string{"ES256"}},
+		PluginTokens: &identity.PluginTokens{
 			JWKSURL: "http://localhost:7007/api/{plugin}/.backstage/auth/v1/jwks.json",
 			Plugins: []string{"catalog", "scaffolder"}, Algorithms: []string{"ES256"},
 		},
-		ExternalAccess: []ExternalAccess{
-			{Type: "static", Options: ExternalAccessOptions{Token: "{env.STATIC_TOKEN}", Subject: "ci"}, AccessRestrictions: []AccessRestriction{
+		ExternalAccess: []identity.ExternalAccess{
+			{Type: "static", Options: identity.ExternalAccessOptions{Token: "{env.STATIC_TOKEN}", Subject: "ci"}, AccessRestrictions: []identity.AccessRestriction{
 				{Plugin: "proxy"},
 				{Plugin: "catalog", Permission: []string{"catalog.entity.read"}, PermissionAttribute: map[string][]string{"action": {"read"}}},
 			}},
-			{Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0LXNlY3JldA==", Subject: "legacy-caller"}},
-			{Type: "jwks", Options: ExternalAccessOptions{
+			{Type: "legacy", Options: identity.ExternalAccessOptions{Secret: "c2VjcmV0LXNlY3JldA==", Subject: "legacy-caller"}},
+			{Type: "jwks", Options: identity.ExternalAccessOptions{
 				URL: "https://idp.example.com/jwks.json", Issuer: []string{"https://idp.example.com"}, Audience: []string{"backstage"},
 				Algorithm: []string{"RS256", "ES256"}, SubjectPrefix: "idp",
 			}},
 		},
-		Keys:                                []LegacyKey{{Secret: "a2V5LXNlY3JldA==", AccessRestrictions: []AccessRestriction{{Plugin: "proxy"}}}},
+		Keys:                                []identity.LegacyKey{{Secret: "a2V5LXNlY3JldA==", AccessRestrictions: []identity.AccessRestriction{{Plugin: "proxy"}}}},
 		DangerouslyDisableDefaultAuthPolicy: true,
 	}
 	if !reflect.DeepEqual(app, want) {
@@ -98,8 +99,8 @@ func TestAppProvisionAndCleanup(t *testing.T) {
 	srv := testkit.NewJWKSServer(t, k)
 	newApp := func() *App {
 		return &App{
-			UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
-			ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_TOKEN}", Subject: "env"}}},
+			UserTokens:     &identity.UserTokens{JWKSURL: srv.KeySetURL()},
+			ExternalAccess: []identity.ExternalAccess{{Type: "static", Options: identity.ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_TOKEN}", Subject: "env"}}},
 		}
 	}
 	a := newApp()
@@ -134,13 +135,13 @@ func TestAppProvisionAndCleanup(t *testing.T) {
 	if err := b.Cleanup(); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := keyPool.References(poolKey{kind: "jwks", url: srv.KeySetURL()}); ok {
+	if _, ok := keyPool.References(identity.PoolKey{Kind: "jwks", URL: srv.KeySetURL()}); ok {
 		t.Fatal("key cache left in the pool")
 	}
 }
 
 func TestAppProvisionError(t *testing.T) {
-	a := &App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "short", Subject: "s"}}}}
+	a := &App{ExternalAccess: []identity.ExternalAccess{{Type: "static", Options: identity.ExternalAccessOptions{Token: "short", Subject: "s"}}}}
 	err := a.Provision(testContext(t))
 	if err == nil || !strings.HasPrefix(err.Error(), "backstage identity: external_access[0] (type 'static'): ") {
 		t.Fatalf("error %v", err)
@@ -158,4 +159,31 @@ func TestAppWithoutCredentials(t *testing.T) {
 	}
 	defer a.Cleanup()
 	expectErr(t, a.authn, "anything-at-all", 401, "Illegal token")
+}
+
+// TestAppResolvesPlaceholders: the app resolves {env.*} placeholders in the
+// identity options once, at provision, and leaves other braces alone.
+func TestAppResolvesPlaceholders(t *testing.T) {
+	t.Setenv("BACKSTAGE_TEST_STATIC_TOKEN", "from-the-environment")
+	a := &App{ExternalAccess: []identity.ExternalAccess{
+		{Type: "static", Options: identity.ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_STATIC_TOKEN}", Subject: "env-subject"}},
+		{Type: "static", Options: identity.ExternalAccessOptions{Token: "literal{braces}token", Subject: "braces"}},
+	}}
+	if err := a.Provision(testContext(t)); err != nil {
+		t.Fatal(err)
+	}
+	defer a.Cleanup()
+	if p := expectOK(t, a.authn, "from-the-environment"); p.Subject != "env-subject" {
+		t.Fatalf("got %+v", p)
+	}
+	expectOK(t, a.authn, "literal{braces}token")
+	expectErr(t, a.authn, "{env.BACKSTAGE_TEST_STATIC_TOKEN}", 401, "Illegal token")
+
+	// An unset variable resolves to nothing: the token is refused as empty.
+	unset := &App{ExternalAccess: []identity.ExternalAccess{{Type: "static", Options: identity.ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_SURELY_UNSET}", Subject: "s"}}}}
+	err := unset.Provision(testContext(t))
+	if err == nil || !strings.Contains(err.Error(), "Illegal token, must be a set of non-space characters") {
+		t.Fatalf("unset variable: error %v", err)
+	}
+	_ = unset.Cleanup()
 }

@@ -1,6 +1,9 @@
 package backstageproxy
 
-import "github.com/caddyserver/caddy/v2"
+import (
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
+	"github.com/caddyserver/caddy/v2"
+)
 
 // The placeholders the handler sets (documented on Handler).
 const (
@@ -70,12 +73,12 @@ type principalProvider struct {
 // act on behalf of one), and the three kinds of external access.
 var knownPrincipalPlaceholders = func() []principalProvider {
 	known := []principalProvider{
-		{typ: principalUser, method: "user"},
-		{typ: principalService, method: "plugin"},
-		{typ: principalUser, method: "plugin"},
-		{typ: principalService, method: "static"},
-		{typ: principalService, method: "legacy"},
-		{typ: principalService, method: "jwks"},
+		{typ: identity.PrincipalUser, method: "user"},
+		{typ: identity.PrincipalService, method: "plugin"},
+		{typ: identity.PrincipalUser, method: "plugin"},
+		{typ: identity.PrincipalService, method: "static"},
+		{typ: identity.PrincipalService, method: "legacy"},
+		{typ: identity.PrincipalService, method: "jwks"},
 	}
 	for i := range known {
 		known[i].provider = newPrincipalPlaceholders(known[i].typ, known[i].method)

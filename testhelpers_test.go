@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
@@ -197,3 +200,48 @@ const (
 	msgBadGateway     = "The upstream of this proxy route could not be reached"
 	msgGatewayTimeout = "The upstream of this proxy route did not answer in time"
 )
+
+// useFakeClock makes the identity package read a fake clock, set to a fixed
+// instant, until the test ends.
+func useFakeClock(t testing.TB) *testkit.FakeClock {
+	t.Helper()
+	c := &testkit.FakeClock{}
+	c.Set(time.Unix(1_900_000_000, 0))
+	t.Cleanup(identity.SetClock(c.Now))
+	return c
+}
+
+// userToken is a user token from key k for sub, valid for an hour on clk.
+func userToken(t testing.TB, clk *testkit.FakeClock, k *testkit.Key, sub string) string {
+	return k.Sign(t, k.Hdr(identity.TypeUser), map[string]any{"sub": sub, "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+}
+
+// testContext is a real caddy.Context, cancelled at the end of the test.
+func testContext(t testing.TB) caddy.Context {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// expectOK authenticates token with a and requires success.
+func expectOK(t testing.TB, a authenticator, token string) identity.Principal {
+	t.Helper()
+	p, err := a.Authenticate(context.Background(), token)
+	if err != nil {
+		t.Fatalf("authenticate: unexpected %d %s: %s", err.Status, err.Name, err.Message)
+	}
+	return p
+}
+
+// expectErr authenticates token with a and requires the given refusal.
+func expectErr(t testing.TB, a authenticator, token string, status int, message string) {
+	t.Helper()
+	p, err := a.Authenticate(context.Background(), token)
+	if err == nil {
+		t.Fatalf("authenticate: unexpected success %+v", p)
+	}
+	if err.Status != status || err.Message != message {
+		t.Fatalf("authenticate: got %d %q, want %d %q", err.Status, err.Message, status, message)
+	}
+}

@@ -1,4 +1,4 @@
-package backstageproxy
+package identity
 
 import (
 	"context"
@@ -27,9 +27,8 @@ func observeJWKSLogs(t *testing.T) *observer.ObservedLogs {
 	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	l := zap.New(core)
-	prev := jwksLog
-	jwksLog = func() *zap.Logger { return l }
-	t.Cleanup(func() { jwksLog = prev })
+	prev := testKeySetLog.Swap(l)
+	t.Cleanup(func() { testKeySetLog.Store(prev) })
 	return logs
 }
 
@@ -58,7 +57,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // authenticateConcurrently authenticates n tokens at once, each in its own
 // goroutine, token(i) minting the i-th. The returned wait blocks until all
 // are done and fails the test for each one refused.
-func authenticateConcurrently(t *testing.T, auth *identityAuthenticator, n int, token func(i int) string) (wait func()) {
+func authenticateConcurrently(t *testing.T, auth *Verifier, n int, token func(i int) string) (wait func()) {
 	t.Helper()
 	var wg sync.WaitGroup
 	errs := make(chan string, n)
@@ -67,8 +66,8 @@ func authenticateConcurrently(t *testing.T, auth *identityAuthenticator, n int, 
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if _, err := auth.authenticate(context.Background(), tok); err != nil {
-				errs <- err.message
+			if _, err := auth.Authenticate(context.Background(), tok); err != nil {
+				errs <- err.Message
 			}
 		}()
 	}
@@ -84,7 +83,7 @@ func authenticateConcurrently(t *testing.T, auth *identityAuthenticator, n int, 
 
 // userToken mints a typed user token for key k, issued at the clock's now.
 func userToken(t testing.TB, clk *testkit.FakeClock, k *testkit.Key, sub string) string {
-	return k.Sign(t, k.Hdr(typUser), map[string]any{"sub": sub, "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	return k.Sign(t, k.Hdr(TypeUser), map[string]any{"sub": sub, "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 }
 
 func TestProvisionDoesNotFetch(t *testing.T) {
@@ -92,7 +91,7 @@ func TestProvisionDoesNotFetch(t *testing.T) {
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
 	plugins := testkit.NewPluginServer(t)
-	auth := build(t, &App{
+	auth := build(t, &Config{
 		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 		PluginTokens:   &PluginTokens{JWKSURL: plugins.Template()},
 		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.URL + "/ext"}}},
@@ -115,7 +114,7 @@ func TestInitialFetchSingleflight(t *testing.T) {
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
 	gate := srv.Hold()
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 
 	const n = 50
 	wait := authenticateConcurrently(t, auth, n, func(i int) string {
@@ -134,7 +133,7 @@ func TestKeyRotationNoFailedRequests(t *testing.T) {
 	clk := useFakeClock(t)
 	current := testkit.NewECKey(t, "key-0")
 	srv := testkit.NewJWKSServer(t, current)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	published := []*testkit.Key{current}
 	rotations := 0
 	for i := range 300 {
@@ -151,8 +150,8 @@ func TestKeyRotationNoFailedRequests(t *testing.T) {
 			rotations++
 		}
 		tok := userToken(t, clk, current, fmt.Sprintf("user:default/u%d", i))
-		if _, err := auth.authenticate(context.Background(), tok); err != nil {
-			t.Fatalf("request %d after %d rotations failed: %s", i, rotations, err.message)
+		if _, err := auth.Authenticate(context.Background(), tok); err != nil {
+			t.Fatalf("request %d after %d rotations failed: %s", i, rotations, err.Message)
 		}
 	}
 	// One fetch at first use plus one per rotation (300 s < the refresh interval).
@@ -165,7 +164,7 @@ func TestRotationRightAfterFetch(t *testing.T) {
 	clk := useFakeClock(t)
 	k1 := testkit.NewECKey(t, "k1")
 	srv := testkit.NewJWKSServer(t, k1)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	expectOK(t, auth, userToken(t, clk, k1, "user:default/a"))
 	clk.Advance(2 * time.Second) // well within jwksForcedMinGap
 	k2 := testkit.NewECKey(t, "k2")
@@ -180,11 +179,11 @@ func TestForcedRefreshRateLimit(t *testing.T) {
 	clk := useFakeClock(t)
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	expectOK(t, auth, userToken(t, clk, k, "user:default/a")) // fetch 1
 	stranger := testkit.NewECKey(t, "unknown")
 	oldToken := func() string {
-		return stranger.Sign(t, stranger.Hdr(typUser), map[string]any{"sub": "u", "iat": clk.At(-time.Hour), "exp": clk.At(time.Hour)})
+		return stranger.Sign(t, stranger.Hdr(TypeUser), map[string]any{"sub": "u", "iat": clk.At(-time.Hour), "exp": clk.At(time.Hour)})
 	}
 
 	// An unknown kid in a token issued before the last fetch: at most one
@@ -224,7 +223,7 @@ func TestForcedRefreshSingleflight(t *testing.T) {
 	clk := useFakeClock(t)
 	k1 := testkit.NewECKey(t, "k1")
 	srv := testkit.NewJWKSServer(t, k1)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	expectOK(t, auth, userToken(t, clk, k1, "user:default/a"))
 
 	k2 := testkit.NewECKey(t, "k2")
@@ -250,7 +249,7 @@ func TestOutageKeepsLastGoodKeys(t *testing.T) {
 	clk := useFakeClock(t)
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	kc := auth.user.keys
 	expectOK(t, auth, userToken(t, clk, k, "user:default/a"))
 
@@ -314,7 +313,7 @@ func TestNoKeysFailClosed(t *testing.T) {
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
 	srv.Fail(502, "bad gateway")
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 
 	expectErr(t, auth, userToken(t, clk, k, "user:default/a"), 401, "Failed user token verification")
 	// Backoff: no new attempt right away.
@@ -343,7 +342,7 @@ func TestBackgroundRefreshHonoursCacheControl(t *testing.T) {
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
 	srv.SetCacheControl("public, max-age=120")
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	kc := auth.user.keys
 	expectOK(t, auth, userToken(t, clk, k, "user:default/a"))
 	clk.Advance(119 * time.Second)
@@ -391,7 +390,7 @@ func TestCacheMaxAge(t *testing.T) {
 func TestRefreshLoop(t *testing.T) {
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
-	c := newKeyCache(context.Background(), srv.KeySetURL(), jwksLog)
+	c := newKeyCache(context.Background(), srv.KeySetURL(), testKeySetLogger)
 	defer c.Destruct()
 	c.mu.Lock()
 	c.interval, c.timerOn = 10*time.Millisecond, true
@@ -523,13 +522,13 @@ func TestKeySelection(t *testing.T) {
 	ec := testkit.NewECKey(t, "same")
 	rs := testkit.NewRSAKey(t, "same")
 	srv := testkit.NewJWKSServer(t, rs, ec) // two keys with one kid, different types
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"ES256", "RS256"}}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"ES256", "RS256"}}})
 	expectOK(t, auth, userToken(t, clk, ec, "user:default/a"))
 	expectOK(t, auth, userToken(t, clk, rs, "user:default/a"))
 	// A key that declares its alg is only used with that alg.
 	srv2 := testkit.NewJWKSServer(t)
 	srv2.SetJWKs(testkit.With(rs.JWK, "alg", "PS256"))
-	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv2.KeySetURL(), Algorithms: []string{"RS256", "PS256"}}})
+	auth2 := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv2.KeySetURL(), Algorithms: []string{"RS256", "PS256"}}})
 	expectErr(t, auth2, userToken(t, clk, rs, "user:default/a"), 401, "Failed user token verification")
 }
 
@@ -539,21 +538,21 @@ func TestUsagePoolAcrossReload(t *testing.T) {
 	srv := testkit.NewJWKSServer(t, k)
 	plugins := testkit.NewPluginServer(t)
 	plugins.Set("catalog", k)
-	cfg := func() *App {
-		return &App{
+	cfg := func() Config {
+		return Config{
 			UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 			PluginTokens:   &PluginTokens{JWKSURL: plugins.Template()},
 			ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}}},
 		}
 	}
-	userKey := poolKey{kind: "jwks", url: srv.KeySetURL()}
-	pluginKey := poolKey{kind: "plugin-jwks", url: plugins.Template()}
+	userKey := PoolKey{Kind: "jwks", URL: srv.KeySetURL()}
+	pluginKey := PoolKey{Kind: "plugin-jwks", URL: plugins.Template()}
 	pluginToken := func() string {
-		return k.Sign(t, k.Hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+		return k.Sign(t, k.Hdr(TypePlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 	}
 
 	// Config A.
-	authA, releaseA, err := buildAuthenticator(testContext(t), cfg())
+	authA, releaseA, err := newForTest(cfg())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -562,19 +561,19 @@ func TestUsagePoolAcrossReload(t *testing.T) {
 	if srv.Hits.Load() != 1 || plugins.All.Load() != 1 {
 		t.Fatalf("fetches: %d user, %d plugin", srv.Hits.Load(), plugins.All.Load())
 	}
-	if n, _ := keyPool.References(userKey); n != 2 { // user_tokens and the jwks entry share the URL
+	if n, _ := testPool.References(userKey); n != 2 { // user_tokens and the jwks entry share the URL
 		t.Fatalf("%d references", n)
 	}
-	kc := authA.(*identityAuthenticator).user.keys
+	kc := authA.user.keys
 
 	// Reload: B is provisioned before A is cleaned up.
-	authB, releaseB, err := buildAuthenticator(testContext(t), cfg())
+	authB, releaseB, err := newForTest(cfg())
 	if err != nil {
 		t.Fatal(err)
 	}
 	releaseA()
 	releaseA() // idempotent
-	if n, _ := keyPool.References(userKey); n != 2 {
+	if n, _ := testPool.References(userKey); n != 2 {
 		t.Fatalf("%d references after reload", n)
 	}
 	expectOK(t, authB, userToken(t, clk, k, "user:default/b"))
@@ -588,10 +587,10 @@ func TestUsagePoolAcrossReload(t *testing.T) {
 
 	// Last user gone: the caches are destroyed.
 	releaseB()
-	if _, ok := keyPool.References(userKey); ok {
+	if _, ok := testPool.References(userKey); ok {
 		t.Fatal("user key cache still in the pool")
 	}
-	if _, ok := keyPool.References(pluginKey); ok {
+	if _, ok := testPool.References(pluginKey); ok {
 		t.Fatal("plugin key caches still in the pool")
 	}
 	if kc.ctx.Err() == nil {
@@ -599,7 +598,7 @@ func TestUsagePoolAcrossReload(t *testing.T) {
 	}
 
 	// A new config starts from scratch.
-	authC, releaseC, err := buildAuthenticator(testContext(t), cfg())
+	authC, releaseC, err := newForTest(cfg())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -619,7 +618,7 @@ func TestVerificationCache(t *testing.T) {
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
 	secret := []byte("legacy-secret-0123456789")
-	auth := build(t, &App{
+	auth := build(t, &Config{
 		UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()},
 		ExternalAccess: []ExternalAccess{
 			{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.RawURLEncoding.EncodeToString(secret), Subject: "legacy"}},
@@ -628,7 +627,7 @@ func TestVerificationCache(t *testing.T) {
 	})
 	checks := func() int64 { return signatureChecks.Load() }
 
-	short := k.Sign(t, k.Hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(30 * time.Second)})
+	short := k.Sign(t, k.Hdr(TypeUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(30 * time.Second)})
 	before := checks()
 	for range 10 {
 		expectOK(t, auth, short)
@@ -679,7 +678,7 @@ func TestVerifiedCacheEviction(t *testing.T) {
 	t0 := time.Unix(1_900_000_000, 0)
 	key := func(i byte) (k [32]byte) { k[0] = i; return }
 	for i := range byte(5) {
-		c.put(key(i), principal{Subject: fmt.Sprint(i)}, time.Time{}, t0)
+		c.put(key(i), Principal{Subject: fmt.Sprint(i)}, time.Time{}, t0)
 	}
 	if c.len() != 3 {
 		t.Fatalf("%d entries", c.len())
@@ -691,17 +690,17 @@ func TestVerifiedCacheEviction(t *testing.T) {
 		}
 	}
 	// Expiry: exp before the TTL wins; an already expired token is not stored.
-	c.put(key(9), principal{}, t0.Add(time.Second), t0)
+	c.put(key(9), Principal{}, t0.Add(time.Second), t0)
 	if _, ok := c.get(key(9), t0.Add(time.Second)); ok {
 		t.Error("served at exp")
 	}
-	c.put(key(8), principal{}, t0, t0)
+	c.put(key(8), Principal{}, t0, t0)
 	if _, ok := c.get(key(8), t0.Add(-time.Second)); ok {
 		t.Error("stored an expired token")
 	}
 	// Size 0 disables the cache.
 	z := newVerifiedCache(0)
-	z.put(key(1), principal{}, time.Time{}, t0)
+	z.put(key(1), Principal{}, time.Time{}, t0)
 	if z.len() != 0 {
 		t.Error("size-0 cache stored an entry")
 	}
@@ -711,7 +710,7 @@ func TestConcurrentAuthenticate(t *testing.T) {
 	clk := useFakeClock(t)
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
-	auth := build(t, &App{
+	auth := build(t, &Config{
 		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 		ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "s"}}},
 	})
@@ -726,7 +725,7 @@ func TestConcurrentAuthenticate(t *testing.T) {
 			defer wg.Done()
 			for i := range 200 {
 				tok := tokens[(g+i)%len(tokens)]
-				_, err := auth.authenticate(context.Background(), tok)
+				_, err := auth.Authenticate(context.Background(), tok)
 				if (tok == "garbage") != (err != nil) {
 					t.Errorf("token %d: %v", (g+i)%len(tokens), err)
 					return
@@ -744,10 +743,10 @@ func TestConcurrentAuthenticate(t *testing.T) {
 // Benchmarks
 // ---------------------------------------------------------------------------
 
-func benchAuth(b *testing.B, k *testkit.Key, algs []string) (*identityAuthenticator, *testkit.FakeClock) {
+func benchAuth(b *testing.B, k *testkit.Key, algs []string) (*Verifier, *testkit.FakeClock) {
 	clk := useFakeClock(b)
 	srv := testkit.NewJWKSServer(b, k)
-	return build(b, &App{
+	return build(b, &Config{
 		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: algs},
 		ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "s"}}},
 	}), clk
@@ -760,8 +759,8 @@ func BenchmarkAuthenticate(b *testing.B) {
 		b.ReportAllocs()
 		b.ResetTimer()
 		for b.Loop() {
-			if _, err := auth.authenticate(context.Background(), tok); err != nil {
-				b.Fatal(err.message)
+			if _, err := auth.Authenticate(context.Background(), tok); err != nil {
+				b.Fatal(err.Message)
 			}
 		}
 	}
@@ -795,7 +794,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 			if !cached {
 				f.auth.cache = newVerifiedCache(0)
 			}
-			run(b, f.auth, f.catalog.Sign(b, f.catalog.Hdr(typPlugin), f.claims("catalog")))
+			run(b, f.auth, f.catalog.Sign(b, f.catalog.Hdr(TypePlugin), f.claims("catalog")))
 		})
 	}
 	// A plugin token on behalf of a user: two signatures to check.
@@ -803,7 +802,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 		f := newPluginFixture(b, nil)
 		f.auth.cache = newVerifiedCache(0)
 		obo := f.limitedUserToken(b, "user:default/alice", 30*time.Minute)
-		run(b, f.auth, f.catalog.Sign(b, f.catalog.Hdr(typPlugin), testkit.With(f.claims("catalog"), "obo", obo)))
+		run(b, f.auth, f.catalog.Sign(b, f.catalog.Hdr(TypePlugin), testkit.With(f.claims("catalog"), "obo", obo)))
 	})
 	// Legacy (HS256 shared secret) tokens.
 	for _, cached := range []bool{false, true} {
@@ -811,7 +810,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			clk := useFakeClock(b)
 			secret := []byte("peer-legacy-shared-secret-0123456789")
-			auth := build(b, &App{ExternalAccess: []ExternalAccess{
+			auth := build(b, &Config{ExternalAccess: []ExternalAccess{
 				{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.StdEncoding.EncodeToString(secret), Subject: "legacy-subject"}},
 			}})
 			if !cached {

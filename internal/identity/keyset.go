@@ -1,4 +1,4 @@
-package backstageproxy
+package identity
 
 import (
 	"context"
@@ -18,14 +18,13 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jwk"
 	"go.uber.org/zap"
 )
 
 // Key sets (JWKS) are fetched over HTTP and cached. The caches live in a
-// package-level caddy.UsagePool keyed by URL, so a config reload (which
+// Pool (Caddy's UsagePool, lent by the app) keyed by URL, so a config reload (which
 // provisions the new config before cleaning up the old one) neither refetches
 // keys nor fails a request. Each cache owns a context of its own, cancelled
 // when the last config using it is cleaned up.
@@ -69,17 +68,24 @@ const (
 // verification cache and the key-cache schedule. Tests swap it with setClock.
 var clock atomic.Pointer[func() time.Time]
 
+// SetClock makes token validation, the verification cache and the key
+// caches' schedule read now instead of the system clock, until restore is
+// called. For tests of the packages that use this one.
+func SetClock(now func() time.Time) (restore func()) {
+	clock.Store(&now)
+	return func() { clock.Store(nil) }
+}
+
+// KeySetRetryMin is the shortest wait before a key set whose fetch failed
+// is fetched again.
+const KeySetRetryMin = jwksRetryMin
+
 func now() time.Time {
 	if f := clock.Load(); f != nil {
 		return (*f)()
 	}
 	return time.Now()
 }
-
-// jwksLog returns the logger key caches use. It is looked up when a message is
-// written, so a cache that outlives the config that created it still follows
-// the current default log configuration.
-var jwksLog = func() *zap.Logger { return caddy.Log().Named("backstage.jwks") }
 
 // jwksHTTPClient fetches key sets: bounded dial, handshake and total time, few
 // redirects. Response bodies are capped at jwksMaxBodyBytes by fetchKeySet.
@@ -102,14 +108,18 @@ var jwksHTTPClient = &http.Client{
 	},
 }
 
-// keyPool holds the key caches shared across config reloads.
-var keyPool = caddy.NewUsagePool()
+// keyPool hands out the key caches shared across config reloads, from the
+// host's Pool.
+type keyPool struct {
+	pool Pool
+	log  func() *zap.Logger
+}
 
-// poolKey identifies a shared key cache: a JWKS URL, or a plugin JWKS URL
-// template (for the set of per-plugin caches).
-type poolKey struct {
-	kind string // "jwks" or "plugin-jwks"
-	url  string
+// PoolKey identifies a shared key cache in the Pool: a JWKS URL, or a plugin
+// JWKS URL template (for the set of per-plugin caches).
+type PoolKey struct {
+	Kind string // "jwks" or "plugin-jwks"
+	URL  string
 }
 
 // algInfo describes an accepted signature algorithm. HMAC and "none" are
@@ -141,7 +151,7 @@ const supportedAlgNames = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES38
 // parseAlgorithms validates a configured algorithm list (items may themselves
 // be space- or comma-separated, as in Backstage). An empty result means def.
 func parseAlgorithms(list []string, def []string) ([]algInfo, error) {
-	names := splitList(list)
+	names := SplitList(list)
 	if len(names) == 0 {
 		names = def
 	}
@@ -162,7 +172,7 @@ func parseAlgorithms(list []string, def []string) ([]algInfo, error) {
 
 // splitList splits every item on spaces and commas and removes duplicates and
 // empty strings, like Backstage's readStringOrStringArrayFromConfig.
-func splitList(list []string) []string {
+func SplitList(list []string) []string {
 	var out []string
 	seen := map[string]bool{}
 	for _, item := range list {
@@ -397,7 +407,7 @@ func newKeyCache(parent context.Context, rawURL string, log func() *zap.Logger) 
 	return &keyCache{url: rawURL, ctx: ctx, cancel: cancel, log: log, interval: jwksDefaultRefresh}
 }
 
-// Destruct implements caddy.Destructor: it stops background refreshes.
+// Destruct implements Destructor: it stops background refreshes.
 func (c *keyCache) Destruct() error {
 	c.cancel()
 	return nil
@@ -602,16 +612,16 @@ func (c *keyCache) mayForceLocked(iat int64, hasIat bool) bool {
 
 // acquireKeyCache gets the shared cache of a JWKS URL from the pool. The
 // returned release function must be called exactly once.
-func acquireKeyCache(rawURL string) (*keyCache, func(), error) {
-	key := poolKey{kind: "jwks", url: rawURL}
-	v, _, err := keyPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newKeyCache(context.Background(), rawURL, jwksLog), nil
+func (kp *keyPool) keyCache(rawURL string) (*keyCache, func(), error) {
+	key := PoolKey{Kind: "jwks", URL: rawURL}
+	v, _, err := kp.pool.LoadOrNew(key, func() (Destructor, error) {
+		return newKeyCache(context.Background(), rawURL, kp.log), nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	var once sync.Once
-	return v.(*keyCache), func() { once.Do(func() { _, _ = keyPool.Delete(key) }) }, nil
+	return v.(*keyCache), func() { once.Do(func() { _, _ = kp.pool.Delete(key) }) }, nil
 }
 
 // pluginKeySets holds the key caches of calling plugins for one plugin JWKS
@@ -635,15 +645,15 @@ type pluginCheck struct {
 	cache *keyCache
 }
 
-func newPluginKeySets(template string) *pluginKeySets {
+func newPluginKeySets(template string, log func() *zap.Logger) *pluginKeySets {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &pluginKeySets{
-		template: template, ctx: ctx, cancel: cancel, log: jwksLog,
+		template: template, ctx: ctx, cancel: cancel, log: log,
 		confirmed: map[string]*keyCache{}, checks: map[string]*pluginCheck{},
 	}
 }
 
-// Destruct implements caddy.Destructor.
+// Destruct implements Destructor.
 func (p *pluginKeySets) Destruct() error {
 	p.cancel()
 	return nil
@@ -717,14 +727,14 @@ func (p *pluginKeySets) check(id string, chk *pluginCheck) {
 }
 
 // acquirePluginKeySets gets the shared plugin caches of a URL template.
-func acquirePluginKeySets(template string) (*pluginKeySets, func(), error) {
-	key := poolKey{kind: "plugin-jwks", url: template}
-	v, _, err := keyPool.LoadOrNew(key, func() (caddy.Destructor, error) {
-		return newPluginKeySets(template), nil
+func (kp *keyPool) pluginKeySets(template string) (*pluginKeySets, func(), error) {
+	key := PoolKey{Kind: "plugin-jwks", URL: template}
+	v, _, err := kp.pool.LoadOrNew(key, func() (Destructor, error) {
+		return newPluginKeySets(template, kp.log), nil
 	})
 	if err != nil {
 		return nil, nil, err
 	}
 	var once sync.Once
-	return v.(*pluginKeySets), func() { once.Do(func() { _, _ = keyPool.Delete(key) }) }, nil
+	return v.(*pluginKeySets), func() { once.Do(func() { _, _ = kp.pool.Delete(key) }) }, nil
 }

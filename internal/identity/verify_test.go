@@ -1,4 +1,4 @@
-package backstageproxy
+package identity
 
 // Test helpers for the identity tests: real keys, real signatures, real HTTP
 // key-set servers. Nothing here uses the verification code under test.
@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
-	"github.com/caddyserver/caddy/v2"
 )
 
 func useFakeClock(t testing.TB) *testkit.FakeClock {
@@ -30,31 +29,24 @@ func useFakeClock(t testing.TB) *testkit.FakeClock {
 	return c
 }
 
-// testContext is a real caddy.Context, cancelled at the end of the test.
-func testContext(t testing.TB) caddy.Context {
+// build provisions a verifier for cfg, with the tests' key cache pool and
+// key-set logger, and releases it at the end of the test.
+func build(t testing.TB, cfg *Config) *Verifier {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// build provisions an authenticator for app and releases it at the end of the test.
-func build(t testing.TB, app *App) *identityAuthenticator {
-	t.Helper()
-	authn, release, err := buildAuthenticator(testContext(t), app)
+	v, release, err := newForTest(*cfg)
 	if err != nil {
-		t.Fatalf("buildAuthenticator: %v", err)
+		t.Fatalf("New: %v", err)
 	}
 	t.Cleanup(release)
-	return authn.(*identityAuthenticator)
+	return v
 }
 
 // expectOK authenticates token and requires success.
-func expectOK(t testing.TB, a authenticator, token string) principal {
+func expectOK(t testing.TB, a authenticator, token string) Principal {
 	t.Helper()
-	p, err := a.authenticate(context.Background(), token)
+	p, err := a.Authenticate(context.Background(), token)
 	if err != nil {
-		t.Fatalf("authenticate: unexpected %d %s: %s", err.status, err.name, err.message)
+		t.Fatalf("authenticate: unexpected %d %s: %s", err.Status, err.Name, err.Message)
 	}
 	if p.subjectValue != nil && p.subjectValue != any(p.Subject) {
 		t.Fatalf("boxed subject %v differs from subject %q", p.subjectValue, p.Subject)
@@ -66,21 +58,21 @@ func expectOK(t testing.TB, a authenticator, token string) principal {
 // expectErr authenticates token and requires the given status and message.
 func expectErr(t testing.TB, a authenticator, token string, status int, message string) {
 	t.Helper()
-	p, err := a.authenticate(context.Background(), token)
+	p, err := a.Authenticate(context.Background(), token)
 	if err == nil {
 		t.Fatalf("authenticate: accepted as %+v, want %d %q", p, status, message)
 	}
-	if err.status != status || err.message != message {
-		t.Fatalf("authenticate: got %d %q, want %d %q", err.status, err.message, status, message)
+	if err.Status != status || err.Message != message {
+		t.Fatalf("authenticate: got %d %q, want %d %q", err.Status, err.Message, status, message)
 	}
 	wantName := "AuthenticationError"
 	if status == http.StatusForbidden {
 		wantName = "NotAllowedError"
 	}
-	if err.name != wantName {
-		t.Fatalf("error name %q, want %q", err.name, wantName)
+	if err.Name != wantName {
+		t.Fatalf("error name %q, want %q", err.Name, wantName)
 	}
-	testkit.AssertNoTokenContent(t, token, err.message)
+	testkit.AssertNoTokenContent(t, token, err.Message)
 }
 
 // ---------------------------------------------------------------------------
@@ -118,9 +110,9 @@ func TestBearerToken(t *testing.T) {
 				h["Authorization"] = tc.values
 			}
 			h.Set("Cookie", "backstage-auth=some-limited-token") // case 14: never read
-			token, err := bearerToken(h)
+			token, err := BearerToken(h)
 			if tc.errMsg != "" {
-				if err == nil || err.message != tc.errMsg || err.status != http.StatusUnauthorized {
+				if err == nil || err.Message != tc.errMsg || err.Status != http.StatusUnauthorized {
 					t.Fatalf("got token %q err %v, want %q", token, err, tc.errMsg)
 				}
 				return
@@ -141,14 +133,14 @@ type userFixture struct {
 	clk  *testkit.FakeClock
 	key  *testkit.Key
 	srv  *testkit.JWKSServer
-	auth *identityAuthenticator
+	auth *Verifier
 }
 
 func newUserFixture(t *testing.T, algorithms ...string) *userFixture {
 	t.Helper()
 	f := &userFixture{clk: useFakeClock(t), key: testkit.NewECKey(t, "user-key-1")}
 	f.srv = testkit.NewJWKSServer(t, f.key)
-	f.auth = build(t, &App{UserTokens: &UserTokens{JWKSURL: f.srv.KeySetURL(), Algorithms: algorithms}})
+	f.auth = build(t, &Config{UserTokens: &UserTokens{JWKSURL: f.srv.KeySetURL(), Algorithms: algorithms}})
 	return f
 }
 
@@ -170,8 +162,8 @@ func TestUserTokens(t *testing.T) {
 
 	// HS256 "signed" with the public key's JSON: algorithm confusion.
 	pubJSON, _ := json.Marshal(k.JWK)
-	confused := testkit.HS256(t, pubJSON, map[string]any{"alg": "HS256", "typ": typUser, "kid": k.KID}, claims)
-	unsigned := testkit.EncodeSegment(t, map[string]any{"alg": "none", "typ": typUser}) + "." + testkit.EncodeSegment(t, claims) + "."
+	confused := testkit.HS256(t, pubJSON, map[string]any{"alg": "HS256", "typ": TypeUser, "kid": k.KID}, claims)
+	unsigned := testkit.EncodeSegment(t, map[string]any{"alg": "none", "typ": TypeUser}) + "." + testkit.EncodeSegment(t, claims) + "."
 
 	const failed = "Failed user token verification"
 	tests := []struct {
@@ -180,54 +172,54 @@ func TestUserTokens(t *testing.T) {
 		subject string // "" = rejected
 		message string
 	}{
-		{"16a typed ES256", k.Sign(t, k.Hdr(typUser), claims), "user:default/alice", ""},
-		{"16b expired", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "exp", f.clk.At(-time.Second))), "", failed},
-		{"expires now", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "exp", f.clk.Unix())), "", failed},
+		{"16a typed ES256", k.Sign(t, k.Hdr(TypeUser), claims), "user:default/alice", ""},
+		{"16b expired", k.Sign(t, k.Hdr(TypeUser), testkit.With(claims, "exp", f.clk.At(-time.Second))), "", failed},
+		{"expires now", k.Sign(t, k.Hdr(TypeUser), testkit.With(claims, "exp", f.clk.Unix())), "", failed},
 		{"16c untyped aud backstage", k.Sign(t, k.Hdr(""), claims), "user:default/alice", ""},
 		{"untyped typ JWT aud backstage", k.Sign(t, k.Hdr("JWT"), claims), "user:default/alice", ""},
 		{"16d untyped aud other", k.Sign(t, k.Hdr(""), testkit.With(claims, "aud", "other")), "", "Illegal token"},
 		{"untyped aud array is not dispatched", k.Sign(t, k.Hdr(""), testkit.With(claims, "aud", []string{"backstage"})), "", "Illegal token"},
-		{"16e unknown kid", unknownKid.Sign(t, unknownKid.Hdr(typUser), claims), "", failed},
-		{"typed with other aud is fine", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "aud", "whatever")), "user:default/alice", ""},
-		{"typed without aud is fine", k.Sign(t, k.Hdr(typUser), testkit.Without(claims, "aud")), "user:default/alice", ""},
-		{"iss is not checked", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "iss", "https://evil")), "user:default/alice", ""},
-		{"future iat accepted (like jose)", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "iat", f.clk.At(time.Hour))), "user:default/alice", ""},
-		{"nbf in the future", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "nbf", f.clk.At(time.Second))), "", failed},
-		{"nbf now", k.Sign(t, k.Hdr(typUser), testkit.With(claims, "nbf", f.clk.Unix())), "user:default/alice", ""},
-		{"typed missing iat", k.Sign(t, k.Hdr(typUser), testkit.Without(claims, "iat")), "", failed},
-		{"typed missing exp", k.Sign(t, k.Hdr(typUser), testkit.Without(claims, "exp")), "", failed},
-		{"typed missing sub", k.Sign(t, k.Hdr(typUser), testkit.Without(claims, "sub")), "", failed},
+		{"16e unknown kid", unknownKid.Sign(t, unknownKid.Hdr(TypeUser), claims), "", failed},
+		{"typed with other aud is fine", k.Sign(t, k.Hdr(TypeUser), testkit.With(claims, "aud", "whatever")), "user:default/alice", ""},
+		{"typed without aud is fine", k.Sign(t, k.Hdr(TypeUser), testkit.Without(claims, "aud")), "user:default/alice", ""},
+		{"iss is not checked", k.Sign(t, k.Hdr(TypeUser), testkit.With(claims, "iss", "https://evil")), "user:default/alice", ""},
+		{"future iat accepted (like jose)", k.Sign(t, k.Hdr(TypeUser), testkit.With(claims, "iat", f.clk.At(time.Hour))), "user:default/alice", ""},
+		{"nbf in the future", k.Sign(t, k.Hdr(TypeUser), testkit.With(claims, "nbf", f.clk.At(time.Second))), "", failed},
+		{"nbf now", k.Sign(t, k.Hdr(TypeUser), testkit.With(claims, "nbf", f.clk.Unix())), "user:default/alice", ""},
+		{"typed missing iat", k.Sign(t, k.Hdr(TypeUser), testkit.Without(claims, "iat")), "", failed},
+		{"typed missing exp", k.Sign(t, k.Hdr(TypeUser), testkit.Without(claims, "exp")), "", failed},
+		{"typed missing sub", k.Sign(t, k.Hdr(TypeUser), testkit.Without(claims, "sub")), "", failed},
 		{"untyped missing sub", k.Sign(t, k.Hdr(""), testkit.Without(claims, "sub")), "", "No user sub found in token"},
 		{"untyped empty sub", k.Sign(t, k.Hdr(""), testkit.With(claims, "sub", "")), "", "No user sub found in token"},
 		{"untyped missing exp", k.Sign(t, k.Hdr(""), testkit.Without(claims, "exp")), "", "User token is missing expiration"},
 		{"untyped expired", k.Sign(t, k.Hdr(""), testkit.With(claims, "exp", f.clk.At(-time.Minute))), "", failed},
-		{"wrong key, same kid", other.Sign(t, other.Hdr(typUser), claims), "", failed},
+		{"wrong key, same kid", other.Sign(t, other.Hdr(TypeUser), claims), "", failed},
 		{"alg none", unsigned, "", failed},
 		{"alg confusion HS256 with public key", confused, "", failed},
-		{"RS256 not in default allowlist", rsaKey.Sign(t, rsaKey.Hdr(typUser), claims), "", failed},
-		{"tampered payload", k.Sign(t, k.Hdr(typUser), claims)[:20] + "x" + k.Sign(t, k.Hdr(typUser), claims)[21:], "", ""},
-		{"15 limited user token", k.Sign(t, k.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", "Illegal limited user token"},
-		{"limited user token bad signature", other.Sign(t, other.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", failed},
-		{"crit header", k.Sign(t, map[string]any{"alg": "ES256", "kid": k.KID, "typ": typUser, "crit": []string{"exp"}, "exp": 1}, claims), "", failed},
+		{"RS256 not in default allowlist", rsaKey.Sign(t, rsaKey.Hdr(TypeUser), claims), "", failed},
+		{"tampered payload", k.Sign(t, k.Hdr(TypeUser), claims)[:20] + "x" + k.Sign(t, k.Hdr(TypeUser), claims)[21:], "", ""},
+		{"15 limited user token", k.Sign(t, k.Hdr(TypeLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", "Illegal limited user token"},
+		{"limited user token bad signature", other.Sign(t, other.Hdr(TypeLimitedUser), map[string]any{"sub": "user:default/alice", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}), "", failed},
+		{"crit header", k.Sign(t, map[string]any{"alg": "ES256", "kid": k.KID, "typ": TypeUser, "crit": []string{"exp"}, "exp": 1}, claims), "", failed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			if tc.subject == "" {
-				p, err := f.auth.authenticate(context.Background(), tc.token)
+				p, err := f.auth.Authenticate(context.Background(), tc.token)
 				if err == nil {
 					t.Fatalf("accepted as %+v", p)
 				}
-				if tc.message != "" && err.message != tc.message {
-					t.Fatalf("got %q, want %q", err.message, tc.message)
+				if tc.message != "" && err.Message != tc.message {
+					t.Fatalf("got %q, want %q", err.Message, tc.message)
 				}
-				if err.status != http.StatusUnauthorized {
-					t.Fatalf("status %d", err.status)
+				if err.Status != http.StatusUnauthorized {
+					t.Fatalf("status %d", err.Status)
 				}
-				testkit.AssertNoTokenContent(t, tc.token, err.message)
+				testkit.AssertNoTokenContent(t, tc.token, err.Message)
 				return
 			}
 			p := expectOK(t, f.auth, tc.token)
-			want := principal{Type: "user", Subject: tc.subject, Method: "user"}
+			want := Principal{Type: "user", Subject: tc.subject, Method: "user"}
 			if p != want {
 				t.Fatalf("got %+v, want %+v", p, want)
 			}
@@ -241,42 +233,42 @@ func TestUserTokenAlgorithms(t *testing.T) {
 	srv := testkit.NewJWKSServer(t, ec, rs, ed)
 	claims := map[string]any{"sub": "user:default/bob", "iat": clk.Unix(), "exp": clk.At(time.Hour)}
 
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"RS256, EdDSA"}}})
-	expectOK(t, auth, rs.Sign(t, rs.Hdr(typUser), claims))
-	expectOK(t, auth, ed.Sign(t, ed.Hdr(typUser), claims))
-	expectErr(t, auth, ec.Sign(t, ec.Hdr(typUser), claims), 401, "Failed user token verification")
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"RS256, EdDSA"}}})
+	expectOK(t, auth, rs.Sign(t, rs.Hdr(TypeUser), claims))
+	expectOK(t, auth, ed.Sign(t, ed.Hdr(TypeUser), claims))
+	expectErr(t, auth, ec.Sign(t, ec.Hdr(TypeUser), claims), 401, "Failed user token verification")
 
 	// An RSA key declared for RS256 cannot verify a PS256 token, and an ES256
 	// header cannot be verified with an RSA key even if the kid says so.
-	mislabeled := rs.Sign(t, map[string]any{"alg": "ES256", "kid": "rs", "typ": typUser}, claims)
-	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"ES256", "PS256"}}})
+	mislabeled := rs.Sign(t, map[string]any{"alg": "ES256", "kid": "rs", "typ": TypeUser}, claims)
+	auth2 := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"ES256", "PS256"}}})
 	expectErr(t, auth2, mislabeled, 401, "Failed user token verification")
-	expectErr(t, auth2, rs.Sign(t, map[string]any{"alg": "PS256", "kid": "rs", "typ": typUser}, claims), 401, "Failed user token verification")
+	expectErr(t, auth2, rs.Sign(t, map[string]any{"alg": "PS256", "kid": "rs", "typ": TypeUser}, claims), 401, "Failed user token verification")
 }
 
 func TestUserTokenWithoutKid(t *testing.T) {
 	clk := useFakeClock(t)
 	k1, k2 := testkit.NewECKey(t, "a"), testkit.NewECKey(t, "b")
 	srv := testkit.NewJWKSServer(t, k1, k2)
-	auth := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
+	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
 	claims := map[string]any{"sub": "user:default/c", "iat": clk.Unix(), "exp": clk.At(time.Hour)}
 	// No kid: every compatible key is tried (jose's behaviour).
-	expectOK(t, auth, k2.Sign(t, map[string]any{"alg": "ES256", "typ": typUser}, claims))
+	expectOK(t, auth, k2.Sign(t, map[string]any{"alg": "ES256", "typ": TypeUser}, claims))
 	// A kid that is not a string is ignored, as jose does.
-	expectOK(t, auth, k2.Sign(t, map[string]any{"alg": "ES256", "typ": typUser, "kid": 7}, claims))
+	expectOK(t, auth, k2.Sign(t, map[string]any{"alg": "ES256", "typ": TypeUser, "kid": 7}, claims))
 	// A key without kid does not match a token that names one.
 	srv.SetJWKs(k1.JWKWithout("kid"))
-	auth2 := build(t, &App{UserTokens: &UserTokens{JWKSURL: srv.URL + "/other"}})
-	expectErr(t, auth2, k1.Sign(t, k1.Hdr(typUser), claims), 401, "Failed user token verification")
-	expectOK(t, auth2, k1.Sign(t, map[string]any{"alg": "ES256", "typ": typUser}, claims))
+	auth2 := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.URL + "/other"}})
+	expectErr(t, auth2, k1.Sign(t, k1.Hdr(TypeUser), claims), 401, "Failed user token verification")
+	expectOK(t, auth2, k1.Sign(t, map[string]any{"alg": "ES256", "typ": TypeUser}, claims))
 }
 
 func TestUserTokensNotConfigured(t *testing.T) {
 	clk := useFakeClock(t)
 	k := testkit.NewECKey(t, "k")
-	auth := build(t, &App{})
+	auth := build(t, &Config{})
 	claims := map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(time.Hour), "aud": "backstage"}
-	expectErr(t, auth, k.Sign(t, k.Hdr(typUser), claims), 401, "Failed user token verification")
+	expectErr(t, auth, k.Sign(t, k.Hdr(TypeUser), claims), 401, "Failed user token verification")
 	expectErr(t, auth, k.Sign(t, k.Hdr(""), claims), 401, "Failed user token verification")
 	expectErr(t, auth, k.Sign(t, k.Hdr(""), testkit.With(claims, "aud", "x")), 401, "Illegal token")
 }
@@ -291,7 +283,7 @@ type pluginFixture struct {
 	catalog *testkit.Key
 	users   *testkit.JWKSServer
 	plugins *testkit.PluginServer
-	auth    *identityAuthenticator
+	auth    *Verifier
 }
 
 func newPluginFixture(t testing.TB, allow []string) *pluginFixture {
@@ -302,7 +294,7 @@ func newPluginFixture(t testing.TB, allow []string) *pluginFixture {
 	f.plugins.Set("catalog", f.catalog)
 	f.plugins.Set("Search", f.catalog)
 	f.plugins.SetBody("nokeys", `{"other":[]}`)
-	f.auth = build(t, &App{
+	f.auth = build(t, &Config{
 		UserTokens:   &UserTokens{JWKSURL: f.users.KeySetURL()},
 		PluginTokens: &PluginTokens{JWKSURL: f.plugins.Template(), Plugins: allow},
 	})
@@ -314,16 +306,16 @@ func (f *pluginFixture) claims(sub string) map[string]any {
 }
 
 func (f *pluginFixture) limitedUserToken(t testing.TB, sub string, exp time.Duration) string {
-	return f.userKey.Sign(t, f.userKey.Hdr(typLimitedUser), map[string]any{"sub": sub, "iat": f.clk.Unix(), "exp": f.clk.At(exp)})
+	return f.userKey.Sign(t, f.userKey.Hdr(TypeLimitedUser), map[string]any{"sub": sub, "iat": f.clk.Unix(), "exp": f.clk.At(exp)})
 }
 
 func TestPluginTokens(t *testing.T) {
 	f := newPluginFixture(t, nil)
 	c := f.catalog
-	hdr := c.Hdr(typPlugin)
+	hdr := c.Hdr(TypePlugin)
 	obo := f.limitedUserToken(t, "user:default/alice", 30*time.Minute)
-	fullUser := f.userKey.Sign(t, f.userKey.Hdr(typUser), map[string]any{"sub": "user:default/bob", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
-	badObo := testkit.NewECKey(t, "user-key").Sign(t, f.userKey.Hdr(typLimitedUser), map[string]any{"sub": "user:default/eve", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
+	fullUser := f.userKey.Sign(t, f.userKey.Hdr(TypeUser), map[string]any{"sub": "user:default/bob", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
+	badObo := testkit.NewECKey(t, "user-key").Sign(t, f.userKey.Hdr(TypeLimitedUser), map[string]any{"sub": "user:default/eve", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)})
 	noJWKS := func(id string) string {
 		return "Received a plugin token where the source '" + id + "' plugin unexpectedly does not have a JWKS endpoint. The target plugin needs to be migrated to be installed in an app using the new backend system."
 	}
@@ -331,34 +323,34 @@ func TestPluginTokens(t *testing.T) {
 	tests := []struct {
 		name    string
 		token   string
-		want    principal
+		want    Principal
 		message string
 	}{
-		{"17a service", c.Sign(t, hdr, f.claims("catalog")), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
-		{"17b aud search", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "aud", "search")), principal{}, failed},
-		{"aud array with proxy", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "aud", []string{"search", "proxy"})), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
-		{"17c obo limited user", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", obo)), principal{Type: "user", Subject: "user:default/alice", Actor: "plugin:catalog", Method: "plugin"}, ""},
-		{"obo full user token", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", fullUser)), principal{Type: "user", Subject: "user:default/bob", Actor: "plugin:catalog", Method: "plugin"}, ""},
-		{"obo garbage", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", "garbage")), principal{}, "Invalid user token in plugin token obo claim"},
-		{"obo not a string", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", 42)), principal{}, "Invalid user token in plugin token obo claim"},
-		{"obo untyped other aud", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", f.userKey.Sign(t, f.userKey.Hdr(""), map[string]any{"sub": "u", "aud": "x"}))), principal{}, "Invalid user token in plugin token obo claim"},
-		{"obo bad signature", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", badObo)), principal{}, "Failed user token verification"},
-		{"obo empty string is no obo", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", "")), principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
-		{"17d forbidden subject", c.Sign(t, hdr, f.claims("ca talog")), principal{}, "Invalid plugin token: forbidden subject format"},
-		{"subject with slash", c.Sign(t, hdr, f.claims("../auth")), principal{}, "Invalid plugin token: forbidden subject format"},
-		{"subject with host", c.Sign(t, hdr, f.claims("x@evil.example")), principal{}, "Invalid plugin token: forbidden subject format"},
-		{"subject with query", c.Sign(t, hdr, f.claims("a?b")), principal{}, "Invalid plugin token: forbidden subject format"},
-		{"missing subject", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "sub")), principal{}, "Invalid plugin token: missing subject"},
-		{"17e no such plugin", c.Sign(t, hdr, f.claims("nosuchplugin")), principal{}, noJWKS("nosuchplugin")},
-		{"key set without keys", c.Sign(t, hdr, f.claims("nokeys")), principal{}, noJWKS("nokeys")},
-		{"case-insensitive id", c.Sign(t, hdr, f.claims("Search")), principal{Type: "service", Subject: "plugin:Search", Method: "plugin"}, ""},
-		{"expired", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "exp", f.clk.Unix())), principal{}, failed},
-		{"missing iat", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "iat")), principal{}, failed},
-		{"missing exp", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "exp")), principal{}, failed},
-		{"missing aud", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "aud")), principal{}, failed},
-		{"signed by another plugin's key", f.userKey.Sign(t, map[string]any{"alg": "ES256", "kid": c.KID, "typ": typPlugin}, f.claims("catalog")), principal{}, failed},
-		{"malformed payload", testkit.EncodeSegment(t, hdr) + ".bm90IGpzb24." + "c2ln", principal{}, failed},
-		{"alg none", testkit.EncodeSegment(t, map[string]any{"alg": "none", "typ": typPlugin}) + "." + testkit.EncodeSegment(t, f.claims("catalog")) + ".", principal{}, failed},
+		{"17a service", c.Sign(t, hdr, f.claims("catalog")), Principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
+		{"17b aud search", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "aud", "search")), Principal{}, failed},
+		{"aud array with proxy", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "aud", []string{"search", "proxy"})), Principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
+		{"17c obo limited user", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", obo)), Principal{Type: "user", Subject: "user:default/alice", Actor: "plugin:catalog", Method: "plugin"}, ""},
+		{"obo full user token", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", fullUser)), Principal{Type: "user", Subject: "user:default/bob", Actor: "plugin:catalog", Method: "plugin"}, ""},
+		{"obo garbage", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", "garbage")), Principal{}, "Invalid user token in plugin token obo claim"},
+		{"obo not a string", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", 42)), Principal{}, "Invalid user token in plugin token obo claim"},
+		{"obo untyped other aud", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", f.userKey.Sign(t, f.userKey.Hdr(""), map[string]any{"sub": "u", "aud": "x"}))), Principal{}, "Invalid user token in plugin token obo claim"},
+		{"obo bad signature", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", badObo)), Principal{}, "Failed user token verification"},
+		{"obo empty string is no obo", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "obo", "")), Principal{Type: "service", Subject: "plugin:catalog", Method: "plugin"}, ""},
+		{"17d forbidden subject", c.Sign(t, hdr, f.claims("ca talog")), Principal{}, "Invalid plugin token: forbidden subject format"},
+		{"subject with slash", c.Sign(t, hdr, f.claims("../auth")), Principal{}, "Invalid plugin token: forbidden subject format"},
+		{"subject with host", c.Sign(t, hdr, f.claims("x@evil.example")), Principal{}, "Invalid plugin token: forbidden subject format"},
+		{"subject with query", c.Sign(t, hdr, f.claims("a?b")), Principal{}, "Invalid plugin token: forbidden subject format"},
+		{"missing subject", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "sub")), Principal{}, "Invalid plugin token: missing subject"},
+		{"17e no such plugin", c.Sign(t, hdr, f.claims("nosuchplugin")), Principal{}, noJWKS("nosuchplugin")},
+		{"key set without keys", c.Sign(t, hdr, f.claims("nokeys")), Principal{}, noJWKS("nokeys")},
+		{"case-insensitive id", c.Sign(t, hdr, f.claims("Search")), Principal{Type: "service", Subject: "plugin:Search", Method: "plugin"}, ""},
+		{"expired", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "exp", f.clk.Unix())), Principal{}, failed},
+		{"missing iat", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "iat")), Principal{}, failed},
+		{"missing exp", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "exp")), Principal{}, failed},
+		{"missing aud", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "aud")), Principal{}, failed},
+		{"signed by another plugin's key", f.userKey.Sign(t, map[string]any{"alg": "ES256", "kid": c.KID, "typ": TypePlugin}, f.claims("catalog")), Principal{}, failed},
+		{"malformed payload", testkit.EncodeSegment(t, hdr) + ".bm90IGpzb24." + "c2ln", Principal{}, failed},
+		{"alg none", testkit.EncodeSegment(t, map[string]any{"alg": "none", "typ": TypePlugin}) + "." + testkit.EncodeSegment(t, f.claims("catalog")) + ".", Principal{}, failed},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -392,7 +384,7 @@ func TestPluginTokens(t *testing.T) {
 func TestPluginTokenOboExpiry(t *testing.T) {
 	f := newPluginFixture(t, nil)
 	obo := f.limitedUserToken(t, "user:default/alice", 10*time.Second)
-	tok := f.catalog.Sign(t, f.catalog.Hdr(typPlugin), testkit.With(f.claims("catalog"), "obo", obo))
+	tok := f.catalog.Sign(t, f.catalog.Hdr(TypePlugin), testkit.With(f.claims("catalog"), "obo", obo))
 	expectOK(t, f.auth, tok)
 	f.clk.Advance(11 * time.Second) // the plugin token is still valid, its obo is not
 	expectErr(t, f.auth, tok, 401, "Failed user token verification")
@@ -401,19 +393,19 @@ func TestPluginTokenOboExpiry(t *testing.T) {
 func TestPluginAllowlist(t *testing.T) {
 	f := newPluginFixture(t, []string{"scaffolder"})
 	f.plugins.Set("scaffolder", f.catalog)
-	expectErr(t, f.auth, f.catalog.Sign(t, f.catalog.Hdr(typPlugin), f.claims("catalog")), 401, "Failed plugin token verification")
+	expectErr(t, f.auth, f.catalog.Sign(t, f.catalog.Hdr(TypePlugin), f.claims("catalog")), 401, "Failed plugin token verification")
 	if n := f.plugins.All.Load(); n != 0 {
 		t.Fatalf("%d key set requests for a plugin outside the allowlist", n)
 	}
-	expectOK(t, f.auth, f.catalog.Sign(t, f.catalog.Hdr(typPlugin), f.claims("scaffolder")))
+	expectOK(t, f.auth, f.catalog.Sign(t, f.catalog.Hdr(TypePlugin), f.claims("scaffolder")))
 }
 
 func TestPluginTokensNotConfigured(t *testing.T) {
 	clk := useFakeClock(t)
 	k := testkit.NewECKey(t, "k")
-	auth := build(t, &App{})
-	tok := k.Sign(t, k.Hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
-	expectErr(t, auth, tok, 401, errPluginNoJWKS("catalog").message)
+	auth := build(t, &Config{})
+	tok := k.Sign(t, k.Hdr(TypePlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	expectErr(t, auth, tok, 401, PluginWithoutKeySet("catalog").Message)
 }
 
 // ---------------------------------------------------------------------------
@@ -423,7 +415,7 @@ func TestPluginTokensNotConfigured(t *testing.T) {
 
 func TestStaticTokens(t *testing.T) {
 	useFakeClock(t)
-	auth := build(t, &App{ExternalAccess: []ExternalAccess{
+	auth := build(t, &Config{ExternalAccess: []ExternalAccess{
 		{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "static-subject"}},
 		{Type: "static", Options: ExternalAccessOptions{Token: "restricted-token-123", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
 		{Type: "static", Options: ExternalAccessOptions{Token: "two-plugins-token", Subject: "r2"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}, {Plugin: "search"}}},
@@ -431,7 +423,7 @@ func TestStaticTokens(t *testing.T) {
 		{Type: "static", Options: ExternalAccessOptions{Token: "empty-restrictions", Subject: "r4"}, AccessRestrictions: []AccessRestriction{}},
 		{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "shadowed"}},
 	}})
-	if p := expectOK(t, auth, "static-token-123"); p != (principal{Type: "service", Subject: "static-subject", Method: "static"}) {
+	if p := expectOK(t, auth, "static-token-123"); p != (Principal{Type: "service", Subject: "static-subject", Method: "static"}) {
 		t.Fatalf("case 2: got %+v", p)
 	}
 	expectErr(t, auth, "not-valid", 401, "Illegal token")                                                       // case 3
@@ -463,23 +455,11 @@ func TestStaticTokens(t *testing.T) {
 	expectErr(t, auth, "restricted-token-123", 403, "This token's access is restricted to plugin(s) 'catalog'")
 }
 
-func TestStaticTokenPlaceholder(t *testing.T) {
-	t.Setenv("BACKSTAGE_TEST_STATIC_TOKEN", "from-the-environment")
-	auth := build(t, &App{ExternalAccess: []ExternalAccess{
-		{Type: "static", Options: ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_STATIC_TOKEN}", Subject: "env-subject"}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "literal{braces}token", Subject: "braces"}},
-	}})
-	if p := expectOK(t, auth, "from-the-environment"); p.Subject != "env-subject" {
-		t.Fatalf("got %+v", p)
-	}
-	expectOK(t, auth, "literal{braces}token")
-}
-
 func TestLegacyTokens(t *testing.T) {
 	clk := useFakeClock(t)
 	secretA := []byte("peer-legacy-shared-secret-0123456789")
 	secretB := []byte("another-secret-for-backend-auth-keys")
-	auth := build(t, &App{
+	auth := build(t, &Config{
 		ExternalAccess: []ExternalAccess{
 			{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.StdEncoding.EncodeToString(secretA), Subject: "legacy-subject"}},
 			{Type: "static", Options: ExternalAccessOptions{Token: "static-after-legacy", Subject: "s"}},
@@ -491,28 +471,28 @@ func TestLegacyTokens(t *testing.T) {
 	})
 	hdr := map[string]any{"alg": "HS256", "typ": "JWT"}
 	claims := map[string]any{"sub": "backstage-server", "iat": clk.Unix(), "exp": clk.At(time.Hour)}
-	legacySvc := func(sub string) principal { return principal{Type: "service", Subject: sub, Method: "legacy"} }
+	legacySvc := func(sub string) Principal { return Principal{Type: "service", Subject: sub, Method: "legacy"} }
 	tests := []struct {
 		name    string
 		token   string
-		want    principal
+		want    Principal
 		status  int
 		message string
 	}{
 		{"18a signed with A", testkit.HS256(t, secretA, hdr, claims), legacySvc("legacy-subject"), 0, ""},
 		{"18b signed with B (backend.auth.keys)", testkit.HS256(t, secretB, hdr, claims), legacySvc("external:backstage-plugin"), 0, ""},
-		{"18c other key", testkit.HS256(t, []byte("other"), hdr, claims), principal{}, 401, "Illegal token"},
-		{"18d aud x", testkit.HS256(t, secretA, hdr, testkit.With(claims, "aud", "x")), principal{}, 401, "Illegal token"},
+		{"18c other key", testkit.HS256(t, []byte("other"), hdr, claims), Principal{}, 401, "Illegal token"},
+		{"18d aud x", testkit.HS256(t, secretA, hdr, testkit.With(claims, "aud", "x")), Principal{}, 401, "Illegal token"},
 		{"aud empty string is no aud", testkit.HS256(t, secretA, hdr, testkit.With(claims, "aud", "")), legacySvc("legacy-subject"), 0, ""},
-		{"aud empty array is an aud", testkit.HS256(t, secretA, hdr, testkit.With(claims, "aud", []string{})), principal{}, 401, "Illegal token"},
-		{"18e expired (D4: 401, no payload)", testkit.HS256(t, secretA, hdr, testkit.With(claims, "exp", clk.At(-time.Second))), principal{}, 401, "Failed legacy token verification"},
-		{"expired, signed with B", testkit.HS256(t, secretB, hdr, testkit.With(claims, "exp", clk.Unix())), principal{}, 401, "Failed legacy token verification"},
-		{"nbf in the future", testkit.HS256(t, secretA, hdr, testkit.With(claims, "nbf", clk.At(time.Minute))), principal{}, 401, "Failed legacy token verification"},
+		{"aud empty array is an aud", testkit.HS256(t, secretA, hdr, testkit.With(claims, "aud", []string{})), Principal{}, 401, "Illegal token"},
+		{"18e expired (D4: 401, no payload)", testkit.HS256(t, secretA, hdr, testkit.With(claims, "exp", clk.At(-time.Second))), Principal{}, 401, "Failed legacy token verification"},
+		{"expired, signed with B", testkit.HS256(t, secretB, hdr, testkit.With(claims, "exp", clk.Unix())), Principal{}, 401, "Failed legacy token verification"},
+		{"nbf in the future", testkit.HS256(t, secretA, hdr, testkit.With(claims, "nbf", clk.At(time.Minute))), Principal{}, 401, "Failed legacy token verification"},
 		{"18f no exp never expires", testkit.HS256(t, secretA, hdr, testkit.Without(claims, "exp")), legacySvc("legacy-subject"), 0, ""},
-		{"other sub", testkit.HS256(t, secretA, hdr, testkit.With(claims, "sub", "someone")), principal{}, 401, "Illegal token"},
-		{"HS384 header", testkit.HS256(t, secretA, map[string]any{"alg": "HS384"}, claims), principal{}, 401, "Illegal token"},
-		{"restricted key", testkit.HS256(t, []byte("restricted-key"), hdr, claims), principal{}, 403, "This token's access is restricted to plugin(s) 'catalog'"},
-		{"static entry after legacy", "static-after-legacy", principal{Type: "service", Subject: "s", Method: "static"}, 0, ""},
+		{"other sub", testkit.HS256(t, secretA, hdr, testkit.With(claims, "sub", "someone")), Principal{}, 401, "Illegal token"},
+		{"HS384 header", testkit.HS256(t, secretA, map[string]any{"alg": "HS384"}, claims), Principal{}, 401, "Illegal token"},
+		{"restricted key", testkit.HS256(t, []byte("restricted-key"), hdr, claims), Principal{}, 403, "This token's access is restricted to plugin(s) 'catalog'"},
+		{"static entry after legacy", "static-after-legacy", Principal{Type: "service", Subject: "s", Method: "static"}, 0, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -531,7 +511,7 @@ type extFixture struct {
 	clk  *testkit.FakeClock
 	key  *testkit.Key
 	srv  *testkit.JWKSServer
-	auth *identityAuthenticator
+	auth *Verifier
 }
 
 func newExtFixture(t testing.TB, opts ExternalAccessOptions, more ...ExternalAccess) *extFixture {
@@ -540,7 +520,7 @@ func newExtFixture(t testing.TB, opts ExternalAccessOptions, more ...ExternalAcc
 	f.srv = testkit.NewJWKSServer(t, f.key)
 	opts.URL = f.srv.KeySetURL()
 	entries := append([]ExternalAccess{{Type: "jwks", Options: opts}}, more...)
-	f.auth = build(t, &App{ExternalAccess: entries})
+	f.auth = build(t, &Config{ExternalAccess: entries})
 	return f
 }
 
@@ -580,7 +560,7 @@ func TestJWKSExternalAccess(t *testing.T) {
 			if tc.subject == "s" {
 				wantMethod = "static"
 			}
-			if p != (principal{Type: "service", Subject: tc.subject, Method: wantMethod}) {
+			if p != (Principal{Type: "service", Subject: tc.subject, Method: wantMethod}) {
 				t.Fatalf("got %+v", p)
 			}
 		})
@@ -605,7 +585,7 @@ func TestJWKSRestricted(t *testing.T) {
 	clk := useFakeClock(t)
 	k := testkit.NewECKey(t, "r")
 	srv := testkit.NewJWKSServer(t, k)
-	auth := build(t, &App{ExternalAccess: []ExternalAccess{{
+	auth := build(t, &Config{ExternalAccess: []ExternalAccess{{
 		Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()},
 		AccessRestrictions: []AccessRestriction{{Plugin: "catalog", PermissionAttribute: map[string][]string{"action": {"read"}}}},
 	}}})
@@ -619,7 +599,7 @@ func TestJWKSEntryOrder(t *testing.T) {
 	clk := useFakeClock(t)
 	k1, k2 := testkit.NewECKey(t, "one"), testkit.NewECKey(t, "two")
 	s1, s2 := testkit.NewJWKSServer(t, k1), testkit.NewJWKSServer(t, k2)
-	auth := build(t, &App{ExternalAccess: []ExternalAccess{
+	auth := build(t, &Config{ExternalAccess: []ExternalAccess{
 		{Type: "jwks", Options: ExternalAccessOptions{URL: s1.KeySetURL(), Issuer: []string{"one"}, SubjectPrefix: "one"}},
 		{Type: "jwks", Options: ExternalAccessOptions{URL: s2.KeySetURL(), SubjectPrefix: "two"}},
 	}})
@@ -642,17 +622,17 @@ func TestDispatchOrder(t *testing.T) {
 	userKey := testkit.NewECKey(t, "u")
 	users := testkit.NewJWKSServer(t, userKey)
 	ext := testkit.NewJWKSServer(t, userKey) // an external entry that would accept the user key
-	auth := build(t, &App{
+	auth := build(t, &Config{
 		UserTokens:     &UserTokens{JWKSURL: users.KeySetURL()},
 		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: ext.KeySetURL()}}},
 	})
 	// A user token that fails verification is refused by the user handler:
 	// the external entries are not tried.
-	expired := userKey.Sign(t, userKey.Hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.Unix()})
+	expired := userKey.Sign(t, userKey.Hdr(TypeUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.Unix()})
 	expectErr(t, auth, expired, 401, "Failed user token verification")
 	// A plugin token is handled by the plugin handler only.
-	plugin := userKey.Sign(t, userKey.Hdr(typPlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
-	expectErr(t, auth, plugin, 401, errPluginNoJWKS("catalog").message)
+	plugin := userKey.Sign(t, userKey.Hdr(TypePlugin), map[string]any{"sub": "catalog", "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	expectErr(t, auth, plugin, 401, PluginWithoutKeySet("catalog").Message)
 	if n := ext.Hits.Load(); n != 0 {
 		t.Fatalf("external key set fetched %d times", n)
 	}
@@ -667,12 +647,12 @@ func TestMalformedTokens(t *testing.T) {
 	clk := useFakeClock(t)
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
-	auth := build(t, &App{
+	auth := build(t, &Config{
 		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 		PluginTokens:   &PluginTokens{JWKSURL: srv.PluginTemplate()},
 		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}}, {Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0", Subject: "l"}}},
 	})
-	good := k.Sign(t, k.Hdr(typUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
+	good := k.Sign(t, k.Hdr(TypeUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 	parts := strings.Split(good, ".")
 	tests := map[string]string{
 		"empty":              "",
@@ -696,14 +676,14 @@ func TestMalformedTokens(t *testing.T) {
 	}
 	for name, tok := range tests {
 		t.Run(name, func(t *testing.T) {
-			p, err := auth.authenticate(context.Background(), tok)
+			p, err := auth.Authenticate(context.Background(), tok)
 			if err == nil {
 				t.Fatalf("accepted as %+v", p)
 			}
-			if err.status != 401 {
-				t.Fatalf("status %d", err.status)
+			if err.Status != 401 {
+				t.Fatalf("status %d", err.Status)
 			}
-			testkit.AssertNoTokenContent(t, tok, err.message)
+			testkit.AssertNoTokenContent(t, tok, err.Message)
 		})
 	}
 	// A token over 16 KiB is refused before anything else happens.
@@ -718,47 +698,46 @@ func TestMalformedTokens(t *testing.T) {
 // Configuration errors (Provision)
 // ---------------------------------------------------------------------------
 
-func TestBuildAuthenticatorErrors(t *testing.T) {
+func TestNewErrors(t *testing.T) {
 	srv := testkit.NewJWKSServer(t)
 	good := ExternalAccess{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123", Subject: "s"}}
 	tests := []struct {
 		name string
-		app  App
+		app  Config
 		want string
 	}{
-		{"unknown type", App{ExternalAccess: []ExternalAccess{good, {Type: "magic"}}}, "external_access[1] (type 'magic'): Unknown type 'magic' in backend.auth.externalAccess, expected one of 'static', 'legacy', 'jwks'"},
-		{"short token", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "short", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be at least 8 characters length"},
-		{"token with space", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "a token with spaces", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be a set of non-space characters"},
-		{"empty token", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Subject: "s"}}}}, "Illegal token, must be a set of non-space characters"},
-		{"unset env token", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_SURELY_UNSET}", Subject: "s"}}}}, "Illegal token, must be a set of non-space characters"},
-		{"static subject missing", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123"}}}}, "Illegal subject, must be a set of non-space characters"},
-		{"static subject with space", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123", Subject: "a b"}}}}, "Illegal subject, must be a set of non-space characters"},
-		{"legacy bad base64", App{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Secret: "not*base64!", Subject: "s"}}}}, "external_access[0] (type 'legacy'): Illegal secret, must be a valid base64 string"},
-		{"legacy no secret", App{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Subject: "s"}}}}, "Illegal secret, must be a valid base64 string"},
-		{"legacy no subject", App{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0"}}}}, "external_access[0] (type 'legacy'): Illegal subject, must be a set of non-space characters"},
-		{"jwks no url", App{ExternalAccess: []ExternalAccess{good, good, {Type: "jwks"}}}, "external_access[2] (type 'jwks'): missing required option 'url'"},
-		{"jwks relative url", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "/jwks.json"}}}}, "external_access[0] (type 'jwks'): Illegal JWKS URL, must be an absolute http or https URL"},
-		{"jwks url with space", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "http://a b/"}}}}, "Illegal JWKS URL, must be a set of non-space characters"},
-		{"jwks unknown algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"ES256 XS256"}}}}}, "external_access[0] (type 'jwks'): algorithm: unknown algorithm 'XS256'"},
-		{"jwks HMAC algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"HS256"}}}}}, "algorithm 'HS256' is not allowed"},
-		{"jwks none algorithm", App{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"none"}}}}}, "algorithm 'none' is not allowed"},
-		{"restriction without plugin", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{}}}}}, "external_access[0] (type 'static'): accessRestrictions: missing required value 'plugin'"},
-		{"duplicate restriction", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a"}, {Plugin: "a"}}}}}, "attempted to declare 'accessRestrictions' twice for plugin 'a'"},
-		{"bad permission attribute", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttribute: map[string][]string{"action": {"write"}}}}}}}, "invalid value 'write' at 'action'"},
-		{"bad permission attribute key", App{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttribute: map[string][]string{"kind": {"read"}}}}}}}, "invalid key 'kind' in 'permissionAttribute'"},
-		{"keys bad secret", App{Keys: []LegacyKey{{Secret: "c2VjcmV0"}, {Secret: "%%%"}}}, "keys[1] (type 'legacy'): Illegal secret, must be a valid base64 string"},
-		{"keys empty secret", App{Keys: []LegacyKey{{Secret: ""}}}, "keys[0] (type 'legacy'): Illegal secret"},
-		{"user no url", App{UserTokens: &UserTokens{}}, "user_tokens: jwks_url: must be a set of non-space characters"},
-		{"user ftp url", App{UserTokens: &UserTokens{JWKSURL: "ftp://x/jwks"}}, "user_tokens: jwks_url: must be an absolute http or https URL"},
-		{"user HS256", App{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"HS256"}}}, "user_tokens: algorithms: algorithm 'HS256' is not allowed"},
-		{"plugin template without placeholder", App{PluginTokens: &PluginTokens{JWKSURL: srv.KeySetURL()}}, "plugin_tokens: jwks_url: must contain the placeholder {plugin}"},
-		{"plugin bad allowlist", App{PluginTokens: &PluginTokens{JWKSURL: srv.PluginTemplate(), Plugins: []string{"catalog", "../x"}}}, "plugin_tokens: plugins[1]: '../x' is not a valid plugin id"},
-		{"plugin bad algorithm", App{PluginTokens: &PluginTokens{JWKSURL: srv.PluginTemplate(), Algorithms: []string{"RS1"}}}, "plugin_tokens: algorithms: unknown algorithm 'RS1'"},
+		{"unknown type", Config{ExternalAccess: []ExternalAccess{good, {Type: "magic"}}}, "external_access[1] (type 'magic'): Unknown type 'magic' in backend.auth.externalAccess, expected one of 'static', 'legacy', 'jwks'"},
+		{"short token", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "short", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be at least 8 characters length"},
+		{"token with space", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "a token with spaces", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be a set of non-space characters"},
+		{"empty token", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Subject: "s"}}}}, "Illegal token, must be a set of non-space characters"},
+		{"static subject missing", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123"}}}}, "Illegal subject, must be a set of non-space characters"},
+		{"static subject with space", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123", Subject: "a b"}}}}, "Illegal subject, must be a set of non-space characters"},
+		{"legacy bad base64", Config{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Secret: "not*base64!", Subject: "s"}}}}, "external_access[0] (type 'legacy'): Illegal secret, must be a valid base64 string"},
+		{"legacy no secret", Config{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Subject: "s"}}}}, "Illegal secret, must be a valid base64 string"},
+		{"legacy no subject", Config{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0"}}}}, "external_access[0] (type 'legacy'): Illegal subject, must be a set of non-space characters"},
+		{"jwks no url", Config{ExternalAccess: []ExternalAccess{good, good, {Type: "jwks"}}}, "external_access[2] (type 'jwks'): missing required option 'url'"},
+		{"jwks relative url", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "/jwks.json"}}}}, "external_access[0] (type 'jwks'): Illegal JWKS URL, must be an absolute http or https URL"},
+		{"jwks url with space", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "http://a b/"}}}}, "Illegal JWKS URL, must be a set of non-space characters"},
+		{"jwks unknown algorithm", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"ES256 XS256"}}}}}, "external_access[0] (type 'jwks'): algorithm: unknown algorithm 'XS256'"},
+		{"jwks HMAC algorithm", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"HS256"}}}}}, "algorithm 'HS256' is not allowed"},
+		{"jwks none algorithm", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"none"}}}}}, "algorithm 'none' is not allowed"},
+		{"restriction without plugin", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{}}}}}, "external_access[0] (type 'static'): accessRestrictions: missing required value 'plugin'"},
+		{"duplicate restriction", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a"}, {Plugin: "a"}}}}}, "attempted to declare 'accessRestrictions' twice for plugin 'a'"},
+		{"bad permission attribute", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttribute: map[string][]string{"action": {"write"}}}}}}}, "invalid value 'write' at 'action'"},
+		{"bad permission attribute key", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttribute: map[string][]string{"kind": {"read"}}}}}}}, "invalid key 'kind' in 'permissionAttribute'"},
+		{"keys bad secret", Config{Keys: []LegacyKey{{Secret: "c2VjcmV0"}, {Secret: "%%%"}}}, "keys[1] (type 'legacy'): Illegal secret, must be a valid base64 string"},
+		{"keys empty secret", Config{Keys: []LegacyKey{{Secret: ""}}}, "keys[0] (type 'legacy'): Illegal secret"},
+		{"user no url", Config{UserTokens: &UserTokens{}}, "user_tokens: jwks_url: must be a set of non-space characters"},
+		{"user ftp url", Config{UserTokens: &UserTokens{JWKSURL: "ftp://x/jwks"}}, "user_tokens: jwks_url: must be an absolute http or https URL"},
+		{"user HS256", Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: []string{"HS256"}}}, "user_tokens: algorithms: algorithm 'HS256' is not allowed"},
+		{"plugin template without placeholder", Config{PluginTokens: &PluginTokens{JWKSURL: srv.KeySetURL()}}, "plugin_tokens: jwks_url: must contain the placeholder {plugin}"},
+		{"plugin bad allowlist", Config{PluginTokens: &PluginTokens{JWKSURL: srv.PluginTemplate(), Plugins: []string{"catalog", "../x"}}}, "plugin_tokens: plugins[1]: '../x' is not a valid plugin id"},
+		{"plugin bad algorithm", Config{PluginTokens: &PluginTokens{JWKSURL: srv.PluginTemplate(), Algorithms: []string{"RS1"}}}, "plugin_tokens: algorithms: unknown algorithm 'RS1'"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			app := tc.app
-			_, release, err := buildAuthenticator(testContext(t), &app)
+			_, release, err := newForTest(app)
 			if err == nil {
 				release()
 				t.Fatal("no error")
@@ -772,14 +751,14 @@ func TestBuildAuthenticatorErrors(t *testing.T) {
 
 func TestBuildFailureReleasesCaches(t *testing.T) {
 	srv := testkit.NewJWKSServer(t)
-	app := &App{
+	app := &Config{
 		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}}, {Type: "bogus"}},
 	}
-	if _, _, err := buildAuthenticator(testContext(t), app); err == nil {
+	if _, _, err := newForTest(*app); err == nil {
 		t.Fatal("no error")
 	}
-	if n, ok := keyPool.References(poolKey{kind: "jwks", url: srv.KeySetURL()}); ok {
+	if n, ok := testPool.References(PoolKey{Kind: "jwks", URL: srv.KeySetURL()}); ok {
 		t.Fatalf("key cache still referenced %d times after a failed build", n)
 	}
 }
@@ -788,12 +767,12 @@ func TestAuthErrorsCarryNoTokenContent(t *testing.T) {
 	// Every rejection message is one of a fixed set (plus the plugin id in
 	// Backstage's JWKS message).
 	fixed := map[string]bool{}
-	for _, e := range []*authError{errMissingCredentials, errIllegalToken, errMultipleAuthHeader, errFailedUser, errNoUserSub,
+	for _, e := range []*Error{ErrMissingCredentials, ErrIllegalToken, ErrMultipleAuthHeaders, errFailedUser, errNoUserSub,
 		errIllegalLimited, errUserMissingExp, errFailedPlugin, errPluginSubFormat, errPluginMissingSub, errInvalidObo, errFailedLegacy} {
-		if e.status != 401 || e.name != "AuthenticationError" {
-			t.Errorf("%q: %d %s", e.message, e.status, e.name)
+		if e.Status != 401 || e.Name != "AuthenticationError" {
+			t.Errorf("%q: %d %s", e.Message, e.Status, e.Name)
 		}
-		fixed[e.message] = true
+		fixed[e.Message] = true
 	}
 	if len(fixed) != 12 {
 		t.Fatalf("duplicate messages: %d", len(fixed))
@@ -824,7 +803,7 @@ func fuzzSeeds(t testing.TB) []string {
 	k := fuzzKey(t)
 	const iat, exp = 1_900_000_000, 1_900_003_600
 	user := map[string]any{"sub": "user:default/alice", "aud": "backstage", "iat": iat, "exp": exp, "ent": []string{"group:default/a"}}
-	limited := k.Sign(t, k.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
+	limited := k.Sign(t, k.Hdr(TypeLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
 	plugin := map[string]any{"sub": "catalog", "aud": "proxy", "iat": iat, "exp": exp}
 	legacy := map[string]any{"sub": "backstage-server", "iat": iat, "exp": exp}
 	ext := map[string]any{"sub": "svc-1", "iss": "fuzz-issuer", "aud": "fuzz-aud", "iat": iat, "exp": exp}
@@ -837,18 +816,18 @@ func fuzzSeeds(t testing.TB) []string {
 		"Bearer a b",
 		"Bearer a.b.c",
 		"Bearer ..",
-		"Bearer " + k.Sign(t, k.Hdr(typUser), user),
+		"Bearer " + k.Sign(t, k.Hdr(TypeUser), user),
 		"Bearer " + k.Sign(t, k.Hdr(""), user),
-		"Bearer " + k.Sign(t, k.Hdr(typUser), testkit.With(user, "exp", iat)),
+		"Bearer " + k.Sign(t, k.Hdr(TypeUser), testkit.With(user, "exp", iat)),
 		"Bearer " + limited,
-		"Bearer " + k.Sign(t, k.Hdr(typPlugin), plugin),
-		"Bearer " + k.Sign(t, k.Hdr(typPlugin), testkit.With(plugin, "obo", limited)),
-		"Bearer " + k.Sign(t, k.Hdr(typPlugin), testkit.With(plugin, "sub", "../admin")),
+		"Bearer " + k.Sign(t, k.Hdr(TypePlugin), plugin),
+		"Bearer " + k.Sign(t, k.Hdr(TypePlugin), testkit.With(plugin, "obo", limited)),
+		"Bearer " + k.Sign(t, k.Hdr(TypePlugin), testkit.With(plugin, "sub", "../admin")),
 		"Bearer " + testkit.HS256(t, fuzzLegacySecret, map[string]any{"alg": "HS256", "typ": "JWT"}, legacy),
 		"Bearer " + testkit.HS256(t, fuzzLegacySecret, map[string]any{"alg": "HS256"}, testkit.With(legacy, "exp", iat-1)),
 		"Bearer " + k.Sign(t, map[string]any{"alg": "ES256", "kid": "fuzz"}, ext),
-		"Bearer " + testkit.EncodeSegment(t, map[string]any{"alg": "none", "typ": typUser}) + "." + testkit.EncodeSegment(t, user) + ".",
-		"Bearer " + testkit.HS256(t, pubJSON, map[string]any{"alg": "HS256", "typ": typUser, "kid": "fuzz"}, user),
+		"Bearer " + testkit.EncodeSegment(t, map[string]any{"alg": "none", "typ": TypeUser}) + "." + testkit.EncodeSegment(t, user) + ".",
+		"Bearer " + testkit.HS256(t, pubJSON, map[string]any{"alg": "HS256", "typ": TypeUser, "kid": "fuzz"}, user),
 		"Bearer " + testkit.EncodeSegment(t, `{"alg":"ES256","typ":"vnd.backstage.user","kid":{"x":1}}`) + "." + testkit.EncodeSegment(t, `{"sub":1e999}`) + ".AAAA",
 	}
 }
@@ -867,7 +846,7 @@ func FuzzBearerAndToken(f *testing.F) {
 	useFakeClock(f)
 	k := fuzzKey(f)
 	srv := testkit.NewJWKSServer(f, k) // serves the key for the user, plugin (any id) and external URLs
-	auth := build(f, &App{
+	auth := build(f, &Config{
 		UserTokens:   &UserTokens{JWKSURL: srv.KeySetURL()},
 		PluginTokens: &PluginTokens{JWKSURL: srv.PluginTemplate()},
 		ExternalAccess: []ExternalAccess{
@@ -882,17 +861,17 @@ func FuzzBearerAndToken(f *testing.F) {
 		f.Add(s)
 	}
 	fixed := map[string]bool{}
-	for _, e := range []*authError{errMissingCredentials, errIllegalToken, errMultipleAuthHeader, errFailedUser, errNoUserSub,
+	for _, e := range []*Error{ErrMissingCredentials, ErrIllegalToken, ErrMultipleAuthHeaders, errFailedUser, errNoUserSub,
 		errIllegalLimited, errUserMissingExp, errFailedPlugin, errPluginSubFormat, errPluginMissingSub, errInvalidObo, errFailedLegacy} {
-		fixed[e.message] = true
+		fixed[e.Message] = true
 	}
-	noJWKSPrefix, noJWKSSuffix, _ := strings.Cut(errPluginNoJWKS("\x00").message, "\x00")
+	noJWKSPrefix, noJWKSSuffix, _ := strings.Cut(PluginWithoutKeySet("\x00").Message, "\x00")
 	methods := map[string]bool{"user": true, "plugin": true, "static": true, "legacy": true, "jwks": true}
 
 	f.Fuzz(func(t *testing.T, header string) {
-		token, aerr := bearerToken(http.Header{"Authorization": {header}})
+		token, aerr := BearerToken(http.Header{"Authorization": {header}})
 		if aerr != nil {
-			if aerr != errMissingCredentials {
+			if aerr != ErrMissingCredentials {
 				t.Fatalf("bearerToken: %v", aerr)
 			}
 			return
@@ -901,27 +880,27 @@ func FuzzBearerAndToken(f *testing.F) {
 			!strings.HasSuffix(strings.TrimRight(header, " \t"), token) {
 			t.Fatalf("bearerToken(%q) = %q", header, token)
 		}
-		p, err := auth.authenticate(context.Background(), token)
-		p2, err2 := auth.authenticate(context.Background(), token)
+		p, err := auth.Authenticate(context.Background(), token)
+		p2, err2 := auth.Authenticate(context.Background(), token)
 		p.subjectValue, p2.subjectValue = nil, nil
-		if (err == nil) != (err2 == nil) || p != p2 || (err != nil && err.message != err2.message) {
+		if (err == nil) != (err2 == nil) || p != p2 || (err != nil && err.Message != err2.Message) {
 			t.Fatalf("not deterministic: %+v %v, then %+v %v", p, err, p2, err2)
 		}
 		if err != nil {
 			switch {
-			case err.status == 401 && err.name == "AuthenticationError" && fixed[err.message]:
-			case err.status == 401 && err.name == "AuthenticationError" && strings.HasPrefix(err.message, noJWKSPrefix) && strings.HasSuffix(err.message, noJWKSSuffix):
-				id := strings.TrimSuffix(strings.TrimPrefix(err.message, noJWKSPrefix), noJWKSSuffix)
+			case err.Status == 401 && err.Name == "AuthenticationError" && fixed[err.Message]:
+			case err.Status == 401 && err.Name == "AuthenticationError" && strings.HasPrefix(err.Message, noJWKSPrefix) && strings.HasSuffix(err.Message, noJWKSSuffix):
+				id := strings.TrimSuffix(strings.TrimPrefix(err.Message, noJWKSPrefix), noJWKSSuffix)
 				if !validPluginID(id) {
 					t.Fatalf("plugin id %q in a message", id)
 				}
 				return // the plugin id is the only token content an error may carry
-			case err.status == 403 && err.name == "NotAllowedError" && err.message == "This token's access is restricted to plugin(s) 'catalog'":
+			case err.Status == 403 && err.Name == "NotAllowedError" && err.Message == "This token's access is restricted to plugin(s) 'catalog'":
 			default:
-				t.Fatalf("unexpected rejection %d %s %q", err.status, err.name, err.message)
+				t.Fatalf("unexpected rejection %d %s %q", err.Status, err.Name, err.Message)
 			}
-			if len(token) >= 16 && strings.Contains(err.message, token) {
-				t.Fatalf("message %q contains the token", err.message)
+			if len(token) >= 16 && strings.Contains(err.Message, token) {
+				t.Fatalf("message %q contains the token", err.Message)
 			}
 			return
 		}
@@ -935,13 +914,13 @@ func FuzzBearerAndToken(f *testing.F) {
 // dispatch path (it could be a JWT); others take the digest fast path. Both
 // must give the same principal, and the first matching entry must win.
 func TestStaticTokenShapedLikeJWT(t *testing.T) {
-	auth := build(t, &App{ExternalAccess: []ExternalAccess{
+	auth := build(t, &Config{ExternalAccess: []ExternalAccess{
 		{Type: "static", Options: ExternalAccessOptions{Token: "part1.part2.part3", Subject: "dotted"}},
 		{Type: "static", Options: ExternalAccessOptions{Token: "plain-static-token", Subject: "plain"}},
 		{Type: "static", Options: ExternalAccessOptions{Token: "plain-static-token", Subject: "shadowed"}},
 		{Type: "static", Options: ExternalAccessOptions{Token: "q8w7e6r5.t4y3", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
 	}})
-	if p := expectOK(t, auth, "part1.part2.part3"); p != (principal{Type: "service", Subject: "dotted", Method: "static"}) {
+	if p := expectOK(t, auth, "part1.part2.part3"); p != (Principal{Type: "service", Subject: "dotted", Method: "static"}) {
 		t.Fatalf("dotted: got %+v", p)
 	}
 	if p := expectOK(t, auth, "plain-static-token"); p.Subject != "plain" {
@@ -965,12 +944,12 @@ func FuzzPluginClaimsImpersonation(f *testing.F) {
 	plugins := testkit.NewPluginServer(f)
 	plugins.Set("evil", evil)
 	plugins.Set("catalog", catalog)
-	auth := build(f, &App{
+	auth := build(f, &Config{
 		UserTokens:   &UserTokens{JWKSURL: testkit.NewJWKSServer(f, evil).KeySetURL()},
 		PluginTokens: &PluginTokens{JWKSURL: plugins.Template()},
 	})
 	const iat, exp = 1_900_000_000, 1_900_003_600
-	limited := evil.Sign(f, evil.Hdr(typLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
+	limited := evil.Sign(f, evil.Hdr(TypeLimitedUser), map[string]any{"sub": "user:default/alice", "iat": iat, "exp": exp})
 	for _, members := range []string{
 		`"sub":"evil"`,
 		`"sub":"catalog","SUB":"evil"`,
@@ -991,14 +970,14 @@ func FuzzPluginClaimsImpersonation(f *testing.F) {
 		if members == "" {
 			payload = fmt.Sprintf(`{"aud":"proxy","iat":%d,"exp":%d}`, iat, exp)
 		}
-		tok := evil.Sign(t, evil.Hdr(typPlugin), payload)
-		p, err := auth.authenticate(context.Background(), tok)
+		tok := evil.Sign(t, evil.Hdr(TypePlugin), payload)
+		p, err := auth.Authenticate(context.Background(), tok)
 		if err != nil {
 			return
 		}
 		switch {
-		case p.Type == principalService && p.Subject == "plugin:evil" && p.Actor == "":
-		case p.Type == principalUser && p.Actor == "plugin:evil":
+		case p.Type == PrincipalService && p.Subject == "plugin:evil" && p.Actor == "":
+		case p.Type == PrincipalUser && p.Actor == "plugin:evil":
 		default:
 			t.Fatalf("a token signed by evil's key yielded %+v (payload %s)", p, payload)
 		}
