@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -261,3 +263,28 @@ const (
 	msgBadGateway     = "The upstream of this proxy route could not be reached"
 	msgGatewayTimeout = "The upstream of this proxy route did not answer in time"
 )
+
+// TestWithTestPorts: the YAML fixtures and the config builders, once through
+// withTestPorts, name this binary's ports and no fixed one (it would panic).
+func TestWithTestPorts(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "integration", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no fixtures: %v", err)
+	}
+	configs := map[string]string{"staticTokenConfig": staticTokenConfig(testStaticToken, "s", "    /a: http://127.0.0.1:1\n")}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		configs[f] = string(raw)
+	}
+	for name, cfg := range configs {
+		got := withTestPorts(cfg)
+		for _, want := range []string{"admin: localhost:" + testAdminPort + "\n", "port: " + testListenPort + "}"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("%s: %q missing after withTestPorts:\n%s", name, want, got)
+			}
+		}
+	}
+}
