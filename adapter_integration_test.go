@@ -4,8 +4,9 @@ package backstageproxy
 // backend.cors, backend.https, caddy.backend, config reload (divergence D7)
 // and the CLI form with real files (multi-file merge, $include).
 //
-// caddytest runs one Caddy per test binary (admin localhost:2999, listener
-// 9080), shared with caddy_test.go: no t.Parallel, skipped with -short.
+// caddytest runs one Caddy per test binary (ports reserved per test binary;
+// the configs' fixed addresses are replaced by withTestPorts), shared with
+// caddy_test.go: no t.Parallel, skipped with -short.
 
 import (
 	"bytes"
@@ -160,7 +161,7 @@ func adiDo(t *testing.T, method, path string, body string, headers ...string) ad
 // adiPostLoad POSTs a config to the admin API's /load.
 func adiPostLoad(t *testing.T, body, contentType string) (int, string) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, testAdmin+"/load", strings.NewReader(body))
+	req, _ := http.NewRequest(http.MethodPost, testAdmin+"/load", strings.NewReader(withTestPorts(body)))
 	req.Header.Set("Content-Type", contentType)
 	res, err := http.DefaultClient.Do(req)
 	if err != nil {
@@ -648,7 +649,7 @@ proxy:
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM([]byte(certPEM))
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}, Timeout: 10 * time.Second}
-	res, err := client.Get("https://localhost:9443/api/proxy/open/x")
+	res, err := client.Get("https://localhost:" + testHTTPSPort + "/api/proxy/open/x")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,8 +6,10 @@ package backstageproxy
 // through the admin API. Key sets are served by httptest servers that count
 // requests; tokens are signed with keys generated here.
 //
-// caddytest runs one Caddy per test binary (admin localhost:2999, listener
-// :9080), so these tests never use t.Parallel and are skipped with -short.
+// caddytest runs one Caddy per test binary (admin and listener on ports
+// reserved per test binary: loadTestCaddy replaces the fixed ports of
+// aiFixture.config), so these tests never use t.Parallel and are skipped
+// with -short.
 
 import (
 	"encoding/base64"
@@ -150,9 +152,10 @@ func (f *aiFixture) config(t *testing.T, app map[string]any, routes ...string) s
 func aiLoad(t *testing.T, cfg string) {
 	t.Helper()
 	loadTestCaddy(t, cfg, "json")
-	// The ports are fixed: a test binary running at the same time (another
-	// package, another checkout) may load its own config into this Caddy.
-	// Say so when a test fails, rather than leave a puzzling failure.
+	// The ports are reserved per test binary, then freed for Caddy: another
+	// process may have taken one in between and load its own config into
+	// this Caddy. Say so when a test fails, rather than leave a puzzling
+	// failure.
 	var want struct {
 		Apps struct {
 			HTTP struct {
@@ -174,7 +177,7 @@ func aiLoad(t *testing.T, cfg string) {
 		_ = json.NewDecoder(res.Body).Decode(&got)
 		for name := range want.Apps.HTTP.Servers {
 			if _, ok := got[name]; !ok {
-				t.Logf("NOTE: the test's Caddy config was replaced during the test (server %q is gone): another test process is using ports 2999/9080", name)
+				t.Logf("NOTE: the test's Caddy config was replaced during the test (server %q is gone): another process is using port %s or %s", name, testAdminPort, testListenPort)
 			}
 		}
 	})

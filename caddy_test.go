@@ -5,8 +5,9 @@ package backstageproxy
 // those of /work/shared/spec/conformance-cases.md; where divergences.md
 // differs, our behaviour is asserted and the divergence is named.
 //
-// caddytest runs one Caddy per test binary (admin localhost:2999, listener
-// 9080 here), so these tests never use t.Parallel and are skipped with -short.
+// caddytest runs one Caddy per test binary (admin and listener on ports
+// reserved per test binary, see testhelpers_test.go), so these tests never
+// use t.Parallel and are skipped with -short.
 
 import (
 	"bufio"
@@ -506,14 +507,14 @@ func TestSmokeAdapterThroughCaddy(t *testing.T) {
 	}))
 	defer upstream.Close()
 	tester := caddytest.NewTester(t)
-	tester.InitServer(staticTokenConfig(testStaticToken, "static-subject", `    /simple: `+upstream.URL+`
+	tester.InitServer(withTestPorts(staticTokenConfig(testStaticToken, "static-subject", `    /simple: `+upstream.URL+`
     /open:
       target: `+upstream.URL+`/base
       credentials: dangerously-allow-unauthenticated
-`), "backstage")
-	tester.AssertGetResponse("http://localhost:9080/api/proxy/open/a%2Fb?q=%20x", 200,
+`)), "backstage")
+	tester.AssertGetResponse("http://localhost:"+testListenPort+"/api/proxy/open/a%2Fb?q=%20x", 200,
 		"GET /base/a%2Fb?q=%20x host="+strings.TrimPrefix(upstream.URL, "http://")+" auth=")
-	req, _ := http.NewRequest("GET", "http://localhost:9080/api/proxy/simple/just-some-path", nil)
+	req, _ := http.NewRequest("GET", "http://localhost:"+testListenPort+"/api/proxy/simple/just-some-path", nil)
 	req.Header.Set("Authorization", "Bearer static-token-123")
 	res, err := tester.Client.Do(req)
 	if err != nil {

@@ -5,9 +5,10 @@ package backstageproxy
 // See SECURITY.md for the threat model these tests pin.
 //
 // Like caddy_test.go, the integration tests share caddytest's single Caddy
-// (admin localhost:2999, listener 127.0.0.1:9080): they never run in
-// parallel and are skipped with -short. Requests are written as raw bytes
-// over net.Dial so that nothing is normalised on the client side.
+// (admin and listener on ports reserved per test binary, see
+// testhelpers_test.go): they never run in parallel and are skipped with
+// -short. Requests are written as raw bytes over net.Dial so that nothing is
+// normalised on the client side.
 
 import (
 	"bufio"
@@ -99,11 +100,11 @@ func secLoad(t *testing.T, cfg string) {
 	t.Helper()
 	skipIfShort(t)
 	loadTestCaddy(t, cfg, "backstage")
-	// caddytest talks to whatever listens on localhost:2999: make sure it is
-	// the Caddy of this test process, not another `go test` running at the
-	// same time (their reloads would look like our failures).
+	// caddytest talks to whatever listens on the admin port: make sure it is
+	// the Caddy of this test process, not another process that took the
+	// port after it was reserved (its reloads would look like our failures).
 	if _, err := caddy.ActiveContext().AppIfConfigured("backstage"); err != nil {
-		t.Fatalf("the Caddy on localhost:2999 is not this test process's (is another go test using ports 2999 and 9080?): %v", err)
+		t.Fatalf("the Caddy at %s is not this test process's (is another process using port %s or %s?): %v", testAdmin, testAdminPort, testListenPort, err)
 	}
 }
 
@@ -116,7 +117,7 @@ func secReload(cfg string) (int, string, error) {
 	var err error
 	for attempt := 0; attempt < 3; attempt++ {
 		var req *http.Request
-		req, err = http.NewRequest(http.MethodPost, testAdmin+"/load", strings.NewReader(cfg))
+		req, err = http.NewRequest(http.MethodPost, testAdmin+"/load", strings.NewReader(withTestPorts(cfg)))
 		if err != nil {
 			return 0, "", err
 		}
@@ -500,11 +501,11 @@ func TestHostilePaths(t *testing.T) {
 		{name: "/./ after the mount, token", target: "/api/proxy/./open/x", header: []string{auth}, status: 404},
 		{name: "encoded unreserved byte in the route, token", target: "/api/proxy/op%65n/x", header: []string{auth}, status: 404},
 		// absolute-form request-targets: routed by path only, never a forward proxy
-		{name: "absolute-form", target: "http://localhost:9080/api/proxy/open/x", status: 200, route: "open", uri: "/base/x"},
+		{name: "absolute-form", target: "http://localhost:" + testListenPort + "/api/proxy/open/x", status: 200, route: "open", uri: "/base/x"},
 		{name: "absolute-form naming an internal host", target: "http://" + fb + "/x", status: 404},
 		{name: "absolute-form naming an internal host, proxy path", target: "http://" + fb + "/api/proxy/open/x", status: 200, route: "open", uri: "/base/x"},
 		{name: "absolute-form, changeOrigin false", target: "http://" + fb + "/api/proxy/nochange/x", status: 200, route: "nochange", uri: "/x"},
-		{name: "absolute-form with traversal", target: "http://localhost:9080/api/proxy/open/%2e%2e/internal/x", status: 400, guard: true},
+		{name: "absolute-form with traversal", target: "http://localhost:" + testListenPort + "/api/proxy/open/%2e%2e/internal/x", status: 400, guard: true},
 		{name: "asterisk-form", target: "*", status: 404},
 		// case: matching is case-insensitive; the default rewrite strips the
 		// prefix whatever its case (D2); a case-sensitive pathRewrite does not
@@ -1396,7 +1397,7 @@ func TestSecurityAdaptWrongTypes(t *testing.T) {
 // in this process.
 func secLoadJSON(t *testing.T, cfg []byte) {
 	t.Helper()
-	req, _ := http.NewRequest(http.MethodPost, testAdmin+"/load", bytes.NewReader(cfg))
+	req, _ := http.NewRequest(http.MethodPost, testAdmin+"/load", strings.NewReader(withTestPorts(string(cfg))))
 	req.Header.Set("Content-Type", "application/json")
 	res, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
 	if err != nil {
@@ -1408,7 +1409,7 @@ func secLoadJSON(t *testing.T, cfg []byte) {
 		t.Fatalf("loading the config: %d %s", res.StatusCode, b)
 	}
 	if _, err := caddy.ActiveContext().AppIfConfigured("backstage"); err != nil {
-		t.Fatalf("the Caddy on localhost:2999 is not this test process's: %v", err)
+		t.Fatalf("the Caddy at %s is not this test process's: %v", testAdmin, err)
 	}
 }
 

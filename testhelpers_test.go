@@ -1,8 +1,9 @@
 package backstageproxy
 
-// Fixtures shared by the test files: the test Caddy's fixed addresses and
-// how to load a config into it, recording upstream servers, clients that
-// talk to the test Caddy, and Backstage's JSON error body.
+// Fixtures shared by the test files: the test Caddy's addresses (ports
+// reserved per test binary) and how to load a config into it, recording
+// upstream servers, clients that talk to the test Caddy, and Backstage's
+// JSON error body.
 
 import (
 	"bufio"
@@ -12,6 +13,9 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -25,16 +29,78 @@ import (
 	"github.com/caddyserver/caddy/v2/caddytest"
 )
 
-// caddytest runs one Caddy per test binary, at fixed addresses; every
-// integration test shares it (so none of them uses t.Parallel).
+// caddytest runs one Caddy per test binary; every integration test shares
+// it (so none of them uses t.Parallel). Its ports are reserved once per test
+// binary (reserveTestPorts), so that test binaries running at the same time
+// (other packages, other checkouts) do not meet. The test configs are written
+// with the fixed addresses admin localhost:2999, listener port 9080 and HTTPS
+// port 9443; withTestPorts, applied wherever a config is loaded into the
+// test Caddy, replaces them with the reserved ones.
+var (
+	testAdminPort, testListenPort, testHTTPSPort = reserveTestPorts()
+
+	testAdmin  = "http://localhost:" + testAdminPort // the admin API
+	testListen = "127.0.0.1:" + testListenPort       // the HTTP listener
+)
+
 const (
-	testAdmin      = "http://localhost:2999" // the admin API
-	testListen     = "127.0.0.1:9080"        // the HTTP listener
-	testClientHost = "localhost:7007"        // the Host header clients send, as in the conformance cases
+	testClientHost = "localhost:7007" // the Host header clients send, as in the conformance cases
 	// testStaticToken is the static external-access token of the
 	// integration configs (without "Bearer ").
 	testStaticToken = "static-token-123"
 )
+
+// reserveTestPorts returns three distinct TCP ports that were free on every
+// address: each is taken with port 0, read back, then freed for the test
+// Caddy to use.
+func reserveTestPorts() (admin, listen, https string) {
+	var ports [3]string
+	for i := range ports {
+		ln, err := net.Listen("tcp", ":0")
+		if err != nil {
+			panic("reserving a port for the test Caddy: " + err.Error())
+		}
+		defer ln.Close() // all three held at once, so they differ
+		_, ports[i], _ = net.SplitHostPort(ln.Addr().String())
+	}
+	return ports[0], ports[1], ports[2]
+}
+
+// init points caddytest at the reserved admin port: every caddytest.Tester
+// starts the in-process Caddy with its admin API there (if none answers
+// yet) and loads configs through it.
+func init() {
+	caddytest.Default.AdminPort, _ = strconv.Atoi(testAdminPort)
+}
+
+// testPortReplacer rewrites the fixed addresses of the test configs, in the
+// spellings they have in YAML, in JSON and in the adapter's JSON output.
+var testPortReplacer = strings.NewReplacer(
+	"localhost:2999", "localhost:"+testAdminPort, // caddy.admin, admin.listen
+	"port: 9080}", "port: "+testListenPort+"}", // backend.listen: {[host: ..., ]port: 9080}
+	`:9080"`, ":"+testListenPort+`"`, // a server's listen, ":9080" or "127.0.0.1:9080"
+	`"http_port":9080`, `"http_port":`+testListenPort,
+	"port: 9443}", "port: "+testHTTPSPort+"}",
+	"localhost:9443", "localhost:"+testHTTPSPort, // backend.baseUrl of the HTTPS listener
+	`"https_port":9443`, `"https_port":`+testHTTPSPort,
+)
+
+// fixedTestPort finds a fixed port that testPortReplacer left in a config.
+var fixedTestPort = regexp.MustCompile(`[: ](2999|9080|9443)([^0-9]|$)`)
+
+// withTestPorts returns cfg, a test config (YAML or JSON), with the fixed
+// addresses admin localhost:2999, listener 9080 and HTTPS 9443 replaced by
+// this test binary's reserved ports. Every path that loads a config into the
+// test Caddy (loadTestCaddy, and the tests' own POSTs to /load) goes through
+// it. A fixed port in a spelling it does not know is a bug in the test: it
+// panics rather than let the test Caddy take a fixed port.
+func withTestPorts(cfg string) string {
+	cfg = testPortReplacer.Replace(cfg)
+	if m := fixedTestPort.FindString(cfg); m != "" {
+		panic("withTestPorts: a test config names the fixed port in " + strconv.Quote(m) + "; add its spelling to testPortReplacer")
+	}
+	return cfg
+}
 
 // skipIfShort skips an integration test, one that runs a real Caddy, with
 // -short.
@@ -50,7 +116,7 @@ func skipIfShort(t testing.TB) {
 // stops the test if that fails.
 func loadTestCaddy(t *testing.T, cfg, adapter string) {
 	t.Helper()
-	caddytest.NewTester(t).InitServer(cfg, adapter)
+	caddytest.NewTester(t).InitServer(withTestPorts(cfg), adapter)
 	if t.Failed() {
 		t.FailNow()
 	}
@@ -243,5 +309,30 @@ func expectErr(t testing.TB, a authenticator, token string, status int, message 
 	}
 	if err.Status != status || err.Message != message {
 		t.Fatalf("authenticate: got %d %q, want %d %q", err.Status, err.Message, status, message)
+	}
+}
+
+// TestWithTestPorts: the YAML fixtures and the config builders, once through
+// withTestPorts, name this binary's ports and no fixed one (it would panic).
+func TestWithTestPorts(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join("testdata", "integration", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no fixtures: %v", err)
+	}
+	configs := map[string]string{"staticTokenConfig": staticTokenConfig(testStaticToken, "s", "    /a: http://127.0.0.1:1\n")}
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		configs[f] = string(raw)
+	}
+	for name, cfg := range configs {
+		got := withTestPorts(cfg)
+		for _, want := range []string{"admin: localhost:" + testAdminPort + "\n", "port: " + testListenPort + "}"} {
+			if !strings.Contains(got, want) {
+				t.Errorf("%s: %q missing after withTestPorts:\n%s", name, want, got)
+			}
+		}
 	}
 }

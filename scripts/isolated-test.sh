@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Runs the package tests in a private network namespace (Linux, root or
-# unprivileged user namespaces), so that integration tests, which use the
-# fixed loopback ports 2999 (admin) and 9080 (listener), cannot collide with
-# another `go test` running on the same machine. Arguments go to the test
-# binary, e.g.:
+# unprivileged user namespaces). The integration tests do not need it to
+# avoid each other: each test binary reserves free ports for its in-process
+# Caddy (admin API and listener, see testhelpers_test.go). It still keeps a
+# run away from anything else on the machine's loopback, e.g. a process that
+# takes a reserved port before the test Caddy binds it. Arguments go to the
+# test binary, e.g.:
 #
 #   scripts/isolated-test.sh -test.run 'Security|Fault|Fuzz|WebSocket|Hostile' -test.v
 #   RACE=1 scripts/isolated-test.sh -test.count=1
