@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -375,7 +376,7 @@ func BenchmarkPathGuard(b *testing.B) {
 		b.Run(p, func(b *testing.B) {
 			b.ReportAllocs()
 			for i := 0; i < b.N; i++ {
-				if !pathIsSafe(p) {
+				if !urlpath.IsSafe(p) {
 					b.Fatal("unsafe")
 				}
 			}

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
@@ -136,10 +137,10 @@ func fzWalkHandlers(v any, fn func(map[string]any)) {
 // parameters removed, is `..`; and its first decoding has no control byte.
 func FuzzPathGuard(f *testing.F) {
 	f.Fuzz(func(t *testing.T, p string) {
-		if u := (&url.URL{Path: p}); escapedPathOf(u) != u.EscapedPath() {
-			t.Fatalf("escapedPathOf(Path %q) = %q, EscapedPath %q", p, escapedPathOf(u), u.EscapedPath())
+		if u := (&url.URL{Path: p}); urlpath.Escaped(u) != u.EscapedPath() {
+			t.Fatalf("escapedPathOf(Path %q) = %q, EscapedPath %q", p, urlpath.Escaped(u), u.EscapedPath())
 		}
-		if !pathIsSafe(p) {
+		if !urlpath.IsSafe(p) {
 			return
 		}
 		if secTraversal(p) {

@@ -9,6 +9,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -22,7 +23,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if repl != nil && h.routePlaceholders != nil {
 		repl.Map(h.routePlaceholders)
 	}
-	escapedPath := escapedPathOf(r.URL)
+	escapedPath := urlpath.Escaped(r.URL)
 
 	// 1. Credentials, before the path guard: Backstage's barrier runs first, so
 	// anonymous traversal attempts on protected routes get 401.
@@ -48,7 +49,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// 2. Path guard (backstage-proxy.md §1.11, divergence D10).
-	if !pathIsSafe(escapedPath) {
+	if !urlpath.IsSafe(escapedPath) {
 		if repl != nil {
 			repl.Set(placeholderError, "path traversal")
 		}
@@ -70,7 +71,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// and rewriting them here would send the mount path upstream. The
 	// generated routes match that way (MatchRoutePath); this check holds
 	// for hand-written ones too (Caddy's `path` matcher cleans and decodes).
-	if h.Rewrite != nil && !hasSegmentPrefixFold(escapedPath, h.Rewrite.StripPrefix) {
+	if h.Rewrite != nil && !urlpath.HasSegmentPrefixFold(escapedPath, h.Rewrite.StripPrefix) {
 		w.WriteHeader(http.StatusNotFound)
 		return nil
 	}
@@ -109,7 +110,7 @@ func (h *Handler) serveUpstream(w http.ResponseWriter, r *http.Request, escapedP
 	r.Trailer = nil
 	if h.Rewrite != nil {
 		uri, pathEnd := h.Rewrite.applyURI(escapedPath, u.RawQuery, u.ForceQuery || u.RawQuery != "")
-		setEscapedPath(r.URL, uri[:pathEnd])
+		urlpath.SetEscaped(r.URL, uri[:pathEnd])
 		r.URL.RawQuery = ""
 		if pathEnd < len(uri) {
 			r.URL.RawQuery = uri[pathEnd+1:]
@@ -156,7 +157,7 @@ func (h *Handler) needsCredentials(escapedPath string) bool {
 		rel, ok := h.relativePath(escapedPath)
 		if ok {
 			for _, p := range h.openPaths {
-				if hasSegmentPrefixFold(rel, p) {
+				if urlpath.HasSegmentPrefixFold(rel, p) {
 					return false
 				}
 			}
@@ -168,7 +169,7 @@ func (h *Handler) needsCredentials(escapedPath string) bool {
 // relativePath returns p relative to the mount path, or false if p is not
 // under it.
 func (h *Handler) relativePath(p string) (string, bool) {
-	if !hasSegmentPrefixFold(p, h.MountPath) {
+	if !urlpath.HasSegmentPrefixFold(p, h.MountPath) {
 		return "", false
 	}
 	rel := p[len(h.MountPath):]
@@ -176,28 +177,6 @@ func (h *Handler) relativePath(p string) (string, bool) {
 		rel = "/"
 	}
 	return rel, true
-}
-
-// hasSegmentPrefixFold reports whether p starts with prefix, case-insensitively,
-// on a path segment boundary. The prefix `/` matches everything.
-func hasSegmentPrefixFold(p, prefix string) bool {
-	if prefix == "/" || prefix == "" {
-		return true
-	}
-	// The boundary first: it rejects most other routes' paths in one
-	// comparison (routes mostly share the mount path and differ after it).
-	n := len(prefix)
-	if len(p) < n || (len(p) > n && p[n] != '/') || lowerASCII(p[n-1]) != lowerASCII(prefix[n-1]) {
-		return false
-	}
-	return strings.EqualFold(p[:n], prefix)
-}
-
-func lowerASCII(c byte) byte {
-	if 'A' <= c && c <= 'Z' {
-		return c + 'a' - 'A'
-	}
-	return c
 }
 
 // upstreamError turns a reverse_proxy failure into a Backstage-shaped JSON
@@ -234,7 +213,7 @@ func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, status int,
 	if uri == "" || uri[0] != '/' {
 		uri = r.URL.RequestURI()
 	}
-	if hasSegmentPrefixFold(uri, h.MountPath) || (len(uri) > len(h.MountPath) && uri[len(h.MountPath)] == '?' && strings.EqualFold(uri[:len(h.MountPath)], h.MountPath)) {
+	if urlpath.HasSegmentPrefixFold(uri, h.MountPath) || (len(uri) > len(h.MountPath) && uri[len(h.MountPath)] == '?' && strings.EqualFold(uri[:len(h.MountPath)], h.MountPath)) {
 		uri = uri[len(h.MountPath):]
 		if uri == "" || uri[0] == '?' {
 			// Express mounts ensure a leading slash: /api/proxy?x=1 is /?x=1

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/http"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -85,11 +86,11 @@ func (m MatchRoutePath) Match(r *http.Request) bool {
 		p := view
 		if i < len(m.escaped) && m.escaped[i] {
 			if escaped == "" {
-				escaped = escapedPathOf(r.URL)
+				escaped = urlpath.Escaped(r.URL)
 			}
 			p = escaped
 		}
-		if hasSegmentPrefixFold(p, prefix) {
+		if urlpath.HasSegmentPrefixFold(p, prefix) {
 			return true
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -110,7 +111,7 @@ func TestMatchRoutePathAgreesWithHandler(t *testing.T) {
 		_ = m.Provision(caddy.Context{})
 		for _, target := range targets {
 			r := readRequest(t, target)
-			if got, want := m.Match(r), hasSegmentPrefixFold(r.URL.EscapedPath(), prefix); got != want {
+			if got, want := m.Match(r), urlpath.HasSegmentPrefixFold(r.URL.EscapedPath(), prefix); got != want {
 				t.Errorf("%s on %q: matcher %v, handler check %v", prefix, target, got, want)
 			}
 		}

@@ -5,7 +5,8 @@ import (
 	"net/url"
 	"regexp"
 	"strings"
-	"unsafe"
+
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
 )
 
 // UpstreamRewrite computes the upstream request path and query from the
@@ -88,7 +89,7 @@ func (u *UpstreamRewrite) provision() error {
 	if u.TargetPath == "" {
 		u.TargetPath = "/"
 	}
-	u.targetPrefix = collapsedPrefix(u.target())
+	u.targetPrefix = urlpath.CollapsedPrefix(u.target())
 	if _, err := url.ParseQuery(u.TargetQuery); err != nil && u.TargetQuery != "" {
 		return fmt.Errorf("target query %q: %v", u.TargetQuery, err)
 	}
@@ -137,7 +138,7 @@ func (u *UpstreamRewrite) applyURI(escapedPath, rawQuery string, hasQuery bool) 
 
 	target, prefix := u.target(), u.targetPrefix
 	if prefix == "" { // not provisioned
-		prefix = collapsedPrefix(target)
+		prefix = urlpath.CollapsedPrefix(target)
 	}
 	query := reqQuery
 	sep := ""
@@ -151,7 +152,7 @@ func (u *UpstreamRewrite) applyURI(escapedPath, rawQuery string, hasQuery bool) 
 	} else {
 		reqQuery = ""
 	}
-	return joinCollapseAfter(prefix, target != "", reqPath, query, sep, reqQuery)
+	return urlpath.JoinCollapseAfter(prefix, target != "", reqPath, query, sep, reqQuery)
 }
 
 // target is the target path prepended to upstream paths, or "".
@@ -187,58 +188,4 @@ func (u *UpstreamRewrite) stripDefault(p string) string {
 		// this through; leave it alone rather than guess
 		return p
 	}
-}
-
-// appendCollapsed appends s to buf, which ends with `/` or is followed by
-// nothing of s's, dropping every `/` that would follow another. It copies the
-// runs between doubled slashes whole.
-func appendCollapsed(buf []byte, s string) []byte {
-	for len(s) > 0 {
-		if s[0] == '/' && len(buf) > 0 && buf[len(buf)-1] == '/' {
-			s = s[1:]
-			continue
-		}
-		i := strings.Index(s, "//")
-		if i < 0 {
-			return append(buf, s...)
-		}
-		buf = append(buf, s[:i+1]...)
-		s = s[i+1:]
-	}
-	return buf
-}
-
-// joinCollapse joins the non-empty path parts a and b with `/` and collapses
-// runs of `/` (http-proxy's urlJoin); the result always starts with `/`. When
-// q1 (with q2 after sep) is non-empty, `?` and the query follow. It returns the
-// URI and where its path ends, building both in one allocation.
-func joinCollapse(a, b, q1, sep, q2 string) (string, int) {
-	return joinCollapseAfter(collapsedPrefix(a), a != "", b, q1, sep, q2)
-}
-
-// collapsedPrefix is what joinCollapse makes of a before b is joined: `/`
-// and a, slashes collapsed.
-func collapsedPrefix(a string) string {
-	return string(appendCollapsed(append(make([]byte, 0, len(a)+1), '/'), a))
-}
-
-// joinCollapseAfter is joinCollapse with a already made into prefix by
-// collapsedPrefix (aSet: a was not empty).
-func joinCollapseAfter(prefix string, aSet bool, b, q1, sep, q2 string) (string, int) {
-	buf := make([]byte, 0, len(prefix)+len(b)+len(q1)+len(sep)+len(q2)+2)
-	buf = append(buf, prefix...)
-	if b != "" {
-		if aSet {
-			buf = appendCollapsed(buf, "/")
-		}
-		buf = appendCollapsed(buf, b)
-	}
-	pathEnd := len(buf)
-	if q1 != "" || q2 != "" {
-		buf = append(buf, '?')
-		buf = append(buf, q1...)
-		buf = append(buf, sep...)
-		buf = append(buf, q2...)
-	}
-	return unsafe.String(unsafe.SliceData(buf), len(buf)), pathEnd
 }

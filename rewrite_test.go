@@ -4,6 +4,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
 )
 
 // rwApply provisions u and applies it to a request-target, split as the
@@ -224,7 +226,7 @@ func TestJoinCollapse(t *testing.T) {
 		{"//a//", "//b//c", "/a/b/c"},
 	}
 	for _, c := range cases {
-		if got, end := joinCollapse(c.a, c.b, "", "", ""); got != c.want || end != len(got) {
+		if got, end := urlpath.JoinCollapse(c.a, c.b, "", "", ""); got != c.want || end != len(got) {
 			t.Errorf("joinCollapse(%q, %q) = %q, want %q", c.a, c.b, got, c.want)
 		}
 	}
@@ -237,7 +239,7 @@ func TestJoinCollapseQuery(t *testing.T) {
 		{"/api", "/x", "key=abc", "&", "z=1", "/api/x?key=abc&z=1"},
 		{"", "//a", "", "", "q", "/a?q"},
 	} {
-		got, end := joinCollapse(c.a, c.b, c.q1, c.sep, c.q2)
+		got, end := urlpath.JoinCollapse(c.a, c.b, c.q1, c.sep, c.q2)
 		if got != c.want {
 			t.Errorf("joinCollapse(%q, %q, %q, %q, %q) = %q, want %q", c.a, c.b, c.q1, c.sep, c.q2, got, c.want)
 		}

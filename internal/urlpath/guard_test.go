@@ -1,4 +1,4 @@
-package backstageproxy
+package urlpath
 
 import (
 	"net/http/httptest"
@@ -84,7 +84,7 @@ func TestPathIsSafe(t *testing.T) {
 		{"/a/.../..../b", true, "dots that are not .."},
 	}
 	for _, c := range cases {
-		if got := pathIsSafe(c.path); got != c.safe {
+		if got := IsSafe(c.path); got != c.safe {
 			t.Errorf("pathIsSafe(%q) = %v, want %v (%s)", c.path, got, c.safe, c.why)
 		}
 	}
@@ -99,7 +99,7 @@ func TestPathIsSafeIgnoresQuery(t *testing.T) {
 		"/api/proxy/open/a/.../b?x=..",
 	} {
 		r := httptest.NewRequest("GET", target, nil)
-		if !pathIsSafe(r.URL.EscapedPath()) {
+		if !IsSafe(r.URL.EscapedPath()) {
 			t.Errorf("%s: refused, but only the query has ..", target)
 		}
 	}
@@ -117,7 +117,7 @@ func TestSetEscapedPath(t *testing.T) {
 	}
 	for _, c := range cases {
 		var u url.URL
-		setEscapedPath(&u, c.escaped)
+		SetEscaped(&u, c.escaped)
 		if u.Path != c.path || u.RawPath != c.rawPath {
 			t.Errorf("setEscapedPath(%q): Path %q RawPath %q, want %q %q", c.escaped, u.Path, u.RawPath, c.path, c.rawPath)
 		}
@@ -147,7 +147,7 @@ func TestEscapedPathOf(t *testing.T) {
 	}
 	cases = append(cases, &url.URL{Path: "*"}, &url.URL{Path: ""}, &url.URL{Path: "/a b", RawPath: "/a%20b"})
 	for _, u := range cases {
-		if got, want := escapedPathOf(u), u.EscapedPath(); got != want {
+		if got, want := Escaped(u), u.EscapedPath(); got != want {
 			t.Errorf("escapedPathOf(Path %q RawPath %q) = %q, want %q", u.Path, u.RawPath, got, want)
 		}
 	}

@@ -1,4 +1,4 @@
-package backstageproxy
+package urlpath
 
 import (
 	"net/url"
@@ -22,7 +22,7 @@ const maxDecodeRounds = 3
 //     percent-decoding (`%2e%2e`, `..%2f`, `..%5c`, `%252e%252e`, `..;`).
 //
 // `..` in the query and `...` segments are allowed, as in Backstage.
-func pathIsSafe(escaped string) bool {
+func IsSafe(escaped string) bool {
 	// Fast path: nothing that could encode or form a traversal. The classes
 	// are bits, gathered without a branch per byte.
 	var classes uint8
@@ -111,7 +111,7 @@ func segmentsSafe(p string) bool {
 // escapedPathOf is u.EscapedPath(). When Go kept no RawPath and no byte of
 // Path needs escaping, which is the common case, Path is the answer; the
 // bytes are checked with a table rather than net/url's per-byte switch.
-func escapedPathOf(u *url.URL) string {
+func Escaped(u *url.URL) string {
 	if u.RawPath == "" {
 		p := u.Path
 		for i := 0; i < len(p); i++ {
@@ -136,7 +136,7 @@ var pathByteEscaped = func() (t [256]bool) {
 
 // setEscapedPath sets u's path from its escaped form, keeping the escaping
 // (so `%2F` stays `%2F` on the wire).
-func setEscapedPath(u *url.URL, escaped string) {
+func SetEscaped(u *url.URL, escaped string) {
 	if strings.IndexByte(escaped, '%') < 0 {
 		// nothing to decode
 		u.Path, u.RawPath = escaped, escaped
@@ -187,4 +187,26 @@ func unhex(c byte) byte {
 	default:
 		return c - 'A' + 10
 	}
+}
+
+// HasSegmentPrefixFold reports whether p starts with prefix, case-insensitively,
+// on a path segment boundary. The prefix `/` matches everything.
+func HasSegmentPrefixFold(p, prefix string) bool {
+	if prefix == "/" || prefix == "" {
+		return true
+	}
+	// The boundary first: it rejects most other routes' paths in one
+	// comparison (routes mostly share the mount path and differ after it).
+	n := len(prefix)
+	if len(p) < n || (len(p) > n && p[n] != '/') || lowerASCII(p[n-1]) != lowerASCII(prefix[n-1]) {
+		return false
+	}
+	return strings.EqualFold(p[:n], prefix)
+}
+
+func lowerASCII(c byte) byte {
+	if 'A' <= c && c <= 'Z' {
+		return c + 'a' - 'A'
+	}
+	return c
 }
