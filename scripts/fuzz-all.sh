@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every fuzz target of the package in turn, each for FUZZTIME (default
+# Runs every fuzz target of the module in turn, each for FUZZTIME (default
 # 2m). New crashers are written by Go to testdata/fuzz/<Name>/; commit them
 # as seeds once the bug they show is fixed or reported.
 #
@@ -7,7 +7,11 @@
 #   FUZZTIME=30s scripts/fuzz-all.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for target in FuzzAdapt FuzzPathGuard FuzzUpstreamRewrite FuzzRequestFilter FuzzLoadBackstageConfig FuzzBearerAndToken; do
-	echo "== $target (${FUZZTIME:-2m})"
-	go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-2m}" .
+# package:target, one per fuzz target
+for entry in .:FuzzAdapt .:FuzzPathGuard .:FuzzUpstreamRewrite .:FuzzRequestFilter \
+	./internal/appconfig:FuzzLoadBackstageConfig \
+	./internal/identity:FuzzBearerAndToken ./internal/identity:FuzzPluginClaimsImpersonation; do
+	pkg=${entry%%:*} target=${entry#*:}
+	echo "== $pkg $target (${FUZZTIME:-2m})"
+	go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-2m}" "$pkg"
 done
