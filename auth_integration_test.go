@@ -17,9 +17,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -27,33 +25,28 @@ import (
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 )
 
-// aiUpstream records the headers of what it receives.
+// aiUpstream records the headers of every request it receives.
 type aiUpstream struct {
-	*httptest.Server
-	mu   sync.Mutex
-	last http.Header
-	uri  string
-	hits int
+	recordingUpstream[http.Header]
 }
 
 func newAIUpstream(t *testing.T) *aiUpstream {
 	u := &aiUpstream{}
-	u.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		u.mu.Lock()
-		u.last, u.uri = r.Header.Clone(), r.RequestURI
-		u.hits++
-		u.mu.Unlock()
+	u.Server = newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		u.record(r.Header.Clone())
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{"ok":true}`)
 	}))
-	t.Cleanup(u.Close)
 	return u
 }
 
+// seen is the headers of the last request and how many requests came.
 func (u *aiUpstream) seen() (http.Header, int) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	return u.last, u.hits
+	rs := u.requests()
+	if len(rs) == 0 {
+		return nil, 0
+	}
+	return rs[len(rs)-1], len(rs)
 }
 
 // aiFixture holds the key servers, the keys and the upstream.
