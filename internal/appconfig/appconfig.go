@@ -533,13 +533,115 @@ func (l *configLoader) loadFile(file string, body []byte) (*Node, error) {
 
 var yamlErrLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
-func yamlParseError(file string, err error) error {
+// maxYAMLErrorSearchBytes bounds the file size for which a YAML error's line
+// is searched (a few parses of prefixes of the file, only on the error path).
+const maxYAMLErrorSearchBytes = 1 << 20
+
+// yamlParseError turns a YAML parse error into an Error that names the line
+// that really broke and, when that line is inside a proxy endpoint, the
+// endpoint. The YAML library reports the line where the enclosing block
+// starts (its "context"), which for an indentation slip inside an endpoint is
+// the endpoint's first line or an earlier one, not the line to fix.
+func yamlParseError(file string, body []byte, err error) error {
 	msg := err.Error()
-	if m := yamlErrLineRE.FindStringSubmatch(msg); m != nil {
-		line, _ := strconv.Atoi(m[1])
-		return NewError(file, line, "invalid YAML: %s", m[2])
+	m := yamlErrLineRE.FindStringSubmatch(msg)
+	if m == nil {
+		return NewError(file, 0, "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
 	}
-	return NewError(file, 0, "invalid YAML: %s", strings.TrimPrefix(msg, "yaml: "))
+	line, _ := strconv.Atoi(m[1])
+	problem := m[2]
+	if len(body) > maxYAMLErrorSearchBytes {
+		return NewError(file, line, "invalid YAML: %s", problem)
+	}
+	lines := bytes.SplitAfter(body, []byte("\n"))
+	prefix := func(n int) []byte { return bytes.Join(lines[:n], nil) }
+	// The smallest prefix of whole lines that fails to parse ends with the
+	// broken line. The reported line is a lower bound.
+	lo, hi := max(line, 1), len(lines)
+	if hi < lo || !yamlFails(prefix(hi)) {
+		return NewError(file, line, "invalid YAML: %s", problem)
+	}
+	for lo < hi {
+		mid := (lo + hi) / 2
+		if yamlFails(prefix(mid)) {
+			hi = mid
+		} else {
+			lo = mid + 1
+		}
+	}
+	broken := lo
+	indent := len(lines[broken-1]) - len(bytes.TrimLeft(lines[broken-1], " "))
+	if route, start := yamlEndpointAt(prefix(broken-1), broken, indent); route != "" {
+		return NewError(file, broken, "invalid YAML: %s (in proxy endpoint '%s', which starts at line %d)", problem, route, start)
+	}
+	return NewError(file, broken, "invalid YAML: %s", problem)
+}
+
+// yamlFails reports whether b is not a valid YAML stream.
+func yamlFails(b []byte) (failed bool) {
+	defer func() {
+		if recover() != nil {
+			failed = true
+		}
+	}()
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	for {
+		var n yaml.Node
+		switch err := dec.Decode(&n); {
+		case err == io.EOF:
+			return false
+		case err != nil:
+			return true
+		}
+	}
+}
+
+// yamlEndpointAt is the proxy endpoint (key and first line) of the valid
+// YAML b that contains line, indented by indent spaces, or "" when line is
+// in none: the last endpoint key at or before line, under proxy.endpoints
+// or, in the old layout, directly under proxy, when line is indented deeper
+// than that key.
+func yamlEndpointAt(b []byte, line, indent int) (route string, start int) {
+	var doc yaml.Node
+	if yamlFails(b) || yaml.Unmarshal(b, &doc) != nil || len(doc.Content) == 0 {
+		return "", 0
+	}
+	get := func(n *yaml.Node, key string) *yaml.Node {
+		if n == nil || n.Kind != yaml.MappingNode {
+			return nil
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				return n.Content[i+1]
+			}
+		}
+		return nil
+	}
+	proxy := get(doc.Content[0], "proxy")
+	if proxy == nil || proxy.Kind != yaml.MappingNode || proxy.Line > line {
+		return "", 0
+	}
+	eps := get(proxy, "endpoints")
+	if eps == nil {
+		eps = proxy
+	}
+	if eps.Kind != yaml.MappingNode {
+		return "", 0
+	}
+	for i := 0; i+1 < len(eps.Content); i += 2 {
+		k := eps.Content[i]
+		if k.Line > line {
+			break
+		}
+		if eps == proxy && !strings.HasPrefix(k.Value, "/") {
+			continue
+		}
+		route, start = k.Value, k.Line
+		if indent < k.Column { // not deeper than the key (Column is 1-based)
+			route, start = "", 0
+		}
+	}
+	return route, start
 }
 
 // yamlSeparators is a cheap upper bound on the number of YAML elements, to refuse documents that
@@ -575,13 +677,13 @@ func (l *configLoader) parseYAML(body []byte, file string) (node *Node, err erro
 		if err == io.EOF {
 			return l.newNullNode(file, 1)
 		}
-		return nil, yamlParseError(file, err)
+		return nil, yamlParseError(file, body, err)
 	}
 	var next yaml.Node
 	switch err := dec.Decode(&next); {
 	case err == io.EOF:
 	case err != nil:
-		return nil, yamlParseError(file, err)
+		return nil, yamlParseError(file, body, err)
 	default:
 		return nil, NewError(file, next.Line, "the file contains more than one YAML document (Backstage rejects this)")
 	}

@@ -810,3 +810,39 @@ func FuzzLoadBackstageConfig(f *testing.F) {
 		check(root, true, false)
 	})
 }
+
+// TestYAMLErrorNamesBrokenLineAndEndpoint: the YAML library reports the line
+// where the enclosing block starts; the loader reports the line that broke,
+// and the proxy endpoint it is in.
+func TestYAMLErrorNamesBrokenLineAndEndpoint(t *testing.T) {
+	const head = "backend:\n  baseUrl: http://localhost:7007\nproxy:\n  endpoints:\n    /a:\n      target: http://a\n"
+	tests := []struct {
+		name, body, want string
+	}{
+		{"indentation slip in an endpoint",
+			head + "    /b:\n      target: http://b\n      headers:\n        X-Foo: bar\n       X-Bad: baz\n    /c:\n      target: http://c\n",
+			"@MAIN@:11: invalid YAML: did not find expected key (in proxy endpoint '/b', which starts at line 7)"},
+		{"old layout",
+			"proxy:\n  /a: http://a\n  /b:\n    target: http://b\n    changeOrigin: true\n   x: 1\n",
+			"@MAIN@:6: invalid YAML: did not find expected key (in proxy endpoint '/b', which starts at line 3)"},
+		{"after the endpoints",
+			head + "other:\n  a: 1\n b: 2\n",
+			"@MAIN@:9: invalid YAML: did not find expected key"},
+		{"unclosed flow sequence",
+			head + "    /b:\n      allowedMethods: [GET\n      target: http://b\n",
+			"@MAIN@:8: invalid YAML"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := acfgWrite(t, map[string]string{"app.yaml": tc.body})
+			_, _, err := acfgLoad(t, dir, "app.yaml", nil)
+			want := strings.ReplaceAll(tc.want, "@MAIN@", filepath.Join(dir, "app.yaml"))
+			if err == nil || !strings.HasPrefix(err.Error(), want) {
+				t.Fatalf("error %v, want %s", err, want)
+			}
+			if strings.HasSuffix(want, "key") && err.Error() != want {
+				t.Fatalf("error %q, want exactly %q", err, want)
+			}
+		})
+	}
+}
