@@ -59,14 +59,24 @@ func (Adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig
 		Env:      os.LookupEnv,
 		Environ:  os.Environ(),
 	})
-	caddyWarnings := make([]caddyconfig.Warning, len(warnings))
-	for i, w := range warnings {
-		caddyWarnings[i] = caddyconfig.Warning{File: w.File, Line: w.Line, Message: w.Message}
+	// Warnings about keys the proxy never reads (an unset variable in
+	// integrations.github[0].token) are not ours to give: a real app-config
+	// has dozens of them, and Backstage's own backend reports them.
+	var caddyWarnings []caddyconfig.Warning
+	removed := map[string]string{}
+	for _, w := range warnings {
+		if top, _, _ := strings.Cut(w.Path, "."); w.Path != "" && !readTopLevelKeys[top] {
+			continue
+		}
+		if w.Path != "" {
+			removed[w.Path] = w.Message
+		}
+		caddyWarnings = append(caddyWarnings, caddyconfig.Warning{File: w.File, Line: w.Line, Message: w.Message})
 	}
 	if err != nil {
 		return nil, labelWarnings(caddyWarnings, filename), labelError(err, filename)
 	}
-	ad := &adaptation{root: root, warnings: caddyWarnings, file: filename}
+	ad := &adaptation{root: root, warnings: caddyWarnings, file: filename, removed: removed}
 	out, err := ad.adapt()
 	return out, labelWarnings(ad.warnings, filename), labelError(err, filename)
 }
@@ -98,11 +108,18 @@ func labelWarnings(ws []caddyconfig.Warning, filename string) []caddyconfig.Warn
 	return ws
 }
 
+// readTopLevelKeys are the top-level app-config keys the adapter reads.
+var readTopLevelKeys = map[string]bool{"proxy": true, "backend": true, "caddy": true, "discovery": true, "auth": true}
+
 // adaptation is the state of one Adapt call.
 type adaptation struct {
 	root     *appconfig.Node
 	file     string
 	warnings []caddyconfig.Warning
+	// removed maps the path of each value the loader removed (an unset
+	// variable) to its warning, so that an error about the missing key can
+	// say why it is missing.
+	removed map[string]string
 	caddy    *caddyOptions
 	// protected is set when a route needs credentials.
 	protected bool
@@ -478,6 +495,13 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 				typ = "boolean"
 			case "null", "array", "object":
 				typ = "object"
+			}
+		}
+		if t == nil {
+			for _, p := range []string{"proxy.endpoints." + route + ".target", "proxy." + route + ".target"} {
+				if why, ok := ad.removed[p]; ok {
+					return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type undefined: %s", route, why)
+				}
 			}
 		}
 		return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type %s", route, typ)

@@ -238,6 +238,11 @@ type Warning struct {
 	File    string
 	Line    int
 	Message string
+	// Path is the config key the warning is about ("proxy.endpoints./a.target"),
+	// or "" when it is about no one key. A warning that a value was removed
+	// (an unset variable) has its key's Path, so a reader can say why a key it
+	// needs is missing, and ignore warnings about keys it never reads.
+	Path string
 }
 
 // Error is a configuration loading error that names where it happened.
@@ -450,10 +455,15 @@ type includeFrame struct {
 }
 
 func (l *configLoader) warn(file string, line int, format string, args ...any) {
+	l.warnAt("", file, line, format, args...)
+}
+
+// warnAt is warn about the config key at path.
+func (l *configLoader) warnAt(path, file string, line int, format string, args ...any) {
 	l.warningCount++
 	switch {
 	case l.warningCount <= MaxWarnings:
-		l.warnings = append(l.warnings, Warning{File: file, Line: line, Message: fmt.Sprintf(format, args...)})
+		l.warnings = append(l.warnings, Warning{File: file, Line: line, Message: fmt.Sprintf(format, args...), Path: path})
 	case l.warningCount == MaxWarnings+1:
 		l.warnings = append(l.warnings, Warning{File: file, Line: line, Message: "too many warnings; the rest are not shown"})
 	}
@@ -1402,7 +1412,7 @@ func (l *configLoader) fileDirective(n, arg *Node, name, path, dir string) (*Nod
 func (l *configLoader) envDirective(n *Node, name, path string) (*Node, error) {
 	raw, ok := l.env(name)
 	if !ok {
-		l.warn(n.File, n.Line, "%s: $env: environment variable %s is not set; the value is removed (as Backstage does)", displayPath(path), name)
+		l.warnAt(path, n.File, n.Line, "%s: $env: environment variable %s is not set; the value is removed (as Backstage does)", displayPath(path), name)
 		return nil, nil
 	}
 	out := copyNode(KindScalar, n)
@@ -1493,7 +1503,7 @@ func (l *configLoader) includeDirective(n, arg *Node, value, path, dir string, d
 			included = included.Get(part)
 		}
 		if included == nil {
-			l.warn(arg.File, arg.Line, "%s: $include: nothing at '%s' in %s; the value is removed (as Backstage does)", displayPath(path), dataPath, p)
+			l.warnAt(path, arg.File, arg.Line, "%s: $include: nothing at '%s' in %s; the value is removed (as Backstage does)", displayPath(path), dataPath, p)
 			return nil, nil
 		}
 	}
@@ -1621,7 +1631,7 @@ func (l *configLoader) substituteNode(n *Node, path string) (*Node, error) {
 		return n, nil
 	}
 	if r.undefined != nil {
-		l.warn(n.File, n.Line, "%s: %s; the value is removed (as Backstage does)", displayPath(path), strings.Join(r.undefined, ", "))
+		l.warnAt(path, n.File, n.Line, "%s: %s; the value is removed (as Backstage does)", displayPath(path), strings.Join(r.undefined, ", "))
 		return nil, nil
 	}
 	out := copyNode(KindScalar, n)
