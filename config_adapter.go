@@ -120,7 +120,7 @@ type adaptation struct {
 	// variable) to its warning, so that an error about the missing key can
 	// say why it is missing.
 	removed map[string]string
-	caddy    *caddyOptions
+	caddy   *caddyOptions
 	// protected is set when a route needs credentials.
 	protected bool
 }
