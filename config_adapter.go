@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -172,6 +173,11 @@ func (ad *adaptation) config() (*caddy.Config, error) {
 	listen, err := ad.listenFor(opts)
 	if err != nil {
 		return nil, err
+	}
+	if opts.backend != nil && backendIsListener(opts.backend, listen) {
+		return nil, appconfig.ErrorAt(ad.root.Lookup("caddy.backend"),
+			"caddy.backend (%s) is the address Caddy would listen on (%s): Caddy would proxy to itself, or fail to bind next to Backstage. When one app-config is read by both, set caddy.listen to the public address for Caddy and keep backend.listen and caddy.backend for Backstage behind it",
+			opts.backend.Host, listen)
 	}
 	if _, _, err := ad.baseURL(); err != nil {
 		return nil, err
@@ -970,3 +976,37 @@ func configDir(filename string) string {
 
 // Interface guards
 var _ caddyconfig.Adapter = (*Adapter)(nil)
+
+// backendIsListener reports whether the backend URL names the address Caddy
+// listens on: the same port, on a loopback or wildcard host, or on the
+// listener's own host. A backend on another host (another pod, another
+// machine) may well use the same port.
+func backendIsListener(backend *url.URL, listen string) bool {
+	na, err := caddy.ParseNetworkAddress(listen)
+	if err != nil || na.StartPort != na.EndPort {
+		return false
+	}
+	port := backend.Port()
+	if port == "" {
+		port = "80"
+		if backend.Scheme == "https" {
+			port = "443"
+		}
+	}
+	if port != strconv.FormatUint(uint64(na.StartPort), 10) {
+		return false
+	}
+	bh := strings.ToLower(backend.Hostname())
+	if bh == strings.ToLower(na.Host) {
+		return true
+	}
+	local := func(h string) bool {
+		if h == "" || h == "localhost" || strings.HasSuffix(h, ".localhost") {
+			return true
+		}
+		ip := net.ParseIP(h)
+		return ip != nil && (ip.IsLoopback() || ip.IsUnspecified())
+	}
+	// Caddy on every interface, or both on loopback: the same socket.
+	return local(bh) && (local(strings.ToLower(na.Host)) || na.Host == "")
+}

@@ -503,3 +503,33 @@ func serverRoutes(t *testing.T, js []byte) []json.RawMessage {
 	}
 	return nil
 }
+
+// TestBackendIsListener: caddy.backend may not name the address Caddy
+// listens on (one app-config read by Backstage and Caddy), but may use the
+// same port on another host.
+func TestBackendIsListener(t *testing.T) {
+	for _, tc := range []struct {
+		backend, listen string
+		want            bool
+	}{
+		{"http://localhost:7007", ":7007", true},
+		{"http://127.0.0.1:7007", ":7007", true},
+		{"http://[::1]:7007", "127.0.0.1:7007", true},
+		{"http://0.0.0.0:7007", ":7007", true},
+		{"http://localhost:7007", "localhost:7007", true},
+		{"http://backstage.internal:7007", "backstage.internal:7007", true},
+		{"https://localhost", ":443", true},
+		{"http://localhost:7008", ":7007", false},
+		{"http://backstage:7007", ":7007", false}, // another pod
+		{"http://localhost:7007", "10.0.0.5:7007", false},
+		{"https://localhost:7007", ":443", false},
+	} {
+		u, err := url.Parse(tc.backend)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := backendIsListener(u, tc.listen); got != tc.want {
+			t.Errorf("backendIsListener(%s, %s) = %v, want %v", tc.backend, tc.listen, got, tc.want)
+		}
+	}
+}
