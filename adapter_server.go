@@ -65,6 +65,9 @@ type caddyOptions struct {
 	https       *autoHTTPS
 	accessLog   bool
 	json        *appconfig.Node
+	// noWatch is caddy.watch: false: the running server does not reload
+	// when the config files change.
+	noWatch bool
 }
 
 // autoHTTPS is caddy.https.
@@ -77,7 +80,7 @@ type autoHTTPS struct {
 
 var caddyKnownKeys = map[string]bool{
 	"admin": true, "listen": true, "backend": true, "authBaseUrl": true,
-	"https": true, "accessLog": true, "json": true,
+	"https": true, "accessLog": true, "json": true, "watch": true,
 }
 
 // readCaddyOptions reads and checks the `caddy:` key.
@@ -93,7 +96,7 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 	o.node = n
 	for i, k := range n.Keys {
 		if !caddyKnownKeys[k] {
-			ad.warn(n.Values[i], "caddy", "caddy.%s is not a known setting and is ignored (known: accessLog, admin, authBaseUrl, backend, https, json, listen)", k)
+			ad.warn(n.Values[i], "caddy", "caddy.%s is not a known setting and is ignored (known: accessLog, admin, authBaseUrl, backend, https, json, listen, watch)", k)
 		}
 	}
 	if b := n.Get("backend"); b != nil && !jsFalsy(b) {
@@ -122,6 +125,13 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 			return nil, err
 		}
 		o.https = https
+	}
+	if w := n.Get("watch"); w != nil {
+		v, ok := w.Bool()
+		if !ok {
+			return nil, appconfig.ErrorAt(w, "caddy.watch must be a boolean, got %s", w.TypeName())
+		}
+		o.noWatch = !v
 	}
 	if l := n.Get("accessLog"); l != nil {
 		v, ok := l.Bool()

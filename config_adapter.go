@@ -54,11 +54,34 @@ type Adapter struct{}
 // line, the route and what is wrong; nothing is adapted then.
 func (Adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig.Warning, error) {
 	filename, _ := options["filename"].(string)
+	out, warnings, _, err := adaptFile(body, filename)
+	return out, warnings, err
+}
+
+// adaptFile is Adapt for the config body read from filename ("" when it
+// came from no file), with the files the load read or looked for: the
+// `backstage` app watches them (watch.go), and after a failed reload it
+// keeps watching those of the attempt too.
+func adaptFile(body []byte, filename string) (out []byte, warns []caddyconfig.Warning, files []string, err error) {
+	seen := map[string]bool{}
+	// Paths stay as given (relative to the directory Caddy runs in), so the
+	// adapted JSON is the same on every machine.
+	addFile := func(p string) {
+		p = filepath.Clean(p)
+		if !seen[p] {
+			seen[p] = true
+			files = append(files, p)
+		}
+	}
+	if filename != "" {
+		addFile(filename)
+	}
 	root, warnings, err := appconfig.Load(appconfig.Options{
 		MainBody: body,
 		MainFile: filename,
 		Env:      os.LookupEnv,
 		Environ:  os.Environ(),
+		OnFile:   addFile,
 	})
 	// Warnings about keys the proxy never reads (an unset variable in
 	// integrations.github[0].token) are not ours to give: a real app-config
@@ -75,11 +98,14 @@ func (Adapter) Adapt(body []byte, options map[string]any) ([]byte, []caddyconfig
 		caddyWarnings = append(caddyWarnings, caddyconfig.Warning{File: w.File, Line: w.Line, Message: w.Message})
 	}
 	if err != nil {
-		return nil, labelWarnings(caddyWarnings, filename), labelError(err, filename)
+		return nil, labelWarnings(caddyWarnings, filename), files, labelError(err, filename)
 	}
 	ad := &adaptation{root: root, warnings: caddyWarnings, file: filename, removed: removed}
-	out, err := ad.adapt()
-	return out, labelWarnings(ad.warnings, filename), labelError(err, filename)
+	if filename != "" {
+		ad.watchFiles = files
+	}
+	out, err = ad.adapt()
+	return out, labelWarnings(ad.warnings, filename), files, labelError(err, filename)
 }
 
 // unnamedSource names the config in messages when Caddy gave no file name.
@@ -117,6 +143,9 @@ type adaptation struct {
 	root     *appconfig.Node
 	file     string
 	warnings []caddyconfig.Warning
+	// watchFiles are the files the running server watches: the config was
+	// read from a file. Nil for a config from the admin API.
+	watchFiles []string
 	// removed maps the path of each value the loader removed (an unset
 	// variable) to its warning, so that an error about the missing key can
 	// say why it is missing.
@@ -229,6 +258,9 @@ func (ad *adaptation) config() (*caddy.Config, error) {
 		return nil, err
 	}
 	httpApp := caddyhttp.App{Servers: map[string]*caddyhttp.Server{"backstage": server}}
+	if ad.watchFiles != nil && !opts.noWatch {
+		identity.Watch = &WatchConfig{ConfigFile: ad.watchFiles[0], Files: ad.watchFiles}
+	}
 	apps["backstage"] = caddyconfig.JSON(identity, &ad.warnings)
 	apps["http"] = caddyconfig.JSON(httpApp, &ad.warnings)
 	cfg := &caddy.Config{AppsRaw: apps}

@@ -43,7 +43,12 @@ type App struct {
 	// forwarding still follows each route's policy.
 	DangerouslyDisableDefaultAuthPolicy bool `json:"dangerously_disable_default_auth_policy,omitempty"`
 
+	// Watch reloads the config when the files it was adapted from change.
+	// The `backstage` adapter sets it for a config loaded from files.
+	Watch *WatchConfig `json:"watch,omitempty"`
+
 	authn   authenticator
+	watcher *watcher
 	release func()
 	logger  *zap.Logger
 }
@@ -81,11 +86,23 @@ func (a *App) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// Start implements caddy.App.
-func (a *App) Start() error { return nil }
+// Start implements caddy.App: it starts watching the config files.
+func (a *App) Start() error {
+	if a.Watch != nil && a.Watch.ConfigFile != "" {
+		a.watcher = startWatcher(*a.Watch, a.logger.Named("watch"))
+	}
+	return nil
+}
 
-// Stop implements caddy.App.
-func (a *App) Stop() error { return nil }
+// Stop implements caddy.App. It does not wait for the watcher: a reload the
+// watcher started is what stops this app.
+func (a *App) Stop() error {
+	if a.watcher != nil {
+		a.watcher.stop()
+		a.watcher = nil
+	}
+	return nil
+}
 
 // Cleanup releases shared key caches. It is safe after a failed Provision.
 func (a *App) Cleanup() error {

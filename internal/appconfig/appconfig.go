@@ -287,7 +287,13 @@ type Options struct {
 	Env      func(string) (string, bool) // environment lookup (os.LookupEnv in production; a map in tests); nil means an empty environment
 	Environ  []string                    // the environment as KEY=VALUE for APP_CONFIG_* scanning (os.Environ() in production)
 
-	// openFile replaces os.Open (tests and fuzzing use an in-memory file system).
+	// OnFile, if set, is called with the path of every file the load reads
+	// or looks for (a default-discovery candidate that does not exist, a
+	// $include or $file), so that a caller can watch them. The main file,
+	// given as MainBody, is not reported.
+	OnFile func(path string)
+
+	// OpenFile replaces os.Open (tests and fuzzing use an in-memory file system).
 	OpenFile func(name string) (io.ReadCloser, error)
 }
 
@@ -328,7 +334,7 @@ func Load(opts Options) (root *Node, warnings []Warning, err error) {
 			root, warnings, err = nil, nil, fmt.Errorf("internal error while loading the Backstage config: %v", r)
 		}
 	}()
-	l := &configLoader{env: opts.Env, open: opts.OpenFile}
+	l := &configLoader{env: opts.Env, open: opts.OpenFile, onFile: opts.OnFile}
 	if l.env == nil {
 		l.env = func(string) (string, bool) { return "", false }
 	}
@@ -439,6 +445,7 @@ func Load(opts Options) (root *Node, warnings []Warning, err error) {
 type configLoader struct {
 	env          func(string) (string, bool)
 	open         func(string) (io.ReadCloser, error)
+	onFile       func(string)
 	warnings     []Warning
 	nodes        int
 	aliasNodes   int
@@ -485,6 +492,9 @@ func (l *configLoader) newNode(kind Kind, file string, line int) (*Node, error) 
 }
 
 func (l *configLoader) readFile(path string) ([]byte, error) {
+	if l.onFile != nil {
+		l.onFile(path)
+	}
 	l.fileReads++
 	if l.fileReads > maxConfigFileReads {
 		return nil, fmt.Errorf("more than %d files read while loading the configuration", maxConfigFileReads)
