@@ -14,6 +14,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/encode"
+	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/encode/gzip" // the encoders the generated routes name
+	_ "github.com/caddyserver/caddy/v2/modules/caddyhttp/encode/zstd"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/headers"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/rewrite"
@@ -216,11 +219,36 @@ func buildEndpointRoute(s endpointSpec, warnings *[]caddyconfig.Warning) (caddyh
 		handlers = []json.RawMessage{caddyconfig.JSONModuleObject(
 			caddyhttp.Subroute{Routes: variants}, "handler", "subroute", warnings)}
 	}
+	if s.allowsRequestHeader("Accept-Encoding") {
+		// Backstage's root router compresses responses itself (the
+		// `compression` middleware: gzip at 1 KiB or more, compressible
+		// types, not when the upstream already encoded). Its client sees the
+		// request's Accept-Encoding only when the route lets it through, and
+		// Content-Encoding always passes (D5); so here, on such routes, Caddy's
+		// encode does the same, outside the response filter. zstd for
+		// clients that ask for it alone.
+		handlers = append([]json.RawMessage{caddyconfig.JSONModuleObject(encode.Encode{
+			EncodingsRaw: caddy.ModuleMap{"gzip": json.RawMessage(`{}`), "zstd": json.RawMessage(`{}`)},
+			Prefer:       []string{"gzip", "zstd"},
+			MinLength:    1024,
+		}, "handler", "encode", warnings)}, handlers...)
+	}
 	return caddyhttp.Route{
 		MatcherSetsRaw: caddyhttp.RawMatcherSets{matcher},
 		HandlersRaw:    handlers,
 		Terminal:       true,
 	}, nil
+}
+
+// allowsRequestHeader reports whether the endpoint lets the client's header
+// name through (allowedHeaders, case-insensitively).
+func (s endpointSpec) allowsRequestHeader(name string) bool {
+	for _, h := range s.AllowedHeaders {
+		if strings.EqualFold(h, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // matcherSet matches the requests HPM's router sends to this entry: the

@@ -1,0 +1,122 @@
+package backstageproxy
+
+import (
+	"bytes"
+	"compress/gzip"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestIntegrationCompression: on a route that lets Accept-Encoding through,
+// responses are compressed as Backstage's root router does (gzip from 1 KiB,
+// compressible types, never twice); elsewhere they pass as the upstream sent
+// them.
+func TestIntegrationCompression(t *testing.T) {
+	skipIfShort(t)
+	big := `{"items":"` + strings.Repeat("backstage ", 500) + `"}` // about 5 KB of JSON
+	var pre bytes.Buffer
+	zw := gzip.NewWriter(&pre)
+	_, _ = io.WriteString(zw, big)
+	_ = zw.Close()
+	up := newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch {
+		case strings.HasSuffix(r.URL.Path, "/small"):
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, `{"ok":true}`)
+		case strings.HasSuffix(r.URL.Path, "/png"):
+			w.Header().Set("Content-Type", "image/png")
+			_, _ = io.WriteString(w, big)
+		case strings.HasSuffix(r.URL.Path, "/pre"):
+			w.Header().Set("Content-Type", "application/json")
+			w.Header().Set("Content-Encoding", "gzip")
+			_, _ = w.Write(pre.Bytes())
+		default:
+			w.Header().Set("Content-Type", "application/json")
+			_, _ = io.WriteString(w, big)
+		}
+	}))
+	loadTestCaddy(t, staticTokenConfig(testStaticToken, "s", `    /zip:
+      target: `+up.URL+`
+      credentials: dangerously-allow-unauthenticated
+      allowedHeaders: [accept-encoding]
+    /plain:
+      target: `+up.URL+`
+      credentials: dangerously-allow-unauthenticated
+`), "backstage")
+
+	get := func(path, acceptEncoding string) (*http.Response, []byte) {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+testListen+path, nil)
+		if acceptEncoding != "" {
+			req.Header.Set("Accept-Encoding", acceptEncoding)
+		}
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableCompression: true}}
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		b, err := io.ReadAll(res.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res, b
+	}
+	gunzip := func(b []byte) string {
+		t.Helper()
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			t.Fatalf("not gzip: %v", err)
+		}
+		out, err := io.ReadAll(zr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(out)
+	}
+
+	for _, tc := range []struct {
+		name, path, acceptEncoding, wantEncoding string
+	}{
+		{"allowed route, client asks", "/api/proxy/zip/big", "gzip, deflate, br", "gzip"},
+		{"allowed route, client asks zstd only", "/api/proxy/zip/big", "zstd", "zstd"},
+		{"allowed route, client does not ask", "/api/proxy/zip/big", "", ""},
+		{"allowed route, small body", "/api/proxy/zip/small", "gzip", ""},
+		{"allowed route, incompressible type", "/api/proxy/zip/png", "gzip", ""},
+		{"allowed route, upstream already encoded", "/api/proxy/zip/pre", "gzip", "gzip"},
+		{"route without Accept-Encoding", "/api/proxy/plain/big", "gzip", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res, body := get(tc.path, tc.acceptEncoding)
+			if res.StatusCode != 200 {
+				t.Fatalf("status %d: %s", res.StatusCode, body)
+			}
+			if got := res.Header.Get("Content-Encoding"); got != tc.wantEncoding {
+				t.Fatalf("Content-Encoding %q, want %q", got, tc.wantEncoding)
+			}
+			switch tc.wantEncoding {
+			case "gzip":
+				if got := gunzip(body); got != big {
+					t.Fatalf("decoded body differs (%d bytes)", len(got))
+				}
+				if strings.HasSuffix(tc.path, "/pre") && !bytes.Equal(body, pre.Bytes()) {
+					t.Fatal("an encoded upstream body was encoded again")
+				}
+			case "zstd":
+				if len(body) >= len(big) {
+					t.Fatalf("zstd body of %d bytes for %d", len(body), len(big))
+				}
+			default:
+				if strings.HasSuffix(tc.path, "/small") {
+					return
+				}
+				if string(body) != big {
+					t.Fatalf("body changed (%d bytes)", len(body))
+				}
+			}
+		})
+	}
+}
