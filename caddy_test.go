@@ -2,8 +2,11 @@ package backstageproxy
 
 // Integration tests: a real Caddy, configured through its admin API with the
 // `backstage` adapter, in front of an httptest echo upstream. The cases are
-// those of /work/shared/spec/conformance-cases.md; where divergences.md
-// differs, our behaviour is asserted and the divergence is named.
+// Backstage's behaviour (plugin-proxy-backend 0.6.20, backend-defaults 0.19.0:
+// its source, its tests in plugins/proxy-backend/src/service/, and answers of
+// a real Backstage backend); a number ("conformance 21") is the case's number
+// in the maintainers' list of them. Where the README's "Differences from
+// Backstage" row differs, our behaviour is asserted and the row is named.
 //
 // caddytest runs one Caddy per test binary (admin and listener on ports
 // reserved per test binary, see testhelpers_test.go), so these tests never

@@ -237,7 +237,8 @@ func (ad *adaptation) adminConfig(cfg *caddy.Config) error {
 	return nil
 }
 
-// listenAddress reads `backend.listen` (backstage-proxy.md §4.5).
+// listenAddress reads `backend.listen` as Backstage does (backend-defaults'
+// rootHttpRouter/http/config.ts).
 func (ad *adaptation) listenAddress() (string, error) {
 	if n := ad.root.Lookup("caddy.listen"); n != nil {
 		s, ok := n.String()
@@ -294,7 +295,7 @@ type proxyEntry struct {
 }
 
 // readProxyConfig picks the endpoint map as Backstage's readProxyConfig does
-// (backstage-proxy.md §1.2): `proxy.endpoints` when present, else the
+// (plugins/proxy-backend/src/service/router.ts): `proxy.endpoints` when present, else the
 // deprecated root-level keys starting with `/`.
 func (ad *adaptation) readProxyConfig() ([]proxyEntry, error) {
 	proxy := ad.root.Get("proxy")
@@ -378,7 +379,7 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 }
 
 // endpointOptions says what the adapter does with each key of an endpoint
-// object (backstage-proxy.md §2): everything but `credentials`,
+// object: everything but `credentials`,
 // `allowedMethods` and `allowedHeaders` is an http-proxy-middleware option
 // that Backstage passes through.
 var endpointOptions = map[string]optionSupport{
@@ -430,8 +431,9 @@ var unsupportedOptionHints = map[string]string{
 	"ssl":                   "it configures an https server in http-proxy; use backend.https or caddy.https",
 }
 
-// endpoint reads one endpoint value (backstage-proxy.md §1.4). Errors carry
-// Backstage's messages.
+// endpoint reads one endpoint value as Backstage's buildMiddleware does
+// (plugins/proxy-backend/src/service/router.ts). Errors carry Backstage's
+// messages.
 func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, error) {
 	spec := endpointSpec{Route: route, Credentials: CredentialsRequire, ChangeOrigin: true}
 	if !strings.HasPrefix(route, "/") || (len(route) > 1 && strings.HasSuffix(route, "/")) {

@@ -499,7 +499,8 @@ func buildBarrierRoutes(mount string, openRoutes []string, warnings *[]caddyconf
 }
 
 // buildPluginJWKSRoute answers GET <mount>/.backstage/auth/v1/jwks.json
-// itself, as Backstage never proxies it (backstage-proxy.md §1.1); this proxy
+// itself, as Backstage never proxies it (backend-defaults'
+// createAuthIntegrationRouter.ts, in httpRouter, serves it first); this proxy
 // signs nothing, so its key set is empty.
 func buildPluginJWKSRoute(mount string, warnings *[]caddyconfig.Warning) caddyhttp.Route {
 	return caddyhttp.Route{
