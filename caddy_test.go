@@ -276,20 +276,6 @@ func ciClient() *http.Client {
 	}
 }
 
-func ciDo(t *testing.T, req *http.Request) *ciResponse {
-	t.Helper()
-	res, err := ciClient().Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ciParse(res, b)
-}
-
 // ---------------------------------------------------------------------------
 // Table-driven cases.
 

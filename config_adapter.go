@@ -348,6 +348,7 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 		spec, err := ad.endpoint(e.key, e.node)
 		if err == nil {
 			if prev, dup := seen[strings.ToLower(spec.routeKey())]; dup {
+				//lint:ignore ST1005 worded like Backstage's proxy config errors around it, which start with "Proxy"
 				err = fmt.Errorf("Proxy route %q is the same route as %q (route keys are case-insensitive and a trailing slash does not matter)", e.key, prev)
 			}
 		}
@@ -449,6 +450,7 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 	}
 	if n.Kind != appconfig.KindMap {
 		// numbers, arrays and booleans take Backstage's object path
+		//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts)
 		return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type undefined", route)
 	}
 
@@ -459,10 +461,12 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 			spec.Credentials = v
 		default:
 			if !isString && !c.IsNull() {
+				//lint:ignore ST1005 Backstage's message (router.ts), adapted to name the type of a non-string policy
 				return spec, fmt.Errorf("Unknown credentials policy of type %s for proxy route '%s'; expected one of '%s', '%s', '%s'",
 					c.TypeName(), route, CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated)
 			}
 			if !c.IsNull() {
+				//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts)
 				return spec, fmt.Errorf("Unknown credentials policy '%s' for proxy route '%s'; expected one of '%s', '%s', '%s'",
 					c.Value, route, CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated)
 			}
@@ -482,6 +486,7 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 				typ = "object"
 			}
 		}
+		//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts)
 		return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type %s", route, typ)
 	}
 	u, err := parseTarget(route, ts)

@@ -914,14 +914,13 @@ func sortJSKeys(n *Node) {
 // JSON parsing ($include of .json files and APP_CONFIG_* values), with order and lines
 
 type jsonConverter struct {
-	l       *configLoader
-	dec     *json.Decoder
-	data    []byte
-	file    string // "" for env values
-	source  string // fixed Source for env values
-	off     int64
-	line    int
-	nlCount int
+	l      *configLoader
+	dec    *json.Decoder
+	data   []byte
+	file   string // "" for env values
+	source string // fixed Source for env values
+	off    int64
+	line   int
 }
 
 // parseJSON parses data as JavaScript's JSON.parse does. Duplicate keys: the later value wins,

@@ -951,6 +951,7 @@ func decodeSecret(s string) ([]byte, error) {
 			return b, nil
 		}
 	}
+	//lint:ignore ST1005 Backstage's message, word for word (backend-defaults' auth/external/legacy.ts)
 	return nil, fmt.Errorf("Illegal secret, must be a valid base64 string")
 }
 
