@@ -2,8 +2,8 @@ package backstageproxy
 
 // backend.cors: Backstage's root `cors` middleware (the `cors` npm package,
 // configured by backend-defaults' readCorsOptions), which runs before
-// authentication on every request (backstage-proxy.md §1.1, conformance
-// case 81).
+// authentication on every request (packages/backend-defaults/src/entrypoints/
+// rootHttpRouter/http/readCorsOptions.ts and MiddlewareFactory.ts).
 
 import (
 	"encoding/json"

@@ -1,7 +1,8 @@
 package backstageproxy
 
 // Reading the http-proxy-middleware options of an endpoint that go beyond the
-// basics (backstage-proxy.md §2): router, redirect and cookie rewriting,
+// basics (Backstage passes them to http-proxy-middleware 2 and http-proxy as
+// written): router, redirect and cookie rewriting,
 // followRedirects' companions, ca and auth.
 
 import (

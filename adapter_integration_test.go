@@ -194,7 +194,10 @@ backend:
 `
 
 // ---------------------------------------------------------------------------
-// HPM options (backstage-proxy.md §2; conformance 41–43, 66).
+// http-proxy-middleware options, which Backstage's
+// plugins/proxy-backend/src/service/router.ts passes through as written:
+// autoRewrite, hostRewrite/protocolRewrite, cookieDomainRewrite, followRedirects
+// (conformance 41–43, 66).
 
 func TestAdapterIntegrationHPMOptions(t *testing.T) {
 	u := adiNewUpstream(t)
@@ -350,7 +353,7 @@ proxy:
 }
 
 // ---------------------------------------------------------------------------
-// backend.cors (conformance 81).
+// backend.cors (Backstage's readCorsOptions.ts; conformance 81).
 
 func TestAdapterIntegrationCORS(t *testing.T) {
 	u := adiNewUpstream(t)
@@ -422,7 +425,8 @@ proxy:
 }
 
 // ---------------------------------------------------------------------------
-// Config reload (backstage-proxy.md §1.16, conformance 74/75, divergence D7).
+// Config reload (Backstage re-reads the proxy config on change: router.ts;
+// conformance 74/75; README "Differences from Backstage" D7).
 
 func TestAdapterIntegrationReload(t *testing.T) {
 	u := adiNewUpstream(t)
@@ -498,7 +502,8 @@ proxy:
 }
 
 // ---------------------------------------------------------------------------
-// The CLI form: files on disk, default discovery, $include (conformance 72).
+// The CLI form: files on disk, default discovery, $include, as
+// @backstage/config-loader loads them (conformance 72).
 
 func TestAdapterIntegrationConfigFiles(t *testing.T) {
 	skipIfShort(t)

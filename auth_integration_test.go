@@ -336,7 +336,9 @@ func TestIntegrationIdentityMatrix(t *testing.T) {
 }
 
 func TestIntegrationIdentityDisabledDefaultPolicy(t *testing.T) {
-	// Conformance case 21.
+	// Conformance case 21: with dangerouslyDisableDefaultAuthPolicy, Backstage's
+	// barrier (backend-defaults' createCredentialsBarrier.ts, in httpRouter) and
+	// the proxy's own check (router.ts) let every request through.
 	f := newAIFixture(t)
 	aiLoad(t, f.config(t, f.app(true), "req=require", "fwd=forward"))
 	for _, tc := range []struct {

@@ -2,8 +2,11 @@ package backstageproxy
 
 // Integration tests: a real Caddy, configured through its admin API with the
 // `backstage` adapter, in front of an httptest echo upstream. The cases are
-// those of /work/shared/spec/conformance-cases.md; where divergences.md
-// differs, our behaviour is asserted and the divergence is named.
+// Backstage's behaviour (plugin-proxy-backend 0.6.20, backend-defaults 0.19.0:
+// its source, its tests in plugins/proxy-backend/src/service/, and answers of
+// a real Backstage backend); a number ("conformance 21") is the case's number
+// in the maintainers' list of them. Where the README's "Differences from
+// Backstage" row differs, our behaviour is asserted and the row is named.
 //
 // caddytest runs one Caddy per test binary (admin and listener on ports
 // reserved per test binary, see testhelpers_test.go), so these tests never
@@ -271,20 +274,6 @@ func ciClient() *http.Client {
 		CheckRedirect: dontFollowRedirects,
 		Timeout:       10 * time.Second,
 	}
-}
-
-func ciDo(t *testing.T, req *http.Request) *ciResponse {
-	t.Helper()
-	res, err := ciClient().Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
-	}
-	defer res.Body.Close()
-	b, err := io.ReadAll(res.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return ciParse(res, b)
 }
 
 // ---------------------------------------------------------------------------

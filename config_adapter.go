@@ -292,7 +292,8 @@ func (ad *adaptation) adminConfig(cfg *caddy.Config) error {
 	return nil
 }
 
-// listenAddress reads `backend.listen` (backstage-proxy.md §4.5).
+// listenAddress reads `backend.listen` as Backstage does (backend-defaults'
+// rootHttpRouter/http/config.ts).
 func (ad *adaptation) listenAddress() (string, error) {
 	if n := ad.root.Lookup("caddy.listen"); n != nil {
 		s, ok := n.String()
@@ -349,7 +350,7 @@ type proxyEntry struct {
 }
 
 // readProxyConfig picks the endpoint map as Backstage's readProxyConfig does
-// (backstage-proxy.md §1.2): `proxy.endpoints` when present, else the
+// (plugins/proxy-backend/src/service/router.ts): `proxy.endpoints` when present, else the
 // deprecated root-level keys starting with `/`.
 func (ad *adaptation) readProxyConfig() ([]proxyEntry, error) {
 	proxy := ad.root.Get("proxy")
@@ -402,6 +403,7 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 		spec, err := ad.endpoint(e.key, e.node)
 		if err == nil {
 			if prev, dup := seen[strings.ToLower(spec.routeKey())]; dup {
+				//lint:ignore ST1005 worded like Backstage's proxy config errors around it, which start with "Proxy"
 				err = fmt.Errorf("Proxy route %q is the same route as %q (route keys are case-insensitive and a trailing slash does not matter)", e.key, prev)
 			}
 		}
@@ -433,7 +435,7 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 }
 
 // endpointOptions says what the adapter does with each key of an endpoint
-// object (backstage-proxy.md §2): everything but `credentials`,
+// object: everything but `credentials`,
 // `allowedMethods` and `allowedHeaders` is an http-proxy-middleware option
 // that Backstage passes through.
 var endpointOptions = map[string]optionSupport{
@@ -485,8 +487,9 @@ var unsupportedOptionHints = map[string]string{
 	"ssl":                   "it configures an https server in http-proxy; use backend.https or caddy.https",
 }
 
-// endpoint reads one endpoint value (backstage-proxy.md §1.4). Errors carry
-// Backstage's messages.
+// endpoint reads one endpoint value as Backstage's buildMiddleware does
+// (plugins/proxy-backend/src/service/router.ts). Errors carry Backstage's
+// messages.
 func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, error) {
 	spec := endpointSpec{Route: route, Credentials: CredentialsRequire, ChangeOrigin: true}
 	if !strings.HasPrefix(route, "/") || (len(route) > 1 && strings.HasSuffix(route, "/")) {
@@ -502,6 +505,7 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 	}
 	if n.Kind != appconfig.KindMap {
 		// numbers, arrays and booleans take Backstage's object path
+		//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts)
 		return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type undefined", route)
 	}
 
@@ -512,10 +516,12 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 			spec.Credentials = v
 		default:
 			if !isString && !c.IsNull() {
+				//lint:ignore ST1005 Backstage's message (router.ts), adapted to name the type of a non-string policy
 				return spec, fmt.Errorf("Unknown credentials policy of type %s for proxy route '%s'; expected one of '%s', '%s', '%s'",
 					c.TypeName(), route, CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated)
 			}
 			if !c.IsNull() {
+				//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts)
 				return spec, fmt.Errorf("Unknown credentials policy '%s' for proxy route '%s'; expected one of '%s', '%s', '%s'",
 					c.Value, route, CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated)
 			}
@@ -538,10 +544,12 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 		if t == nil {
 			for _, p := range []string{"proxy.endpoints." + route + ".target", "proxy." + route + ".target"} {
 				if why, ok := ad.removed[p]; ok {
+					//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts), then why the value is missing
 					return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type undefined: %s", route, why)
 				}
 			}
 		}
+		//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts)
 		return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type %s", route, typ)
 	}
 	u, err := parseTarget(route, ts)

@@ -309,7 +309,9 @@ func TestOriginPattern(t *testing.T) {
 	}
 }
 
-// TestListenForms is conformance case 77, plus caddy.listen and caddy.https.
+// TestListenForms is conformance case 77 (the backend.listen forms that
+// backend-defaults' rootHttpRouter/http/config.ts accepts), plus caddy.listen
+// and caddy.https.
 func TestListenForms(t *testing.T) {
 	for _, tc := range []struct{ config, want string }{
 		{"backend: {listen: ':7007'}", ":7007"},

@@ -207,8 +207,9 @@ func fzCollapse(p string) string {
 
 // FuzzRequestFilter checks the header allowlists of a handler built from
 // arbitrary allowedHeaders, configured headers, credentials policy and ws
-// flag, against an independent oracle (backstage-proxy.md §1.8, §1.9,
-// divergences D1, D5, D11): a header reaches the upstream only if it is SAFE,
+// flag, against an independent oracle (Backstage's filters in
+// plugins/proxy-backend/src/service/router.ts; README Differences D1, D5,
+// D11): a header reaches the upstream only if it is SAFE,
 // configured, allowed, Authorization on a forward route, or a WebSocket
 // header on a ws route (Upgrade only as a single "websocket", never
 // Http2-Settings unless allowed on a ws route); every such header does reach
@@ -304,7 +305,7 @@ func FuzzRequestFilter(f *testing.F) {
 	})
 }
 
-// fzSafe is Backstage's SAFE list (backstage-proxy.md §1.8.1), written out
+// fzSafe is Backstage's safeForwardHeaders (router.ts), written out
 // independently of headers.go.
 var fzSafe = []string{"cache-control", "content-language", "content-length", "content-type", "expires",
 	"last-modified", "pragma", "host", "accept", "accept-language", "user-agent"}

@@ -48,7 +48,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		}
 	}
 
-	// 2. Path guard (backstage-proxy.md §1.11, divergence D10).
+	// 2. Path guard (Backstage's router.ts guard; README Differences D10).
 	if !urlpath.IsSafe(escapedPath) {
 		if repl != nil {
 			repl.Set(placeholderError, "path traversal")
@@ -203,7 +203,8 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	return h.writeError(w, r, he.StatusCode, name, msg)
 }
 
-// writeError writes Backstage's JSON error body (backstage-proxy.md §1.12):
+// writeError writes Backstage's JSON error body (backend-defaults'
+// rootHttpRouter/http/MiddlewareFactory.ts, the error handler):
 //
 //	{"error":{"name":…,"message":…},"request":{"method":…,"url":…},"response":{"statusCode":…}}
 //

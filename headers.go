@@ -11,8 +11,8 @@ import (
 )
 
 // safeHeaders are the headers Backstage always forwards, in both directions
-// (plugins/proxy-backend/src/service/router.ts, safeForwardHeaders;
-// backstage-proxy.md §1.8.1). Canonical form.
+// (plugins/proxy-backend/src/service/router.ts, safeForwardHeaders).
+// Canonical form.
 var safeHeaders = []string{
 	// https://fetch.spec.whatwg.org/#cors-safelisted-request-header
 	"Cache-Control",

@@ -37,7 +37,8 @@ func hdWith(extra ...string) []string {
 
 // Request allowlist = SAFE ∪ headers: keys ∪ allowedHeaders ∪ (Authorization
 // iff forward); response allowlist = SAFE ∪ allowedHeaders ∪ Content-Encoding
-// (D5) (backstage-proxy.md §1.8.2, §1.9.1).
+// (D5) (Backstage: plugins/proxy-backend/src/service/router.ts, the request
+// filter and onProxyRes).
 func TestBuildAllowlists(t *testing.T) {
 	cases := []struct {
 		name        string
@@ -215,7 +216,8 @@ func hdAssertOnly(t *testing.T, h http.Header, want map[string]string, absent ..
 	}
 }
 
-// Conformance 36 and 37: Backstage's unit tests of the response filter.
+// Conformance 36 and 37: Backstage's unit tests of the response filter
+// (plugins/proxy-backend/src/service/router.test.ts).
 func TestResponseFilterConformance(t *testing.T) {
 	cases := []struct {
 		name     string

@@ -54,7 +54,9 @@ const DefaultMountPath = "/api/proxy"
 // 404 response, unknown paths answer 401 to anonymous callers and 404 to
 // authenticated ones.
 //
-// This handler sets these placeholders after a credential was verified:
+// This handler sets these placeholders (the first three after a credential was
+// verified, the route on every request, the error when the handler itself
+// refuses the request):
 //
 // Placeholder | Description
 // ------------|-------------
@@ -62,9 +64,10 @@ const DefaultMountPath = "/api/proxy"
 // `{http.backstage_proxy.principal.type}` | `user` or `service`
 // `{http.backstage_proxy.principal.method}` | How it was verified: `user`, `plugin`, `static`, `legacy`, `jwks`
 // `{http.backstage_proxy.route}` | The route key of this endpoint
+// `{http.backstage_proxy.error}` | Why this handler refused the request: the message of its 401/403 JSON error (never the token), or `path traversal` (400); unset when the request reached the next handler
 //
-// All but `{http.auth.user.id}` come from value providers, which answer after
-// values set by other handlers under the same names.
+// The principal and route placeholders come from value providers, which answer
+// after values set by other handlers under the same names.
 type Handler struct {
 	// Credentials is the Backstage credentials policy: `require` (default: a
 	// valid Backstage token is needed and not forwarded), `forward` (needed and

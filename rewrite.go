@@ -11,7 +11,7 @@ import (
 
 // UpstreamRewrite computes the upstream request path and query from the
 // original request, the way Backstage (http-proxy-middleware plus http-proxy's
-// urlJoin) does (backstage-proxy.md §1.10), on the escaped URL so that `%2F`,
+// urlJoin in lib/http-proxy/common.js) does, on the escaped URL so that `%2F`,
 // `%20` and the query reach the upstream byte for byte:
 //
 //  1. rewrite: by default the matched prefix (mount path + route key) and one

@@ -43,7 +43,9 @@ func rwRules(pairs ...string) []PathRewriteRule {
 	return rules
 }
 
-// Every row of backstage-proxy.md §1.10, adjusted for D2 and D3, plus edges.
+// Backstage's URL construction (http-proxy-middleware's path-rewriter.js, then
+// http-proxy's urlJoin in lib/http-proxy/common.js) on observed cases,
+// adjusted for D2 and D3, plus edges.
 func TestUpstreamRewriteApply(t *testing.T) {
 	customBase := func(rules ...string) UpstreamRewrite {
 		u := rwRoute("/rewrite", "/base", "")
@@ -59,7 +61,7 @@ func TestUpstreamRewriteApply(t *testing.T) {
 		target  string
 		want    string
 	}{
-		// §1.10 table
+		// Backstage's results
 		{"bare origin", rwRoute("/simple", "/", ""), "/api/proxy/simple/foo?x=1", "/foo?x=1"},
 		{"route root", rwRoute("/open", "/", ""), "/api/proxy/open", "/"},
 		{"route root slash", rwRoute("/open", "/", ""), "/api/proxy/open/", "/"},

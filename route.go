@@ -131,16 +131,20 @@ func (s endpointSpec) prefix() string {
 func parseTarget(route, target string) (*url.URL, error) {
 	u, err := url.Parse(target)
 	if err != nil || u.Scheme == "" || u.Opaque != "" {
+		//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts)
 		return nil, fmt.Errorf("Proxy target is not a valid URL: %s", target)
 	}
 	u.Scheme = strings.ToLower(u.Scheme)
 	if u.Scheme != "http" && u.Scheme != "https" {
+		//lint:ignore ST1005 worded like Backstage's proxy config errors around it, which start with "Proxy"
 		return nil, fmt.Errorf("Proxy target for route \"%s\" must be an http or https URL, but is %s", route, target)
 	}
 	if u.Hostname() == "" {
+		//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts)
 		return nil, fmt.Errorf("Proxy target is not a valid URL: %s", target)
 	}
 	if u.User != nil {
+		//lint:ignore ST1005 worded like Backstage's proxy config errors around it, which start with "Proxy"
 		return nil, fmt.Errorf("Proxy target for route \"%s\" must not contain credentials; use headers (e.g. Authorization) instead", route)
 	}
 	return u, nil
@@ -527,7 +531,8 @@ func buildBarrierRoutes(mount string, openRoutes []string, warnings *[]caddyconf
 }
 
 // buildPluginJWKSRoute answers GET <mount>/.backstage/auth/v1/jwks.json
-// itself, as Backstage never proxies it (backstage-proxy.md §1.1); this proxy
+// itself, as Backstage never proxies it (backend-defaults'
+// createAuthIntegrationRouter.ts, in httpRouter, serves it first); this proxy
 // signs nothing, so its key set is empty.
 func buildPluginJWKSRoute(mount string, warnings *[]caddyconfig.Warning) caddyhttp.Route {
 	return caddyhttp.Route{

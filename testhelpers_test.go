@@ -250,8 +250,9 @@ func closedLoopbackAddr(t *testing.T) string {
 	return addr
 }
 
-// backstageErrorBody is Backstage's JSON error body (backstage-proxy.md
-// §1.12), with its key order.
+// backstageErrorBody is Backstage's JSON error body (the error handler of
+// packages/backend-defaults/src/entrypoints/rootHttpRouter/http/MiddlewareFactory.ts),
+// with its key order.
 func backstageErrorBody(name, message, method, url string, status int) string {
 	q := func(s string) string {
 		b, _ := json.Marshal(s)

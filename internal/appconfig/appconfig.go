@@ -298,7 +298,8 @@ type Options struct {
 }
 
 // Load loads, transforms and merges the configuration. Warnings become Caddy
-// adapter warnings. It is our adapter's analogue of Backstage's config loading (spec §4.1):
+// adapter warnings. It is our adapter's analogue of @backstage/config-loader
+// (packages/config-loader/src/sources/ConfigSources.ts):
 //
 //  1. The main file (opts.MainBody, named opts.MainFile) is always the first, lowest-priority
 //     source.
@@ -318,9 +319,10 @@ type Options struct {
 //
 // Each file is YAML (an empty file counts as absent; a non-object root is an error) and is
 // transformed before merging: ${VAR}, ${VAR:-fallback} and $${ in string values, then the
-// directives $file, $env and $include (spec §4.3, §4.4). A string with an undefined
+// directives $file, $env and $include (config-loader's sources/transform/substitution.ts and
+// include.ts). A string with an undefined
 // substitution, and a $env of an unset variable, are removed, as Backstage does, with a warning.
-// Sources are merged as Backstage's ConfigReader does (spec §4.2): maps deep-merge, anything
+// Sources are merged as Backstage's ConfigReader does (packages/config/src/reader.ts): maps deep-merge, anything
 // else in a higher source replaces, null deletes, and a merged map lists the higher source's
 // keys first. As in JavaScript objects, integer-like keys ("0", "17") come first, ascending.
 //
@@ -1034,14 +1036,13 @@ func sortJSKeys(n *Node) {
 // JSON parsing ($include of .json files and APP_CONFIG_* values), with order and lines
 
 type jsonConverter struct {
-	l       *configLoader
-	dec     *json.Decoder
-	data    []byte
-	file    string // "" for env values
-	source  string // fixed Source for env values
-	off     int64
-	line    int
-	nlCount int
+	l      *configLoader
+	dec    *json.Decoder
+	data   []byte
+	file   string // "" for env values
+	source string // fixed Source for env values
+	off    int64
+	line   int
 }
 
 // parseJSON parses data as JavaScript's JSON.parse does. Duplicate keys: the later value wins,

@@ -84,7 +84,8 @@ func NotAllowed(msg string) *Error {
 	return &Error{Status: http.StatusForbidden, Name: "NotAllowedError", Message: msg}
 }
 
-// Rejections, with Backstage's messages (backstage-proxy.md §1.12, §3), allocated once.
+// Rejections, with Backstage's messages (backend-defaults' auth/*TokenHandler.ts, auth/external/
+// and httpAuth/), allocated once.
 var (
 	ErrMissingCredentials  = errAuthentication("Missing credentials")
 	ErrIllegalToken        = errAuthentication("Illegal token")
@@ -98,7 +99,7 @@ var (
 	errPluginMissingSub    = errAuthentication("Invalid plugin token: missing subject")
 	errInvalidObo          = errAuthentication("Invalid user token in plugin token obo claim")
 	// errFailedLegacy replaces Backstage's 500 with the jose error and the token
-	// payload in the body (divergences.md D4).
+	// payload in the body (README "Differences from Backstage" D4).
 	errFailedLegacy = errAuthentication("Failed legacy token verification")
 )
 
@@ -138,14 +139,14 @@ var signatureChecks atomic.Int64
 func SignatureChecks() int64 { return signatureChecks.Load() }
 
 // authenticator verifies a bearer token the way Backstage's AuthService.authenticate
-// does (backstage-proxy.md §3.2): plugin tokens, then user tokens, then external
+// does (backend-defaults' auth/DefaultAuthService.ts): plugin tokens, then user tokens, then external
 // access entries in order, else "Illegal token".
 type authenticator interface {
 	Authenticate(ctx context.Context, token string) (Principal, *Error)
 }
 
 // bearerToken extracts the token from the request's Authorization header with
-// Backstage's rule /^Bearer[ ]+(\S+)$/i (backstage-proxy.md §3.1). Anything
+// Backstage's rule /^Bearer[ ]+(\S+)$/i (httpAuth/httpAuthServiceFactory.ts). Anything
 // else is no usable bearer token, which Backstage treats as no credentials at
 // all. Several Authorization headers are refused outright: which one a
 // downstream server would read is ambiguous, so we fail closed.
@@ -862,7 +863,7 @@ func audienceMatches(aud any, list []string) bool {
 }
 
 // accessRestriction limits an external-access entry to some plugins
-// (backstage-proxy.md §3.5, accessRestrictions). The proxy only cares whether
+// (backend-defaults' auth/external/ExternalAuthTokenHandler.ts, accessRestrictions). The proxy only cares whether
 // plugin "proxy" is among them.
 type accessRestriction struct {
 	plugins []string
@@ -950,6 +951,7 @@ func decodeSecret(s string) ([]byte, error) {
 			return b, nil
 		}
 	}
+	//lint:ignore ST1005 Backstage's message, word for word (backend-defaults' auth/external/legacy.ts)
 	return nil, fmt.Errorf("Illegal secret, must be a valid base64 string")
 }
 

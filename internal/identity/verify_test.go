@@ -76,7 +76,9 @@ func expectErr(t testing.TB, a authenticator, token string, status int, message 
 }
 
 // ---------------------------------------------------------------------------
-// Credential extraction (conformance cases 1, 3, 12, 13, 14)
+// Credential extraction, as backend-defaults' httpAuth/httpAuthServiceFactory.ts
+// does. Numbered cases are Backstage behaviours (its source, its tests, answers of a
+// real backend) from the maintainers' conformance list: cases 1, 3, 12, 13, 14.
 // ---------------------------------------------------------------------------
 
 func TestBearerToken(t *testing.T) {
@@ -125,7 +127,7 @@ func TestBearerToken(t *testing.T) {
 }
 
 // ---------------------------------------------------------------------------
-// User tokens (conformance cases 15, 16)
+// User tokens: backend-defaults' auth/user/UserTokenHandler.ts (conformance cases 15, 16)
 // ---------------------------------------------------------------------------
 
 // userFixture is an auth backend key set and an authenticator using it.
@@ -274,7 +276,7 @@ func TestUserTokensNotConfigured(t *testing.T) {
 }
 
 // ---------------------------------------------------------------------------
-// Plugin tokens (conformance case 17)
+// Plugin tokens: backend-defaults' auth/plugin/PluginTokenHandler.ts (conformance case 17)
 // ---------------------------------------------------------------------------
 
 type pluginFixture struct {
@@ -410,7 +412,7 @@ func TestPluginTokensNotConfigured(t *testing.T) {
 
 // ---------------------------------------------------------------------------
 // External access: static, legacy, jwks, keys, accessRestrictions
-// (conformance cases 2, 3, 18, 19, 20)
+// (backend-defaults' auth/external/*.ts; conformance cases 2, 3, 18, 19, 20)
 // ---------------------------------------------------------------------------
 
 func TestStaticTokens(t *testing.T) {

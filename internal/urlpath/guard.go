@@ -10,8 +10,9 @@ import (
 // peels off (`%252e` is `%2e` encoded again, which some upstreams decode twice).
 const maxDecodeRounds = 3
 
-// pathIsSafe is the path-traversal guard (backstage-proxy.md §1.11, divergence
-// D10). Given the escaped request path, it reports false when:
+// pathIsSafe is the path-traversal guard (Backstage's, in
+// plugins/proxy-backend/src/service/router.ts, since 0.6.18; README
+// Differences D10). Given the escaped request path, it reports false when:
 //
 //   - a percent-escape is malformed (Backstage: decodeURIComponent throws);
 //   - the decoded path is not valid UTF-8 (Backstage: decodeURIComponent

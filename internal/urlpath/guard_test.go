@@ -12,7 +12,7 @@ func TestPathIsSafe(t *testing.T) {
 		safe bool
 		why  string
 	}{
-		// Backstage's guard (backstage-proxy.md §1.11)
+		// Backstage's guard (plugins/proxy-backend/src/service/router.ts)
 		{"/a/../b", false, "a .. segment"},
 		{"/..", false, ".. alone"},
 		{"..", false, ".. without a slash"},
