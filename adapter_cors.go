@@ -143,7 +143,7 @@ func corsStringArray(cc *appconfig.Node, key string) ([]string, error) {
 // scope limits them to some paths (the proxy mount, when the Backstage
 // backend behind Caddy answers everything else itself).
 func (ad *adaptation) corsRoutes(scope caddy.ModuleMap) ([]caddyhttp.Route, error) {
-	o, err := ad.readCorsOptions()
+	o, err := ad.cors()
 	if o == nil || err != nil {
 		return nil, err
 	}
@@ -271,6 +271,56 @@ func (ad *adaptation) corsRoutes(scope caddy.ModuleMap) ([]caddyhttp.Route, erro
 		HandlersRaw:    []json.RawMessage{setHeaders(actual)},
 	})
 	return routes, nil
+}
+
+// cors is readCorsOptions, read once per adaptation (its warnings too).
+func (ad *adaptation) cors() (*corsOptions, error) {
+	if !ad.corsRead {
+		ad.corsRead = true
+		ad.corsOpts, ad.corsErr = ad.readCorsOptions()
+	}
+	return ad.corsOpts, ad.corsErr
+}
+
+// corsSafelistedResponseHeaders are the response headers a browser lets a
+// cross-origin script read without Access-Control-Expose-Headers
+// (https://fetch.spec.whatwg.org/#cors-safelisted-response-header-name).
+var corsSafelistedResponseHeaders = map[string]bool{
+	"Cache-Control": true, "Content-Language": true, "Content-Length": true, "Content-Type": true,
+	"Expires": true, "Last-Modified": true, "Pragma": true,
+}
+
+// corsExposeHandler is the handler that, with backend.cors on, exposes to
+// cross-origin scripts the response headers the endpoint lets through
+// (allowedHeaders) that browsers hide otherwise: without it a browser
+// cannot read the Link or ETag a route allows (backstage/backstage#28407).
+// Nil when there is nothing to expose.
+func (ad *adaptation) corsExposeHandler(s endpointSpec) json.RawMessage {
+	o, err := ad.cors()
+	if o == nil || err != nil {
+		return nil
+	}
+	already := map[string]bool{}
+	for _, h := range o.exposedHeaders {
+		already[http.CanonicalHeaderKey(strings.TrimSpace(h))] = true
+	}
+	var names []string
+	for _, h := range s.AllowedHeaders {
+		c := http.CanonicalHeaderKey(h)
+		if corsSafelistedResponseHeaders[c] || already[c] || c == "*" {
+			continue
+		}
+		already[c] = true
+		names = append(names, c)
+	}
+	if len(names) == 0 {
+		return nil
+	}
+	return caddyconfig.JSONModuleObject(headers.Handler{
+		Response: &headers.RespHeaderOps{HeaderOps: &headers.HeaderOps{
+			Add: http.Header{"Access-Control-Expose-Headers": {appconfig.EscapeCaddyPlaceholders(strings.Join(names, ", "))}},
+		}},
+	}, "handler", "headers", &ad.warnings)
 }
 
 // originPattern converts Backstage's origin patterns (minimatch globs with

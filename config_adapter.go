@@ -143,6 +143,10 @@ type adaptation struct {
 	root     *appconfig.Node
 	file     string
 	warnings []caddyconfig.Warning
+	// corsOpts is backend.cors, read once (corsRead).
+	corsRead bool
+	corsOpts *corsOptions
+	corsErr  error
 	// watchFiles are the files the running server watches: the config was
 	// read from a file. Nil for a config from the admin API.
 	watchFiles []string
@@ -410,6 +414,11 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 		var route caddyhttp.Route
 		if err == nil {
 			route, err = buildEndpointRoute(spec, &ad.warnings)
+		}
+		if err == nil {
+			if expose := ad.corsExposeHandler(spec); expose != nil {
+				route.HandlersRaw = append([]json.RawMessage{expose}, route.HandlersRaw...)
+			}
 		}
 		if err != nil {
 			if skipInvalid {

@@ -1,5 +1,8 @@
 package backstageproxy
 
+// Browser ergonomics: compression as Backstage's root router does it, and
+// CORS exposure of the headers a route lets through.
+
 import (
 	"bytes"
 	"compress/gzip"
@@ -118,5 +121,59 @@ func TestIntegrationCompression(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestIntegrationCORSExposesAllowedHeaders: with backend.cors on, a
+// cross-origin script can read the response headers a route lets through
+// (Link, ETag), not only the CORS-safelisted ones.
+func TestIntegrationCORSExposesAllowedHeaders(t *testing.T) {
+	skipIfShort(t)
+	up := newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", `<https://api.example.com/x?page=2>; rel="next"`)
+		w.Header().Set("ETag", `"v1"`)
+		w.Header().Set("X-Hidden", "dropped by the allowlist")
+		_, _ = io.WriteString(w, `{}`)
+	}))
+	loadTestCaddy(t, `
+caddy:
+  admin: localhost:2999
+backend:
+  listen: {port: 9080}
+  cors:
+    origin: https://backstage.example.com
+    exposedHeaders: [X-Total-Count]
+proxy:
+  endpoints:
+    /gh:
+      target: `+up.URL+`
+      credentials: dangerously-allow-unauthenticated
+      allowedHeaders: [Link, ETag]
+    /plain:
+      target: `+up.URL+`
+      credentials: dangerously-allow-unauthenticated
+`, "backstage")
+	get := func(path string) *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+testListen+path, nil)
+		req.Header.Set("Origin", "https://backstage.example.com")
+		res, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return res
+	}
+	res := get("/api/proxy/gh/x")
+	exposed := strings.Join(res.Header.Values("Access-Control-Expose-Headers"), ", ")
+	if res.Header.Get("Access-Control-Allow-Origin") != "https://backstage.example.com" ||
+		!strings.Contains(exposed, "X-Total-Count") || !strings.Contains(exposed, "Link") || !strings.Contains(strings.ToLower(exposed), "etag") {
+		t.Fatalf("ACAO %q, exposed %q", res.Header.Get("Access-Control-Allow-Origin"), exposed)
+	}
+	if res.Header.Get("Link") == "" || res.Header.Get("ETag") == "" || res.Header.Get("X-Hidden") != "" {
+		t.Fatalf("headers %v", res.Header)
+	}
+	if exposed := strings.Join(get("/api/proxy/plain/x").Header.Values("Access-Control-Expose-Headers"), ", "); exposed != "X-Total-Count" {
+		t.Fatalf("route without allowed headers exposes %q", exposed)
 	}
 }
