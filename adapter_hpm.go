@@ -231,6 +231,16 @@ func (ad *adaptation) checkEndpoint(s *endpointSpec, n *appconfig.Node) {
 			ad.warn(first("autoRewrite", "hostRewrite", "protocolRewrite"), s.Route, "proxy route %s: autoRewrite/hostRewrite/protocolRewrite have no effect: Location is not in allowedHeaders, so redirects reach the client without it (as in Backstage)", s.Route)
 		}
 	}
+	if s.RewriteLocation != nil {
+		where := n.Get("caddy").Get("rewriteLocation")
+		if !allowed("Location") {
+			ad.warn(where, s.Route, "proxy route %s: caddy.rewriteLocation has no effect: Location is not in allowedHeaders, so redirects reach the client without it", s.Route)
+		}
+		if s.LocationRewrite != nil {
+			ad.warn(where, s.Route, "proxy route %s: caddy.rewriteLocation replaces autoRewrite/hostRewrite/protocolRewrite, which are ignored", s.Route)
+			s.LocationRewrite = nil
+		}
+	}
 	if (s.CookieDomainRewrite != nil || s.CookiePathRewrite != nil) && !allowed("Set-Cookie") {
 		ad.warn(first("cookieDomainRewrite", "cookiePathRewrite"), s.Route, "proxy route %s: cookieDomainRewrite/cookiePathRewrite have no effect: Set-Cookie is not in allowedHeaders (as in Backstage)", s.Route)
 	}

@@ -177,3 +177,60 @@ proxy:
 		t.Fatalf("route without allowed headers exposes %q", exposed)
 	}
 }
+
+// TestIntegrationRewriteLocation: caddy.rewriteLocation keeps redirects to
+// the target inside the proxy; other redirects pass unchanged.
+func TestIntegrationRewriteLocation(t *testing.T) {
+	skipIfShort(t)
+	var upURL string
+	up := newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/v1/abs":
+			w.Header().Set("Location", upURL+"/v1/next/page?x=1")
+		case "/v1/rel":
+			w.Header().Set("Location", "/v1/other")
+		case "/v1/foreign":
+			w.Header().Set("Location", "https://elsewhere.example.com/v1/x")
+		case "/v1/sibling":
+			w.Header().Set("Location", upURL+"/v10/x")
+		}
+		w.WriteHeader(http.StatusFound)
+	}))
+	upURL = up.URL
+	loadTestCaddy(t, `
+caddy:
+  admin: localhost:2999
+backend:
+  baseUrl: https://backstage.example.com
+  listen: {port: 9080}
+proxy:
+  endpoints:
+    /gh:
+      target: `+up.URL+`/v1
+      credentials: dangerously-allow-unauthenticated
+      allowedHeaders: [Location]
+      caddy:
+        rewriteLocation: true
+    /plain:
+      target: `+up.URL+`/v1
+      credentials: dangerously-allow-unauthenticated
+      allowedHeaders: [Location]
+`, "backstage")
+	c := &http.Client{Timeout: 10 * time.Second, CheckRedirect: dontFollowRedirects}
+	for _, tc := range []struct{ path, want string }{
+		{"/api/proxy/gh/abs", "https://backstage.example.com/api/proxy/gh/next/page?x=1"},
+		{"/api/proxy/gh/rel", "https://backstage.example.com/api/proxy/gh/other"},
+		{"/api/proxy/gh/foreign", "https://elsewhere.example.com/v1/x"},
+		{"/api/proxy/gh/sibling", up.URL + "/v10/x"},
+		{"/api/proxy/plain/abs", up.URL + "/v1/next/page?x=1"},
+	} {
+		res, err := c.Get("http://" + testListen + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		if got := res.Header.Get("Location"); res.StatusCode != http.StatusFound || got != tc.want {
+			t.Errorf("%s: %d Location %q, want %q", tc.path, res.StatusCode, got, tc.want)
+		}
+	}
+}

@@ -457,6 +457,10 @@ var endpointOptions = map[string]optionSupport{
 	"cookieDomainRewrite": optMapped, "cookiePathRewrite": optMapped, "ca": optMapped,
 	"auth": optMapped, "localAddress": optMapped,
 
+	// Settings Backstage has no words for, under the endpoint's own `caddy:`
+	// key (Backstage ignores it).
+	"caddy": optMapped,
+
 	// Backstage itself ignores these: it forces logLevel to debug, and the
 	// router never reads reviveRequestBody.
 	"logLevel": optIgnoredByBackstage, "reviveRequestBody": optIgnoredByBackstage,
@@ -597,6 +601,8 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 					ad.warn(v, route+".allowedMethods", "method %q is not upper case and never matches (methods are compared exactly, as in Backstage)", m)
 				}
 			}
+		case "caddy":
+			err = ad.endpointCaddyOptions(&spec, v)
 		case "allowedHeaders":
 			spec.AllowedHeaders, err = stringList(v, "allowedHeaders")
 			for _, name := range spec.AllowedHeaders {
@@ -1058,4 +1064,40 @@ func backendIsListener(backend *url.URL, listen string) bool {
 	}
 	// Caddy on every interface, or both on loopback: the same socket.
 	return local(bh) && (local(strings.ToLower(na.Host)) || na.Host == "")
+}
+
+// endpointCaddyKnownKeys are the settings of an endpoint's `caddy:` key.
+var endpointCaddyKnownKeys = map[string]bool{"rewriteLocation": true}
+
+// endpointCaddyOptions reads an endpoint's `caddy:` key: settings of this
+// proxy that Backstage has no words for (Backstage ignores the key).
+func (ad *adaptation) endpointCaddyOptions(spec *endpointSpec, n *appconfig.Node) error {
+	if n.IsNull() {
+		return nil
+	}
+	if n.Kind != appconfig.KindMap {
+		return fmt.Errorf("caddy must be an object of settings, got %s", n.TypeName())
+	}
+	for i, k := range n.Keys {
+		if !endpointCaddyKnownKeys[k] {
+			ad.warn(n.Values[i], spec.Route+".caddy", "proxy route %s: caddy.%s is not a known setting and is ignored (known: rewriteLocation)", spec.Route, k)
+		}
+	}
+	if v := n.Get("rewriteLocation"); v != nil {
+		on, err := boolOption(v, "caddy.rewriteLocation")
+		if err != nil {
+			return err
+		}
+		if on {
+			base, _, err := ad.baseURL()
+			if err != nil {
+				return err
+			}
+			spec.RewriteLocation = &locationToProxy{}
+			if base != nil {
+				spec.RewriteLocation.PublicBase = strings.TrimRight(base.String(), "/")
+			}
+		}
+	}
+	return nil
 }

@@ -62,6 +62,9 @@ type endpointSpec struct {
 	FollowRedirects bool
 	// LocationRewrite is HPM autoRewrite/hostRewrite/protocolRewrite.
 	LocationRewrite *locationRewrite
+	// RewriteLocation (caddy.rewriteLocation) rewrites a redirect to the
+	// target into the proxy's namespace. It replaces LocationRewrite.
+	RewriteLocation *locationToProxy
 	// CookieDomainRewrite and CookiePathRewrite are HPM cookieDomainRewrite
 	// and cookiePathRewrite, in map form ("*" is the fallback, "" removes the
 	// attribute).
@@ -87,6 +90,17 @@ type routerEntry struct {
 	Host       string
 	PathPrefix string
 	Target     *url.URL
+}
+
+// locationToProxy rewrites the Location of a redirect that points at the
+// target (under its path) to the same place under the proxy route, so that
+// redirects stay inside the proxy (backstage/backstage#20156):
+// `https://api.example.com/v1/x` from target `https://api.example.com/v1`
+// becomes `<PublicBase>/api/proxy/<route>/x`.
+type locationToProxy struct {
+	// PublicBase is backend.baseUrl without a trailing `/`; "" means the
+	// request's own scheme and host.
+	PublicBase string
 }
 
 // locationRewrite is http-proxy's setRedirectHostRewrite: on 201, 301, 302,
@@ -392,10 +406,18 @@ func buildReverseProxy(s endpointSpec, target *url.URL, warnings *[]caddyconfig.
 			Request: &headers.HeaderOps{Set: set, Delete: del},
 		},
 	}
-	if ops := locationRewriteOps(s.LocationRewrite, target); ops != nil {
+	ops := locationRewriteOps(s.LocationRewrite, target)
+	if s.RewriteLocation != nil {
+		ops = locationToProxyOps(s.RewriteLocation, target, s.prefix())
+	}
+	if ops != nil {
+		statuses := []int{201, 301, 302, 307, 308} // http-proxy's setRedirectHostRewrite
+		if s.RewriteLocation != nil {
+			statuses = []int{201, 301, 302, 303, 307, 308}
+		}
 		rp.Headers.Response = &headers.RespHeaderOps{
 			HeaderOps: ops,
-			Require:   &caddyhttp.ResponseMatcher{StatusCode: []int{201, 301, 302, 307, 308}},
+			Require:   &caddyhttp.ResponseMatcher{StatusCode: statuses},
 		}
 	}
 	if s.WebSocket {
@@ -439,6 +461,27 @@ func locationRewriteOps(lr *locationRewrite, target *url.URL) *headers.HeaderOps
 		"Location": {
 			{SearchRegexp: head + `(/.*)$`, Replace: scheme + "//${2}" + host + "${4}"},
 			{SearchRegexp: head + `([?#].*)?$`, Replace: scheme + "//${2}" + host + "/${4}"},
+		},
+	}}
+}
+
+// locationToProxyOps rewrites a Location at or under the target (absolute
+// with the target's scheme and host, or an absolute path) to the same place
+// under the route's prefix on the public base. Anything else is left as it
+// is.
+func locationToProxyOps(lp *locationToProxy, target *url.URL, routePrefix string) *headers.HeaderOps {
+	base := "{http.request.scheme}://{http.request.hostport}"
+	if lp.PublicBase != "" {
+		base = regexpReplacementLiteral(lp.PublicBase)
+	}
+	tpath := strings.TrimRight(target.EscapedPath(), "/")
+	rest := `((?:/|[?#]).*)?$`
+	origin := `(?i:` + regexp.QuoteMeta(strings.ToLower(target.Scheme)+"://"+strings.ToLower(target.Host)) + `)`
+	repl := base + regexpReplacementLiteral(routePrefix) + "${1}"
+	return &headers.HeaderOps{Replace: map[string][]headers.Replacement{
+		"Location": {
+			{SearchRegexp: `(?s)^` + origin + regexp.QuoteMeta(tpath) + rest, Replace: repl},
+			{SearchRegexp: `(?s)^` + regexp.QuoteMeta(tpath) + rest, Replace: repl},
 		},
 	}}
 }
