@@ -12,6 +12,9 @@ type Config struct {
 	ExternalAccess []ExternalAccess
 	// Keys are the deprecated backend.auth.keys shared secrets.
 	Keys []LegacyKey
+	// KeySetCAFiles are PEM files of CA certificates trusted, in addition
+	// to the system's, when key sets are fetched over https.
+	KeySetCAFiles []string
 }
 
 // UserTokens configures verification of Backstage user tokens.
