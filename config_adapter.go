@@ -767,6 +767,9 @@ func (ad *adaptation) identity() (*App, error) {
 			app.Keys = append(app.Keys, identity.LegacyKey{Secret: secretValue(s)})
 		}
 	}
+	if ad.caddy != nil {
+		app.KeySetCAFiles = ad.caddy.keySetCAs
+	}
 	authBase := ad.pluginBaseURL("auth")
 	if authBase != "" {
 		app.UserTokens = &identity.UserTokens{JWKSURL: authBase + "/.well-known/jwks.json"}
