@@ -418,3 +418,36 @@ func TestSignatureChecksPerTokenBounded(t *testing.T) {
 	// A genuine token within the budget still passes.
 	expectOK(t, auth, keys[0].Sign(t, map[string]any{"alg": "ES256"}, map[string]any{"sub": "x", "iss": "attacker", "exp": clk.At(time.Hour)}))
 }
+
+// Per-plugin endpoints (discovery.endpoints naming plugins): the plugin's
+// key set comes from its own URL; with no template, other ids never cause a
+// fetch.
+func TestPluginEndpoints(t *testing.T) {
+	clk := useFakeClock(t)
+	k := testkit.NewECKey(t, "cat")
+	own := testkit.NewJWKSServer(t, k)
+	tmpl := testkit.NewPluginServer(t)
+	claims := func(id string) map[string]any {
+		return map[string]any{"sub": id, "aud": "proxy", "iat": clk.Unix(), "exp": clk.At(time.Hour)}
+	}
+	only := build(t, &Config{PluginTokens: &PluginTokens{Endpoints: map[string]string{"Catalog": own.KeySetURL()}}})
+	if p := expectOK(t, only, k.Sign(t, k.Hdr(TypePlugin), claims("catalog"))); p.Subject != "plugin:catalog" {
+		t.Fatalf("subject %q", p.Subject)
+	}
+	before := own.Hits.Load()
+	for i := range 100 {
+		id := fmt.Sprintf("other-%d", i)
+		expectErr(t, only, k.Sign(t, k.Hdr(TypePlugin), claims(id)), 401, PluginWithoutKeySet(id).Message)
+	}
+	if n := own.Hits.Load() - before; n != 0 {
+		t.Fatalf("%d fetches for ids without an endpoint", n)
+	}
+	both := build(t, &Config{PluginTokens: &PluginTokens{JWKSURL: tmpl.Template(), Endpoints: map[string]string{"catalog": own.KeySetURL() + "?both"}}})
+	expectOK(t, both, k.Sign(t, k.Hdr(TypePlugin), testkit.With(claims("catalog"), "jti", "both")))
+	if n := tmpl.HitsFor("catalog"); n != 0 {
+		t.Fatalf("catalog's key set was fetched from the template (%d)", n)
+	}
+	if _, _, err := newForTest(Config{PluginTokens: &PluginTokens{Endpoints: map[string]string{"bad id": own.KeySetURL()}}}); err == nil {
+		t.Fatal("an invalid plugin id was accepted")
+	}
+}

@@ -18,6 +18,7 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -787,11 +788,12 @@ func (kp *keyPool) keyCache(rawURL string) (*keyCache, func(), error) {
 // config does not name are bounded: maxPluginChecksInFlight at once,
 // pluginCheckBudget per pluginCheckWindow.
 type pluginKeySets struct {
-	template string
-	ctx      context.Context
-	cancel   context.CancelFunc
-	log      func() *zap.Logger
-	client   *http.Client // nil: jwksHTTPClient
+	template  string            // "": only the plugins of endpoints
+	endpoints map[string]string // plugin id → its key set URL, overriding template
+	ctx       context.Context
+	cancel    context.CancelFunc
+	log       func() *zap.Logger
+	client    *http.Client // nil: jwksHTTPClient
 
 	mu           sync.Mutex
 	confirmed    map[string]*pluginEntry
@@ -823,10 +825,10 @@ type pluginCheck struct {
 	named bool
 }
 
-func newPluginKeySets(template string, log func() *zap.Logger, client *http.Client) *pluginKeySets {
+func newPluginKeySets(template string, endpoints map[string]string, log func() *zap.Logger, client *http.Client) *pluginKeySets {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &pluginKeySets{
-		template: template, ctx: ctx, cancel: cancel, log: log, client: client,
+		template: template, endpoints: endpoints, ctx: ctx, cancel: cancel, log: log, client: client,
 		confirmed: map[string]*pluginEntry{}, checks: map[string]*pluginCheck{}, negative: map[string]time.Time{},
 	}
 }
@@ -837,9 +839,15 @@ func (p *pluginKeySets) Destruct() error {
 	return nil
 }
 
-// pluginURL builds a plugin's key set URL. id must already have been checked
-// against pluginIDPattern, so it needs no escaping.
+// pluginURL builds a plugin's key set URL, "" if it has none. id must
+// already have been checked against pluginIDPattern, so it needs no escaping.
 func (p *pluginKeySets) pluginURL(id string) string {
+	if u, ok := p.endpoints[id]; ok {
+		return u
+	}
+	if p.template == "" {
+		return ""
+	}
 	return strings.ReplaceAll(p.template, "{plugin}", id)
 }
 
@@ -864,6 +872,11 @@ func (p *pluginKeySets) get(ctx context.Context, id string, named bool) (*plugin
 	}
 	chk := p.checks[id]
 	if chk == nil {
+		if p.pluginURL(id) == "" {
+			// endpoints only, and id is not among them: no fetch at all
+			p.mu.Unlock()
+			return nil, errPluginNoKeySet
+		}
 		t := now()
 		if until, ok := p.negative[id]; ok {
 			if t.Before(until) {
@@ -995,10 +1008,21 @@ func (p *pluginKeySets) rememberFailureLocked(id string, t time.Time) {
 }
 
 // acquirePluginKeySets gets the shared plugin caches of a URL template.
-func (kp *keyPool) pluginKeySets(template string) (*pluginKeySets, func(), error) {
-	key := PoolKey{Kind: "plugin-jwks", URL: template, CA: kp.caID}
+func (kp *keyPool) pluginKeySets(template string, endpoints map[string]string) (*pluginKeySets, func(), error) {
+	id := template
+	if len(endpoints) > 0 {
+		ids := make([]string, 0, len(endpoints))
+		for p := range endpoints {
+			ids = append(ids, p)
+		}
+		slices.Sort(ids)
+		for _, p := range ids {
+			id += " " + p + "=" + endpoints[p]
+		}
+	}
+	key := PoolKey{Kind: "plugin-jwks", URL: id, CA: kp.caID}
 	v, _, err := kp.pool.LoadOrNew(key, func() (Destructor, error) {
-		return newPluginKeySets(template, kp.log, kp.client), nil
+		return newPluginKeySets(template, endpoints, kp.log, kp.client), nil
 	})
 	if err != nil {
 		return nil, nil, err

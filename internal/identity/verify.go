@@ -752,7 +752,7 @@ func (a *Verifier) verifyPluginToken(ctx context.Context, jt *jwtPeek, budget *i
 		a.debug("plugin token refused: algorithm not allowed", zap.String("plugin", sub))
 		return p, exp, errFailedPlugin
 	}
-	entry, err := pv.sets.get(ctx, id, pv.allow != nil)
+	entry, err := pv.sets.get(ctx, id, pv.allow != nil || pv.sets.endpoints[id] != "")
 	if err != nil {
 		if errors.Is(err, errPluginNoKeySet) {
 			return p, exp, PluginWithoutKeySet(sub)
@@ -1111,11 +1111,27 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 
 	if pt := cfg.PluginTokens; pt != nil {
 		template := resolve(pt.JWKSURL)
-		if !strings.Contains(template, "{plugin}") {
-			return fail("plugin_tokens: jwks_url: must contain the placeholder {plugin}, replaced by the calling plugin's id")
+		if template != "" || len(pt.Endpoints) == 0 {
+			if !strings.Contains(template, "{plugin}") {
+				return fail("plugin_tokens: jwks_url: must contain the placeholder {plugin}, replaced by the calling plugin's id")
+			}
+			if _, err := checkURL(strings.ReplaceAll(template, "{plugin}", "plugin")); err != nil {
+				return fail("plugin_tokens: jwks_url: %v", err)
+			}
 		}
-		if _, err := checkURL(strings.ReplaceAll(template, "{plugin}", "plugin")); err != nil {
-			return fail("plugin_tokens: jwks_url: %v", err)
+		var endpoints map[string]string
+		for id, u := range pt.Endpoints {
+			if !validPluginID(id) {
+				return fail("plugin_tokens: endpoints: '%s' is not a valid plugin id (^[a-z0-9_-]+$)", id)
+			}
+			raw, err := checkURL(resolve(u))
+			if err != nil {
+				return fail("plugin_tokens: endpoints: %s: %v", id, err)
+			}
+			if endpoints == nil {
+				endpoints = map[string]string{}
+			}
+			endpoints[foldPluginID(id)] = raw
 		}
 		algs, err := parseAlgorithms(pt.Algorithms, []string{"ES256"})
 		if err != nil {
@@ -1131,7 +1147,7 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 				allow[foldPluginID(id)] = true
 			}
 		}
-		sets, rel, err := pool.pluginKeySets(template)
+		sets, rel, err := pool.pluginKeySets(template, endpoints)
 		if err != nil {
 			return fail("plugin_tokens: %v", err)
 		}
