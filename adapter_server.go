@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -39,6 +40,10 @@ import (
 //	  # The auth plugin's base URL, for the user-token key set
 //	  # (<authBaseUrl>/.well-known/jwks.json). Overrides everything else.
 //	  authBaseUrl: http://auth.internal:7007/api/auth
+//	  # PEM files of CAs to trust (besides the system's) when token key sets
+//	  # are fetched over https: for auth backends behind a private CA. A
+//	  # path or a list; relative paths are relative to the config file.
+//	  keySetCaFiles: [/etc/ssl/private-ca.pem]
 //	  # Automatic HTTPS for the public host: true (the host of
 //	  # backend.baseUrl), or an object. Listens on :443 (and :80 for redirects
 //	  # and ACME challenges).
@@ -62,6 +67,7 @@ type caddyOptions struct {
 	node        *appconfig.Node
 	backend     *url.URL
 	authBaseURL string
+	keySetCAs   []string
 	https       *autoHTTPS
 	accessLog   bool
 	json        *appconfig.Node
@@ -80,7 +86,7 @@ type autoHTTPS struct {
 
 var caddyKnownKeys = map[string]bool{
 	"admin": true, "listen": true, "backend": true, "authBaseUrl": true,
-	"https": true, "accessLog": true, "json": true, "watch": true,
+	"https": true, "accessLog": true, "json": true, "keySetCaFiles": true, "watch": true,
 }
 
 // readCaddyOptions reads and checks the `caddy:` key.
@@ -96,7 +102,7 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 	o.node = n
 	for i, k := range n.Keys {
 		if !caddyKnownKeys[k] {
-			ad.warn(n.Values[i], "caddy", "caddy.%s is not a known setting and is ignored (known: accessLog, admin, authBaseUrl, backend, https, json, listen, watch)", k)
+			ad.warn(n.Values[i], "caddy", "caddy.%s is not a known setting and is ignored (known: accessLog, admin, authBaseUrl, backend, https, json, keySetCaFiles, listen, watch)", k)
 		}
 	}
 	if b := n.Get("backend"); b != nil && !jsFalsy(b) {
@@ -118,6 +124,22 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 			return nil, appconfig.ErrorAt(a, "caddy.authBaseUrl must be the http or https base URL of the auth plugin, such as http://backstage:7007/api/auth")
 		}
 		o.authBaseURL = strings.TrimRight(s, "/")
+	}
+	if c := n.Get("keySetCaFiles"); c != nil && !c.IsNull() {
+		items := []*appconfig.Node{c}
+		if c.Kind == appconfig.KindSeq {
+			items = c.Items
+		}
+		for _, item := range items {
+			s, ok := item.String()
+			if !ok || s == "" {
+				return nil, appconfig.ErrorAt(item, "caddy.keySetCaFiles must be the path of a PEM file or a list of them")
+			}
+			if !filepath.IsAbs(s) && !strings.HasPrefix(s, "{env.") {
+				s = filepath.Join(configDir(item.File), s)
+			}
+			o.keySetCAs = append(o.keySetCAs, s)
+		}
 	}
 	if h := n.Get("https"); h != nil && !jsFalsy(h) {
 		https, err := ad.readAutoHTTPS(h)

@@ -31,6 +31,12 @@ const (
 // transport lacks. The config adapter uses it only for endpoints that need
 // them; every `http` transport option applies as well.
 //
+//   - `set_headers` (Backstage `headers:`): set on the upstream request,
+//     overriding any the request has, by the transport itself on a copy of
+//     the request, so that no logger sees the values: reverse_proxy logs,
+//     at DEBUG, the request it hands the transport, and redacts only
+//     Authorization and cookies. Values are Caddy placeholder strings
+//     (secrets as `{env.VAR}`), resolved per request like header ops.
 //   - `basic_auth` (HPM `auth: "user:password"`): sent as
 //     `Authorization: Basic …` unless the upstream request already carries an
 //     Authorization header (from the caller under `credentials: forward`, or
@@ -48,6 +54,9 @@ const (
 //     host, which lets an upstream steer the proxy anywhere).
 type UpstreamTransport struct {
 	reverseproxy.HTTPTransport
+
+	// SetHeaders are set on every upstream request, where no log sees them.
+	SetHeaders http.Header `json:"set_headers,omitempty"`
 
 	// BasicAuth is `user:password` for HTTP Basic authentication upstream.
 	BasicAuth string `json:"basic_auth,omitempty"`
@@ -81,13 +90,49 @@ func (t *UpstreamTransport) Provision(ctx caddy.Context) error {
 	if t.MaxRedirects <= 0 {
 		t.MaxRedirects = defaultMaxRedirects
 	}
+	if len(t.SetHeaders) > 0 {
+		canon := make(http.Header, len(t.SetHeaders))
+		for name, vals := range t.SetHeaders {
+			canon[http.CanonicalHeaderKey(name)] = vals
+		}
+		t.SetHeaders = canon
+	}
 	return nil
+}
+
+// withHeaders returns a copy of req, with a header map of its own, carrying
+// SetHeaders and the Basic credentials. The caller's request (the one
+// reverse_proxy logs) is left as it was.
+func (t *UpstreamTransport) withHeaders(req *http.Request) *http.Request {
+	r2 := new(http.Request)
+	*r2 = *req
+	r2.Header = req.Header.Clone()
+	if r2.Header == nil {
+		r2.Header = http.Header{}
+	}
+	if len(t.SetHeaders) > 0 {
+		repl, _ := req.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		if repl == nil {
+			repl = caddy.NewReplacer()
+		}
+		for name, vals := range t.SetHeaders {
+			out := make([]string, len(vals))
+			for i, v := range vals {
+				out[i] = repl.ReplaceKnown(v, "")
+			}
+			r2.Header[name] = []string{strings.Join(out, ",")}
+		}
+	}
+	if t.authorization != "" && len(r2.Header["Authorization"]) == 0 {
+		r2.Header.Set("Authorization", t.authorization)
+	}
+	return r2
 }
 
 // RoundTrip implements http.RoundTripper.
 func (t *UpstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if t.authorization != "" && len(req.Header["Authorization"]) == 0 {
-		req.Header.Set("Authorization", t.authorization)
+	if len(t.SetHeaders) > 0 || (t.authorization != "" && len(req.Header["Authorization"]) == 0) {
+		req = t.withHeaders(req)
 	}
 	if !t.FollowRedirects {
 		return t.HTTPTransport.RoundTrip(req)

@@ -409,6 +409,11 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, d.ArgErr()
 			}
 			app.Keys = append(app.Keys, identity.LegacyKey{Secret: args[0]})
+		case "key_set_ca_files":
+			if len(args) < 1 {
+				return nil, d.ArgErr()
+			}
+			app.KeySetCAFiles = append(app.KeySetCAFiles, args...)
 		case "dangerously_disable_default_auth_policy":
 			if len(args) != 0 {
 				return nil, d.ArgErr()

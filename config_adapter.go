@@ -852,6 +852,9 @@ func (ad *adaptation) identity() (*App, error) {
 			app.Keys = append(app.Keys, identity.LegacyKey{Secret: secretValue(s)})
 		}
 	}
+	if ad.caddy != nil {
+		app.KeySetCAFiles = ad.caddy.keySetCAs
+	}
 	authBase := ad.pluginBaseURL("auth")
 	if authBase != "" {
 		app.UserTokens = &identity.UserTokens{JWKSURL: authBase + "/.well-known/jwks.json"}
@@ -863,8 +866,12 @@ func (ad *adaptation) identity() (*App, error) {
 			app.UserTokens.Algorithms = []string{alg}
 		}
 	}
-	if tmpl := ad.pluginBaseURL("{plugin}"); tmpl != "" {
-		app.PluginTokens = &identity.PluginTokens{JWKSURL: tmpl + "/.backstage/auth/v1/jwks.json"}
+	endpoints := ad.namedPluginKeySets()
+	if tmpl := ad.pluginBaseURL("{plugin}"); tmpl != "" || len(endpoints) > 0 {
+		app.PluginTokens = &identity.PluginTokens{Endpoints: endpoints}
+		if tmpl != "" {
+			app.PluginTokens.JWKSURL = tmpl + "/.backstage/auth/v1/jwks.json"
+		}
 		// Plugins sign with their key store's algorithm (static key stores
 		// name it per key; the database store uses ES256).
 		if keys := ad.root.Lookup("backend.auth.pluginKeyStore.static.keys"); keys != nil && keys.Kind == appconfig.KindSeq {
@@ -1017,6 +1024,39 @@ func (ad *adaptation) pluginBaseURL(plugin string) string {
 	}
 	return strings.TrimRight(base, "/") + "/api/" + plugin
 }
+
+// namedPluginKeySets maps the plugins that `discovery.endpoints` names one
+// by one (not `*`) to their key set URLs (the last entry naming a plugin
+// wins, as in pluginBaseURL). nil when there are none.
+func (ad *adaptation) namedPluginKeySets() map[string]string {
+	eps := ad.root.Lookup("discovery.endpoints")
+	if eps == nil || eps.Kind != appconfig.KindSeq {
+		return nil
+	}
+	var out map[string]string
+	for _, ep := range eps.Items {
+		plugins := ep.Get("plugins")
+		if plugins == nil || plugins.Kind != appconfig.KindSeq {
+			continue
+		}
+		for _, p := range plugins.Items {
+			id, _ := p.String()
+			if id == "*" || !pluginIDRE.MatchString(id) {
+				continue // Backstage refuses tokens of such ids anyway
+			}
+			if u := ad.pluginBaseURL(id); u != "" {
+				if out == nil {
+					out = map[string]string{}
+				}
+				out[id] = u + "/.backstage/auth/v1/jwks.json"
+			}
+		}
+	}
+	return out
+}
+
+// pluginIDRE is Backstage's ALLOWED_PLUGIN_ID_PATTERN.
+var pluginIDRE = regexp.MustCompile(`^[a-zA-Z0-9_-]+$`)
 
 // discoveryPluginIDRE is HostDiscovery's placeholder for the plugin id.
 var discoveryPluginIDRE = regexp.MustCompile(`\{\{\s*pluginId\s*\}\}`)

@@ -37,6 +37,12 @@ type App struct {
 	// tokens with subject `external:backstage-plugin`.
 	Keys []identity.LegacyKey `json:"keys,omitempty"`
 
+	// KeySetCAFiles are PEM files of CA certificates to trust, in addition to
+	// the system's, when key sets (user, plugin and `jwks` external access)
+	// are fetched over https: for auth backends behind a private CA.
+	// Placeholders ({env.VAR}) are resolved once.
+	KeySetCAFiles []string `json:"key_set_ca_files,omitempty"`
+
 	// DangerouslyDisableDefaultAuthPolicy mirrors
 	// `backend.auth.dangerouslyDisableDefaultAuthPolicy`: when true, every route
 	// behaves like `dangerously-allow-unauthenticated` for access, while header
@@ -71,6 +77,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		PluginTokens:   a.PluginTokens,
 		ExternalAccess: a.ExternalAccess,
 		Keys:           a.Keys,
+		KeySetCAFiles:  a.KeySetCAFiles,
 	}, identity.Options{
 		Pool:         usagePool{keyPool},
 		Logger:       a.logger,

@@ -357,12 +357,29 @@ func buildReverseProxy(s endpointSpec, target *url.URL, warnings *[]caddyconfig.
 	if s.ProxyTimeout > 0 {
 		transport.ResponseHeaderTimeout = caddy.Duration(s.ProxyTimeout)
 	}
+	// The route's `headers:` (often secrets: `X-Api-Key: ${API_KEY}`) are
+	// set by the transport on its own copy of the request, so no logger
+	// sees them: at DEBUG, reverse_proxy logs the request it hands the
+	// transport, and Caddy redacts only Authorization and cookies. Host
+	// stays a header op (reverse_proxy treats it specially).
+	var injected http.Header
+	for _, hv := range s.Headers {
+		name := http.CanonicalHeaderKey(hv.Name)
+		if name == "Host" {
+			continue
+		}
+		if injected == nil {
+			injected = http.Header{}
+		}
+		injected[name] = []string{hv.Value}
+	}
 	var transportRaw json.RawMessage
-	if s.FollowRedirects || s.BasicAuth != "" {
+	if s.FollowRedirects || s.BasicAuth != "" || len(injected) > 0 {
 		transportRaw = caddyconfig.JSONModuleObject(UpstreamTransport{
 			HTTPTransport:   transport,
 			BasicAuth:       s.BasicAuth,
 			FollowRedirects: s.FollowRedirects,
+			SetHeaders:      injected,
 		}, "protocol", "backstage_http", warnings)
 	} else {
 		transportRaw = caddyconfig.JSONModuleObject(transport, "protocol", "http", warnings)
@@ -379,7 +396,9 @@ func buildReverseProxy(s endpointSpec, target *url.URL, warnings *[]caddyconfig.
 	configured := map[string]bool{}
 	for _, hv := range s.Headers {
 		name := http.CanonicalHeaderKey(hv.Name)
-		set[name] = []string{hv.Value}
+		if name == "Host" {
+			set[name] = []string{hv.Value}
+		}
 		configured[name] = true
 	}
 	var del []string

@@ -12,6 +12,9 @@ type Config struct {
 	ExternalAccess []ExternalAccess
 	// Keys are the deprecated backend.auth.keys shared secrets.
 	Keys []LegacyKey
+	// KeySetCAFiles are PEM files of CA certificates trusted, in addition
+	// to the system's, when key sets are fetched over https.
+	KeySetCAFiles []string
 }
 
 // UserTokens configures verification of Backstage user tokens.
@@ -33,11 +36,19 @@ type PluginTokens struct {
 	// by the calling plugin's id (the token's `sub`, checked against
 	// `^[a-z0-9_-]+$` before use), e.g.
 	// `http://backstage:7007/api/{plugin}/.backstage/auth/v1/jwks.json`.
+	// Optional when Endpoints is set.
 	JWKSURL string `json:"jwks_url,omitempty"`
 
-	// Plugins, if set, is the allowlist of calling plugin ids (exact match).
-	// Tokens from other plugins are refused before any key is fetched.
+	// Plugins, if set, is the allowlist of calling plugin ids (ignoring
+	// case). Tokens from other plugins are refused before any key is fetched.
 	Plugins []string `json:"plugins,omitempty"`
+
+	// Endpoints maps plugin ids (ignoring case) to their key set URLs,
+	// overriding JWKSURL for them: Backstage's per-plugin
+	// `discovery.endpoints`. Their checks are never charged to the fetch
+	// budget of unnamed plugins. With Endpoints and no JWKSURL, only these
+	// plugins' tokens can be verified, and other ids never cause a fetch.
+	Endpoints map[string]string `json:"endpoints,omitempty"`
 
 	// Algorithms the signature may use. Default: `ES256`, the default of
 	// Backstage's plugin key store. HMAC and `none` are never accepted.

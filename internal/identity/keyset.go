@@ -2,9 +2,14 @@ package identity
 
 import (
 	"context"
+	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +17,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,8 +67,44 @@ const (
 	// jwksMaxCandidates bounds the signature checks spent on one token when
 	// several keys match it (a token without kid).
 	jwksMaxCandidates = 8
-	// maxPluginKeySets bounds how many distinct calling plugins are remembered.
+	// jwksMaxRedirects bounds the redirects a key set fetch follows; only
+	// redirects to the key set URL's own origin (scheme, host and port) are
+	// followed, so neither another host nor an https->http downgrade can
+	// supply keys.
+	jwksMaxRedirects = 3
+	// rsaMaxBits and rsaMaxExponent refuse RSA keys that make one signature
+	// check cost a hostile key set's choice of CPU time: 8,192 bits is
+	// crypto/tls's limit, and 65537 the exponent every signer uses (an
+	// exponent must also be odd and at least 3).
+	rsaMaxBits     = 8192
+	rsaMaxExponent = 65537
+
+	// maxPluginKeySets bounds how many distinct calling plugins' key sets are
+	// kept. When the table is full, a newly confirmed plugin evicts one: a
+	// plugin none of whose tokens ever verified goes first (oldest first),
+	// else the one whose last verified token is oldest. So no input, however
+	// many ids it names, can keep a plugin out: at worst a plugin's key set
+	// is fetched again.
 	maxPluginKeySets = 1024
+	// pluginNegativeTTL is how long a plugin id whose key set could not be
+	// fetched (404, no keys, unreachable, garbage) is refused without a
+	// fetch; maxPluginNegative bounds how many such ids are remembered
+	// (expired ones are dropped first, then arbitrary ones: forgetting one
+	// costs at most one more fetch, within pluginCheckBudget).
+	pluginNegativeTTL = 30 * time.Second
+	maxPluginNegative = 4096
+	// maxPluginChecksInFlight bounds the key set checks of plugins not named
+	// by the config (no `plugins` allowlist) that run at once: forged tokens
+	// naming made-up ids cannot open a connection each.
+	maxPluginChecksInFlight = 8
+	// pluginCheckBudget is the number of key set checks of plugins not named
+	// by the config that may start per pluginCheckWindow, across all ids.
+	// Checks of plugins named in the `plugins` allowlist are not charged
+	// (there are only as many as the config names, and the negative cache
+	// bounds their rate), and confirmed plugins need no check at all, so
+	// anonymous input cannot exhaust the budget for them.
+	pluginCheckBudget = 60
+	pluginCheckWindow = time.Minute
 )
 
 // clock is the injectable time source for token validation (exp, nbf), the
@@ -88,31 +131,89 @@ func now() time.Time {
 }
 
 // jwksHTTPClient fetches key sets: bounded dial, handshake and total time, few
-// redirects. Response bodies are capped at jwksMaxBodyBytes by fetchKeySet.
-var jwksHTTPClient = &http.Client{
-	Timeout: jwksFetchTimeout,
-	Transport: &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           (&net.Dialer{Timeout: jwksDialTimeout, KeepAlive: 30 * time.Second}).DialContext,
-		TLSHandshakeTimeout:   jwksFetchTimeout,
-		ResponseHeaderTimeout: jwksFetchTimeout,
-		MaxIdleConnsPerHost:   2,
-		IdleConnTimeout:       90 * time.Second,
-		ForceAttemptHTTP2:     true,
-	},
-	CheckRedirect: func(_ *http.Request, via []*http.Request) error {
-		if len(via) >= 3 {
-			return errors.New("stopped after 3 redirects")
+// redirects, same origin only. Response bodies are capped at jwksMaxBodyBytes
+// by fetchKeySet. Configs that trust extra CAs get a client of their own
+// (newKeySetClient).
+var jwksHTTPClient = newKeySetClient(nil)
+
+// newKeySetClient builds a key set client; tlsConf nil: Go's defaults.
+func newKeySetClient(tlsConf *tls.Config) *http.Client {
+	return &http.Client{
+		Timeout: jwksFetchTimeout,
+		Transport: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: jwksDialTimeout, KeepAlive: 30 * time.Second}).DialContext,
+			TLSClientConfig:       tlsConf,
+			TLSHandshakeTimeout:   jwksFetchTimeout,
+			ResponseHeaderTimeout: jwksFetchTimeout,
+			MaxIdleConnsPerHost:   2,
+			IdleConnTimeout:       90 * time.Second,
+			ForceAttemptHTTP2:     true,
+		},
+		CheckRedirect: checkKeySetRedirect,
+	}
+}
+
+// checkKeySetRedirect follows a redirect only to the origin (scheme, host,
+// port) of the key set URL, at most jwksMaxRedirects times. Backstage (jose)
+// follows none; a same-origin redirect (say, to a versioned path) is served
+// by the same server the config trusts, so it is followed.
+func checkKeySetRedirect(req *http.Request, via []*http.Request) error {
+	if len(via) >= jwksMaxRedirects {
+		return fmt.Errorf("stopped after %d redirects", jwksMaxRedirects)
+	}
+	if origin(req.URL) != origin(via[0].URL) {
+		return errors.New("redirect to another origin refused")
+	}
+	return nil
+}
+
+// origin is a URL's scheme, host and port (the scheme's default if none).
+func origin(u *url.URL) string {
+	port := u.Port()
+	if port == "" {
+		port = "80"
+		if u.Scheme == "https" {
+			port = "443"
 		}
-		return nil
-	},
+	}
+	return strings.ToLower(u.Scheme) + "://" + net.JoinHostPort(strings.ToLower(u.Hostname()), port)
+}
+
+// NewKeySetTLS returns the TLS configuration of key set fetches that trust
+// the CA certificates in the given PEM files, in addition to the system's,
+// and a fingerprint of them (so key caches built with different CAs are
+// never shared). No files: nil, "".
+func NewKeySetTLS(files []string) (*tls.Config, string, error) {
+	if len(files) == 0 {
+		return nil, "", nil
+	}
+	pool, err := x509.SystemCertPool()
+	if err != nil || pool == nil {
+		pool = x509.NewCertPool()
+	}
+	h := sha256.New()
+	for _, f := range files {
+		pem, err := os.ReadFile(f)
+		if err != nil {
+			return nil, "", fmt.Errorf("reading CA file: %v", err)
+		}
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, "", fmt.Errorf("CA file %s: no PEM certificate found", f)
+		}
+		h.Write(pem)
+		h.Write([]byte{0})
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // keyPool hands out the key caches shared across config reloads, from the
 // host's Pool.
 type keyPool struct {
-	pool Pool
-	log  func() *zap.Logger
+	pool   Pool
+	log    func() *zap.Logger
+	client *http.Client // key set fetches
+	caID   string       // fingerprint of the extra CAs client trusts, or ""
 }
 
 // PoolKey identifies a shared key cache in the Pool: a JWKS URL, or a plugin
@@ -120,6 +221,7 @@ type keyPool struct {
 type PoolKey struct {
 	Kind string // "jwks" or "plugin-jwks"
 	URL  string
+	CA   string // fingerprint of the extra CAs trusted for it, or ""
 }
 
 // algInfo describes an accepted signature algorithm. HMAC and "none" are
@@ -207,9 +309,10 @@ type keySet struct {
 // may be verified with, following jose's JWKS key selection: same kty (and
 // curve), same kid when the token names one, same alg when the key declares
 // one. Unusable keys (use other than sig, key_ops without verify) were
-// dropped when the set was parsed.
-func (ks *keySet) match(ai algInfo, kid string, hasKid bool) []*verifyKey {
-	var out []*verifyKey
+// dropped when the set was parsed. A token that names a kid which several
+// keys match gets no key at all (ambiguous): jose refuses it
+// (JWKSMultipleMatchingKeys), and so do we.
+func (ks *keySet) match(ai algInfo, kid string, hasKid bool) (out []*verifyKey, ambiguous bool) {
 	for i := range ks.keys {
 		k := &ks.keys[i]
 		if k.kty != ai.kty || (ai.crv != "" && k.crv != ai.crv) {
@@ -221,17 +324,21 @@ func (ks *keySet) match(ai algInfo, kid string, hasKid bool) []*verifyKey {
 		if k.alg != "" && k.alg != ai.name {
 			continue
 		}
+		if hasKid && len(out) == 1 {
+			return nil, true
+		}
 		out = append(out, k)
 		if len(out) == jwksMaxCandidates {
 			break
 		}
 	}
-	return out
+	return out, false
 }
 
 var (
 	errKeysUnavailable = errors.New("key set unavailable")
 	errNoMatchingKey   = errors.New("no matching key in key set")
+	errAmbiguousKid    = errors.New("several keys of the key set match the token's kid")
 )
 
 // fetchKeySet downloads and parses a key set. The response must be 200 with a
@@ -239,14 +346,18 @@ var (
 // (symmetric keys, RSA below 2048 bits, use other than sig…) are skipped; a
 // set whose keys are all unusable is an error, so garbage never replaces good
 // keys. maxAge is the response's Cache-Control max-age (or 0 with
-// no-cache/no-store), hasMaxAge whether there was one.
-func fetchKeySet(ctx context.Context, rawURL string) (keys []verifyKey, maxAge time.Duration, hasMaxAge bool, err error) {
+// no-cache/no-store), hasMaxAge whether there was one. client nil:
+// jwksHTTPClient.
+func fetchKeySet(ctx context.Context, client *http.Client, rawURL string) (keys []verifyKey, maxAge time.Duration, hasMaxAge bool, err error) {
+	if client == nil {
+		client = jwksHTTPClient
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, rawURL, nil)
 	if err != nil {
 		return nil, 0, false, err
 	}
 	req.Header.Set("Accept", "application/json")
-	resp, err := jwksHTTPClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return nil, 0, false, err
 	}
@@ -329,7 +440,7 @@ func parseVerifyKey(raw []byte) (verifyKey, bool) {
 	case *ecdsa.PublicKey:
 		vk.kty, vk.crv, vk.key = "EC", pk.Curve.Params().Name, pk
 	case *rsa.PublicKey:
-		if pk.N.BitLen() < 2048 {
+		if bits := pk.N.BitLen(); bits < 2048 || bits > rsaMaxBits || pk.E < 3 || pk.E > rsaMaxExponent || pk.E%2 == 0 {
 			return verifyKey{}, false
 		}
 		vk.kty, vk.key = "RSA", pk
@@ -343,6 +454,30 @@ func parseVerifyKey(raw []byte) (verifyKey, bool) {
 		vk.alg = alg.String()
 	}
 	return vk, true
+}
+
+// duplicateKid returns a kid that two different keys of keys share, or
+// false. Tokens naming it are refused (see match); the cache warns once.
+func duplicateKid(keys []verifyKey) (string, bool) {
+	for i := range keys {
+		if !keys[i].hasKid {
+			continue
+		}
+		for j := i + 1; j < len(keys); j++ {
+			if keys[j].hasKid && keys[j].kid == keys[i].kid && !sameKey(keys[i].key, keys[j].key) {
+				return keys[i].kid, true
+			}
+		}
+	}
+	return "", false
+}
+
+func sameKey(a, b any) bool {
+	type equaler interface{ Equal(crypto.PublicKey) bool }
+	if e, ok := a.(equaler); ok {
+		return e.Equal(b)
+	}
+	return false
 }
 
 // cacheMaxAge reads max-age from Cache-Control header values.
@@ -387,6 +522,7 @@ type keyCache struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	log    func() *zap.Logger
+	client *http.Client // nil: jwksHTTPClient
 
 	keys    atomic.Pointer[keySet] // last good key set, nil until the first success
 	fetches atomic.Int64           // completed fetch attempts (counted once their outcome is recorded and logged)
@@ -400,11 +536,12 @@ type keyCache struct {
 	interval    time.Duration
 	outage      bool
 	timerOn     bool
+	dupWarned   bool // the duplicate-kid warning was logged
 }
 
-func newKeyCache(parent context.Context, rawURL string, log func() *zap.Logger) *keyCache {
+func newKeyCache(parent context.Context, rawURL string, log func() *zap.Logger, client *http.Client) *keyCache {
 	ctx, cancel := context.WithCancel(parent)
-	return &keyCache{url: rawURL, ctx: ctx, cancel: cancel, log: log, interval: jwksDefaultRefresh}
+	return &keyCache{url: rawURL, ctx: ctx, cancel: cancel, log: log, client: client, interval: jwksDefaultRefresh}
 }
 
 // Destruct implements Destructor: it stops background refreshes.
@@ -434,7 +571,7 @@ func (c *keyCache) startFetchLocked() *fetchCall {
 
 func (c *keyCache) run(call *fetchCall) {
 	ctx, cancel := context.WithTimeout(c.ctx, jwksFetchTimeout)
-	keys, maxAge, hasMaxAge, err := fetchKeySet(ctx, c.url)
+	keys, maxAge, hasMaxAge, err := fetchKeySet(ctx, c.client, c.url)
 	cancel()
 	c.finish(call, keys, maxAge, hasMaxAge, err)
 }
@@ -451,6 +588,17 @@ func (c *keyCache) finish(call *fetchCall, keys []verifyKey, maxAge time.Duratio
 			c.outage = false
 			n := len(keys)
 			logFn = func() { c.log().Info("key set fetched again", zap.String("url", c.redactedURL()), zap.Int("keys", n)) }
+		}
+		if kid, dup := duplicateKid(keys); dup && !c.dupWarned {
+			c.dupWarned = true
+			prev := logFn
+			logFn = func() {
+				if prev != nil {
+					prev()
+				}
+				c.log().Warn("key set publishes different keys under one kid; tokens naming that kid are refused",
+					zap.String("url", c.redactedURL()), zap.String("kid", kid))
+			}
 		}
 		if !c.timerOn && c.ctx.Err() == nil {
 			c.timerOn = true
@@ -561,8 +709,10 @@ func (c *keyCache) lookup(ctx context.Context, ai algInfo, kid string, hasKid bo
 	if err != nil {
 		return nil, err
 	}
-	if m := ks.match(ai, kid, hasKid); len(m) > 0 {
+	if m, amb := ks.match(ai, kid, hasKid); len(m) > 0 {
 		return m, nil
+	} else if amb {
+		return nil, errAmbiguousKid
 	}
 	c.mu.Lock()
 	call := c.inflight
@@ -575,8 +725,10 @@ func (c *keyCache) lookup(ctx context.Context, ai algInfo, kid string, hasKid bo
 	}
 	_ = waitFetch(ctx, call)
 	if ks = c.keys.Load(); ks != nil {
-		if m := ks.match(ai, kid, hasKid); len(m) > 0 {
+		if m, amb := ks.match(ai, kid, hasKid); len(m) > 0 {
 			return m, nil
+		} else if amb {
+			return nil, errAmbiguousKid
 		}
 	}
 	return nil, errNoMatchingKey
@@ -613,9 +765,9 @@ func (c *keyCache) mayForceLocked(iat int64, hasIat bool) bool {
 // acquireKeyCache gets the shared cache of a JWKS URL from the pool. The
 // returned release function must be called exactly once.
 func (kp *keyPool) keyCache(rawURL string) (*keyCache, func(), error) {
-	key := PoolKey{Kind: "jwks", URL: rawURL}
+	key := PoolKey{Kind: "jwks", URL: rawURL, CA: kp.caID}
 	v, _, err := kp.pool.LoadOrNew(key, func() (Destructor, error) {
-		return newKeyCache(context.Background(), rawURL, kp.log), nil
+		return newKeyCache(context.Background(), rawURL, kp.log, kp.client), nil
 	})
 	if err != nil {
 		return nil, nil, err
@@ -627,29 +779,57 @@ func (kp *keyPool) keyCache(rawURL string) (*keyCache, func(), error) {
 // pluginKeySets holds the key caches of calling plugins for one plugin JWKS
 // URL template. A plugin's cache is created once its key set has been fetched
 // successfully: that first fetch is Backstage's "does the source plugin have a
-// JWKS endpoint" check, and its positive result is kept.
+// JWKS endpoint" check, and its positive result is kept (in a table of at
+// most maxPluginKeySets plugins, with eviction). Ids are lower case (the
+// caller folds them): plugin ids differing only in case are one plugin.
+//
+// Unlike Backstage, which fetches once per request for an unknown id, a
+// failed check is remembered for pluginNegativeTTL, and checks of ids the
+// config does not name are bounded: maxPluginChecksInFlight at once,
+// pluginCheckBudget per pluginCheckWindow.
 type pluginKeySets struct {
-	template string
-	ctx      context.Context
-	cancel   context.CancelFunc
-	log      func() *zap.Logger
+	template  string            // "": only the plugins of endpoints
+	endpoints map[string]string // plugin id → its key set URL, overriding template
+	ctx       context.Context
+	cancel    context.CancelFunc
+	log       func() *zap.Logger
+	client    *http.Client // nil: jwksHTTPClient
 
-	mu        sync.Mutex
-	confirmed map[string]*keyCache
-	checks    map[string]*pluginCheck
-	fullWarn  bool
+	mu           sync.Mutex
+	confirmed    map[string]*pluginEntry
+	checks       map[string]*pluginCheck
+	negative     map[string]time.Time // id → refused without a fetch until then
+	unnamed      int                  // checks in flight of ids the config does not name
+	budgetStart  time.Time            // start of the current pluginCheckWindow
+	budgetUsed   int                  // checks of unnamed ids started in it
+	evictWarned  bool
+	budgetWarned bool
+
+	fetches atomic.Int64 // checks started (for tests)
 }
+
+// pluginEntry is a confirmed plugin's key cache, with when a token last
+// verified with it (unix ns, 0: never), which orders eviction.
+type pluginEntry struct {
+	cache       *keyCache
+	confirmedAt time.Time
+	lastOK      atomic.Int64
+}
+
+// verified records that a token of the plugin verified.
+func (e *pluginEntry) verified() { e.lastOK.Store(now().UnixNano()) }
 
 type pluginCheck struct {
 	done  chan struct{}
-	cache *keyCache
+	entry *pluginEntry
+	named bool
 }
 
-func newPluginKeySets(template string, log func() *zap.Logger) *pluginKeySets {
+func newPluginKeySets(template string, endpoints map[string]string, log func() *zap.Logger, client *http.Client) *pluginKeySets {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &pluginKeySets{
-		template: template, ctx: ctx, cancel: cancel, log: log,
-		confirmed: map[string]*keyCache{}, checks: map[string]*pluginCheck{},
+		template: template, endpoints: endpoints, ctx: ctx, cancel: cancel, log: log, client: client,
+		confirmed: map[string]*pluginEntry{}, checks: map[string]*pluginCheck{}, negative: map[string]time.Time{},
 	}
 }
 
@@ -659,43 +839,83 @@ func (p *pluginKeySets) Destruct() error {
 	return nil
 }
 
-// pluginURL builds a plugin's key set URL. id must already have been checked
-// against pluginIDPattern, so it needs no escaping.
+// pluginURL builds a plugin's key set URL, "" if it has none. id must
+// already have been checked against pluginIDPattern, so it needs no escaping.
 func (p *pluginKeySets) pluginURL(id string) string {
+	if u, ok := p.endpoints[id]; ok {
+		return u
+	}
+	if p.template == "" {
+		return ""
+	}
 	return strings.ReplaceAll(p.template, "{plugin}", id)
 }
 
-// get returns the key cache of plugin id, or nil if the plugin has no usable
-// key set (404, no keys member, unreachable, garbage). Checks of the same
-// plugin are shared; negative results are not remembered, as in Backstage.
-func (p *pluginKeySets) get(ctx context.Context, id string) *keyCache {
+// Why get found no key set.
+var (
+	errPluginNoKeySet = errors.New("plugin has no usable key set")
+	errPluginBusy     = errors.New("too many plugin key set checks; try again later")
+)
+
+// get returns the key cache entry of plugin id (lower case), or
+// errPluginNoKeySet if the plugin has no usable key set (404, no keys member,
+// unreachable, garbage; remembered for pluginNegativeTTL), or errPluginBusy
+// if a check was needed but the limits on checks of ids the config does not
+// name refused it. named says the config names id (the `plugins`
+// allowlist): its checks are not charged to those limits. Checks of the same
+// plugin are shared.
+func (p *pluginKeySets) get(ctx context.Context, id string, named bool) (*pluginEntry, error) {
 	p.mu.Lock()
-	if c := p.confirmed[id]; c != nil {
+	if e := p.confirmed[id]; e != nil {
 		p.mu.Unlock()
-		return c
+		return e, nil
 	}
 	chk := p.checks[id]
 	if chk == nil {
-		if len(p.confirmed) >= maxPluginKeySets {
-			warn := !p.fullWarn
-			p.fullWarn = true
+		if p.pluginURL(id) == "" {
+			// endpoints only, and id is not among them: no fetch at all
 			p.mu.Unlock()
-			if warn {
-				p.log().Warn("too many distinct calling plugins; tokens of further plugins are refused",
-					zap.Int("limit", maxPluginKeySets))
-			}
-			return nil
+			return nil, errPluginNoKeySet
 		}
-		chk = &pluginCheck{done: make(chan struct{})}
+		t := now()
+		if until, ok := p.negative[id]; ok {
+			if t.Before(until) {
+				p.mu.Unlock()
+				return nil, errPluginNoKeySet
+			}
+			delete(p.negative, id)
+		}
+		if !named {
+			if t.Sub(p.budgetStart) >= pluginCheckWindow || t.Before(p.budgetStart) {
+				p.budgetStart, p.budgetUsed = t, 0
+			}
+			if p.unnamed >= maxPluginChecksInFlight || p.budgetUsed >= pluginCheckBudget {
+				warn := !p.budgetWarned
+				p.budgetWarned = true
+				p.mu.Unlock()
+				if warn {
+					p.log().Warn("plugin key set checks limited; tokens of plugins not yet seen are refused until the limit allows a check (set plugin_tokens.plugins to exempt known plugins)",
+						zap.Int("in_flight_limit", maxPluginChecksInFlight), zap.Int("per_minute_limit", pluginCheckBudget))
+				}
+				return nil, errPluginBusy
+			}
+			p.budgetUsed++
+			p.unnamed++
+		}
+		chk = &pluginCheck{done: make(chan struct{}), named: named}
 		p.checks[id] = chk
+		p.fetches.Add(1)
 		go p.check(id, chk)
 	}
 	p.mu.Unlock()
 	select {
 	case <-chk.done:
-		return chk.cache
+		if chk.entry == nil {
+			return nil, errPluginNoKeySet
+		}
+		return chk.entry, nil
 	case <-ctx.Done():
-		return nil
+		return nil, ctx.Err()
 	}
 }
 
@@ -703,34 +923,106 @@ func (p *pluginKeySets) check(id string, chk *pluginCheck) {
 	u := p.pluginURL(id)
 	started := now()
 	ctx, cancel := context.WithTimeout(p.ctx, jwksFetchTimeout)
-	keys, maxAge, hasMaxAge, err := fetchKeySet(ctx, u)
+	keys, maxAge, hasMaxAge, err := fetchKeySet(ctx, p.client, u)
 	cancel()
-	var c *keyCache
+	var e *pluginEntry
 	if err == nil {
-		c = newKeyCache(p.ctx, u, p.log)
+		c := newKeyCache(p.ctx, u, p.log, p.client)
 		c.mu.Lock()
 		call := &fetchCall{done: make(chan struct{}), started: started}
 		c.inflight, c.lastAttempt = call, started
 		c.mu.Unlock()
 		c.finish(call, keys, maxAge, hasMaxAge, nil)
+		e = &pluginEntry{cache: c, confirmedAt: started}
 	} else if p.ctx.Err() == nil {
 		p.log().Debug("plugin key set check failed", zap.String("plugin", id), zap.Error(err))
 	}
+	var evicted string
 	p.mu.Lock()
 	delete(p.checks, id)
-	if c != nil {
-		p.confirmed[id] = c
+	if !chk.named {
+		p.unnamed--
 	}
-	chk.cache = c
+	if e != nil {
+		if len(p.confirmed) >= maxPluginKeySets {
+			evicted = p.evictLocked()
+		}
+		p.confirmed[id] = e
+	} else if p.ctx.Err() == nil {
+		p.rememberFailureLocked(id, now())
+	}
+	warn := evicted != "" && !p.evictWarned
+	if warn {
+		p.evictWarned = true
+	}
+	chk.entry = e
 	p.mu.Unlock()
+	if warn {
+		p.log().Warn("too many distinct calling plugins; evicting the key sets of plugins whose tokens have not verified recently",
+			zap.Int("limit", maxPluginKeySets), zap.String("evicted", evicted))
+	}
 	close(chk.done)
 }
 
+// evictLocked drops one confirmed plugin: one whose tokens never verified
+// (the oldest confirmed), else the one that verified least recently. p.mu
+// must be held.
+func (p *pluginKeySets) evictLocked() string {
+	var victim string
+	var vNever bool
+	var vTime int64
+	for id, e := range p.confirmed {
+		last := e.lastOK.Load()
+		never := last == 0
+		t := last
+		if never {
+			t = e.confirmedAt.UnixNano()
+		}
+		if victim == "" || (never && !vNever) || (never == vNever && t < vTime) {
+			victim, vNever, vTime = id, never, t
+		}
+	}
+	if victim != "" {
+		p.confirmed[victim].cache.cancel()
+		delete(p.confirmed, victim)
+	}
+	return victim
+}
+
+// rememberFailureLocked puts id in the negative cache. p.mu must be held.
+func (p *pluginKeySets) rememberFailureLocked(id string, t time.Time) {
+	if len(p.negative) >= maxPluginNegative {
+		for k, until := range p.negative {
+			if !t.Before(until) {
+				delete(p.negative, k)
+			}
+		}
+		for k := range p.negative {
+			if len(p.negative) < maxPluginNegative {
+				break
+			}
+			delete(p.negative, k)
+		}
+	}
+	p.negative[id] = t.Add(pluginNegativeTTL)
+}
+
 // acquirePluginKeySets gets the shared plugin caches of a URL template.
-func (kp *keyPool) pluginKeySets(template string) (*pluginKeySets, func(), error) {
-	key := PoolKey{Kind: "plugin-jwks", URL: template}
+func (kp *keyPool) pluginKeySets(template string, endpoints map[string]string) (*pluginKeySets, func(), error) {
+	id := template
+	if len(endpoints) > 0 {
+		ids := make([]string, 0, len(endpoints))
+		for p := range endpoints {
+			ids = append(ids, p)
+		}
+		slices.Sort(ids)
+		for _, p := range ids {
+			id += " " + p + "=" + endpoints[p]
+		}
+	}
+	key := PoolKey{Kind: "plugin-jwks", URL: id, CA: kp.caID}
 	v, _, err := kp.pool.LoadOrNew(key, func() (Destructor, error) {
-		return newPluginKeySets(template, kp.log), nil
+		return newPluginKeySets(template, endpoints, kp.log, kp.client), nil
 	})
 	if err != nil {
 		return nil, nil, err

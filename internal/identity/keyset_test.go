@@ -390,7 +390,7 @@ func TestCacheMaxAge(t *testing.T) {
 func TestRefreshLoop(t *testing.T) {
 	k := testkit.NewECKey(t, "k")
 	srv := testkit.NewJWKSServer(t, k)
-	c := newKeyCache(context.Background(), srv.KeySetURL(), testKeySetLogger)
+	c := newKeyCache(context.Background(), srv.KeySetURL(), testKeySetLogger, nil)
 	defer c.Destruct()
 	c.mu.Lock()
 	c.interval, c.timerOn = 10*time.Millisecond, true
@@ -422,16 +422,16 @@ func TestFetchKeySetLimits(t *testing.T) {
 	srv := httptest.NewServer(mux)
 	defer srv.Close()
 	ctx := context.Background()
-	if _, _, _, err := fetchKeySet(ctx, srv.URL+"/big"); err == nil || !strings.Contains(err.Error(), "larger than") {
+	if _, _, _, err := fetchKeySet(ctx, nil, srv.URL+"/big"); err == nil || !strings.Contains(err.Error(), "larger than") {
 		t.Errorf("big: %v", err)
 	}
-	if _, _, _, err := fetchKeySet(ctx, srv.URL+"/redirect"); err == nil || !strings.Contains(err.Error(), "redirects") {
+	if _, _, _, err := fetchKeySet(ctx, nil, srv.URL+"/redirect"); err == nil || !strings.Contains(err.Error(), "redirects") {
 		t.Errorf("redirect loop: %v", err)
 	}
-	if keys, _, _, err := fetchKeySet(ctx, srv.URL+"/moved"); err != nil || len(keys) != 1 {
+	if keys, _, _, err := fetchKeySet(ctx, nil, srv.URL+"/moved"); err != nil || len(keys) != 1 {
 		t.Errorf("one redirect: %v", err)
 	}
-	if _, _, _, err := fetchKeySet(ctx, srv.URL+"/status"); err == nil || !strings.Contains(err.Error(), "418") {
+	if _, _, _, err := fetchKeySet(ctx, nil, srv.URL+"/status"); err == nil || !strings.Contains(err.Error(), "418") {
 		t.Errorf("status: %v", err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
@@ -439,7 +439,7 @@ func TestFetchKeySetLimits(t *testing.T) {
 	hang := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }))
 	defer hang.Close()
 	start := time.Now()
-	if _, _, _, err := fetchKeySet(cctx, hang.URL); err == nil || time.Since(start) > 2*time.Second {
+	if _, _, _, err := fetchKeySet(cctx, nil, hang.URL); err == nil || time.Since(start) > 2*time.Second {
 		t.Errorf("hanging server: %v after %v", err, time.Since(start))
 	}
 	if jwksHTTPClient.Timeout == 0 || jwksHTTPClient.Timeout > 10*time.Second {

@@ -129,7 +129,15 @@ const (
 	// token's exp.
 	verifiedCacheSize = 10000
 	verifiedCacheTTL  = 60 * time.Second
+	// maxSignatureChecks bounds the signature checks one token may cost
+	// across every verifier it is tried with (plugin, user, each external
+	// access entry): each jwks entry may match up to jwksMaxCandidates keys
+	// chosen by the attacker's iss, aud and kid.
+	maxSignatureChecks = 16
 )
+
+// errCheckBudget: the token used up maxSignatureChecks.
+var errCheckBudget = errors.New("too many signature checks for one token")
 
 // signatureChecks counts signature verifications (all token types but static).
 var signatureChecks atomic.Int64
@@ -448,7 +456,9 @@ func truthy(v any) bool {
 }
 
 // validPluginID is Backstage's ALLOWED_PLUGIN_ID_PATTERN, /^[a-z0-9_-]+$/i.
-// It is checked before a plugin id is put into a URL.
+// It is checked before a plugin id is put into a URL. The pattern is
+// case-insensitive, so ids are folded to lower case (foldPluginID) before
+// they name a key set, an allowlist entry or a principal.
 func validPluginID(s string) bool {
 	if s == "" {
 		return false
@@ -462,9 +472,21 @@ func validPluginID(s string) bool {
 	return true
 }
 
+// foldPluginID lower-cases a valid plugin id, without allocating when it
+// already is.
+func foldPluginID(s string) string {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c >= 'A' && c <= 'Z' {
+			return strings.ToLower(s)
+		}
+	}
+	return s
+}
+
 // verifySigned checks the signature of token with each candidate key, then
-// decodes and validates its claims.
-func verifySigned(token string, ai algInfo, keys []*verifyKey, opts []jwt.ValidateOption) (jwt.Token, error) {
+// decodes and validates its claims. budget is what is left of the token's
+// maxSignatureChecks; each check spends one.
+func verifySigned(token string, ai algInfo, keys []*verifyKey, opts []jwt.ValidateOption, budget *int) (jwt.Token, error) {
 	if len(keys) == 0 {
 		return nil, errNoMatchingKey
 	}
@@ -472,6 +494,10 @@ func verifySigned(token string, ai algInfo, keys []*verifyKey, opts []jwt.Valida
 	var payload []byte
 	var err error
 	for _, k := range keys {
+		if *budget <= 0 {
+			return nil, errCheckBudget
+		}
+		*budget--
 		signatureChecks.Add(1)
 		if payload, err = jws.VerifyCompactFast(k.key, b, ai.sig); err == nil {
 			break
@@ -584,10 +610,11 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 		return p, nil
 	}
 	jt := peekJWT(token)
+	budget := maxSignatureChecks
 
 	// 1. Plugin tokens.
 	if jt.headerOK && jt.typ() == TypePlugin {
-		p, exp, err := a.verifyPluginToken(ctx, jt)
+		p, exp, err := a.verifyPluginToken(ctx, jt, &budget)
 		if err != nil {
 			return Principal{}, err
 		}
@@ -596,7 +623,7 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 	}
 
 	// 2. User tokens.
-	if res, applies, err := a.verifyUserToken(ctx, jt); applies {
+	if res, applies, err := a.verifyUserToken(ctx, jt, &budget); applies {
 		if err != nil {
 			return Principal{}, err
 		}
@@ -614,7 +641,7 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 	// 3. External access, in order.
 	for i := range a.external {
 		e := &a.external[i]
-		p, exp, matched, err := a.verifyExternal(ctx, e, jt, &digest)
+		p, exp, matched, err := a.verifyExternal(ctx, e, jt, &digest, &budget)
 		if err != nil {
 			return Principal{}, err
 		}
@@ -641,7 +668,7 @@ type userResult struct {
 
 // verifyUserToken is UserTokenHandler.verifyToken: applies reports whether the
 // token is a user token at all (typ user or limited-user, or aud "backstage").
-func (a *Verifier) verifyUserToken(ctx context.Context, jt *jwtPeek) (res userResult, applies bool, authErr *Error) {
+func (a *Verifier) verifyUserToken(ctx context.Context, jt *jwtPeek, budget *int) (res userResult, applies bool, authErr *Error) {
 	if !jt.headerOK {
 		return res, false, nil
 	}
@@ -678,7 +705,7 @@ func (a *Verifier) verifyUserToken(ctx context.Context, jt *jwtPeek) (res userRe
 		a.debug("user token refused", zap.Error(err))
 		return res, true, errFailedUser
 	}
-	tok, err := verifySigned(jt.token, ai, keys, opts(uv))
+	tok, err := verifySigned(jt.token, ai, keys, opts(uv), budget)
 	if err != nil {
 		a.debug("user token refused", zap.Error(err))
 		return res, true, errFailedUser
@@ -693,7 +720,12 @@ func (a *Verifier) verifyUserToken(ctx context.Context, jt *jwtPeek) (res userRe
 
 // verifyPluginToken is PluginTokenHandler.verifyToken plus the obo handling of
 // DefaultAuthService.authenticate. exp is when the resulting principal expires.
-func (a *Verifier) verifyPluginToken(ctx context.Context, jt *jwtPeek) (p Principal, exp time.Time, authErr *Error) {
+//
+// The plugin id is folded to lower case: ids differing only in case are one
+// plugin for key lookup, for the allowlist and for the principal's subject
+// (`plugin:<id>` in lower case), so rate limits keyed on the subject see one
+// caller. The error message names the id as the token wrote it.
+func (a *Verifier) verifyPluginToken(ctx context.Context, jt *jwtPeek, budget *int) (p Principal, exp time.Time, authErr *Error) {
 	if !jt.decodeClaims() {
 		return p, exp, errFailedPlugin
 	}
@@ -709,27 +741,34 @@ func (a *Verifier) verifyPluginToken(ctx context.Context, jt *jwtPeek) (p Princi
 		a.debug("plugin token refused: no plugin_tokens configured")
 		return p, exp, PluginWithoutKeySet(sub)
 	}
-	if pv.allow != nil && !pv.allow[sub] {
+	id := foldPluginID(sub)
+	if pv.allow != nil && !pv.allow[id] {
 		a.debug("plugin token refused: plugin not in plugin_tokens.plugins", zap.String("plugin", sub))
 		return p, exp, errFailedPlugin
 	}
-	kc := pv.sets.get(ctx, sub)
-	if kc == nil {
-		return p, exp, PluginWithoutKeySet(sub)
-	}
+	// The algorithm is checked before any key set is fetched, so a token
+	// that could never verify (alg none, HS256) costs no fetch.
 	ai, ok := pv.algs[jt.alg()]
 	if !ok {
 		a.debug("plugin token refused: algorithm not allowed", zap.String("plugin", sub))
 		return p, exp, errFailedPlugin
 	}
+	entry, err := pv.sets.get(ctx, id, pv.allow != nil || pv.sets.endpoints[id] != "")
+	if err != nil {
+		if errors.Is(err, errPluginNoKeySet) {
+			return p, exp, PluginWithoutKeySet(sub)
+		}
+		a.debug("plugin token refused", zap.String("plugin", sub), zap.Error(err))
+		return p, exp, errFailedPlugin
+	}
 	kid, hasKid := jt.kid()
 	iat, hasIat := jt.iat()
-	keys, err := kc.lookup(ctx, ai, kid, hasKid, iat, hasIat)
+	keys, err := entry.cache.lookup(ctx, ai, kid, hasKid, iat, hasIat)
 	if err != nil {
 		a.debug("plugin token refused", zap.String("plugin", sub), zap.Error(err))
 		return p, exp, errFailedPlugin
 	}
-	tok, err := verifySigned(jt.token, ai, keys, pv.opts)
+	tok, err := verifySigned(jt.token, ai, keys, pv.opts, budget)
 	if err != nil {
 		a.debug("plugin token refused", zap.String("plugin", sub), zap.Error(err))
 		return p, exp, errFailedPlugin
@@ -743,20 +782,21 @@ func (a *Verifier) verifyPluginToken(ctx context.Context, jt *jwtPeek) (p Princi
 		a.debug("plugin token refused: verified subject differs from the one that chose the key set", zap.String("plugin", sub))
 		return p, exp, errFailedPlugin
 	}
+	entry.verified()
 	exp, _ = tok.Expiration()
 	var obo any
 	if tok.Has("obo") {
 		_ = tok.Get("obo", &obo)
 	}
 	if !truthy(obo) {
-		return Principal{Type: PrincipalService, Subject: "plugin:" + vsub, Method: "plugin"}, exp, nil
+		return Principal{Type: PrincipalService, Subject: "plugin:" + id, Method: "plugin"}, exp, nil
 	}
 	// The obo claim is a (limited) user token, verified as one; limited tokens are fine here.
 	s, ok := obo.(string)
 	if !ok {
 		return p, exp, errInvalidObo
 	}
-	res, applies, uerr := a.verifyUserToken(ctx, peekJWT(s))
+	res, applies, uerr := a.verifyUserToken(ctx, peekJWT(s), budget)
 	if !applies {
 		return p, exp, errInvalidObo
 	}
@@ -769,13 +809,13 @@ func (a *Verifier) verifyPluginToken(ctx context.Context, jt *jwtPeek) (p Princi
 	if res.exp.Before(exp) {
 		exp = res.exp
 	}
-	return Principal{Type: PrincipalUser, Subject: res.sub, Actor: "plugin:" + vsub, Method: "plugin"}, exp, nil
+	return Principal{Type: PrincipalUser, Subject: res.sub, Actor: "plugin:" + id, Method: "plugin"}, exp, nil
 }
 
 // verifyExternal tries one external-access entry. matched=false means "not
 // mine": the next entry is tried. An error stops the chain (legacy tokens with
 // the right key that fail validation).
-func (a *Verifier) verifyExternal(ctx context.Context, e *externalEntry, jt *jwtPeek, digest *[sha256.Size]byte) (p Principal, exp time.Time, matched bool, authErr *Error) {
+func (a *Verifier) verifyExternal(ctx context.Context, e *externalEntry, jt *jwtPeek, digest *[sha256.Size]byte, budget *int) (p Principal, exp time.Time, matched bool, authErr *Error) {
 	switch e.kind {
 	case "static":
 		if subtle.ConstantTimeCompare(digest[:], e.digest[:]) == 1 {
@@ -788,6 +828,10 @@ func (a *Verifier) verifyExternal(ctx context.Context, e *externalEntry, jt *jwt
 		if sub, _ := jt.claims.Sub.(string); sub != legacySub || truthy(jt.claims.Aud) {
 			return
 		}
+		if *budget <= 0 {
+			return
+		}
+		*budget--
 		signatureChecks.Add(1)
 		payload, err := jws.VerifyCompactFast(e.secret, []byte(jt.token), jwa.HS256())
 		if err != nil {
@@ -829,7 +873,7 @@ func (a *Verifier) verifyExternal(ctx context.Context, e *externalEntry, jt *jwt
 		if err != nil {
 			return
 		}
-		tok, err := verifySigned(jt.token, ai, keys, e.opts)
+		tok, err := verifySigned(jt.token, ai, keys, e.opts, budget)
 		if err != nil {
 			return
 		}
@@ -1018,6 +1062,17 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 		return nil, nil, errors.New("identity: no key cache pool")
 	}
 	pool := &keyPool{pool: opts.Pool, log: keyLog}
+	if len(cfg.KeySetCAFiles) > 0 {
+		files := make([]string, len(cfg.KeySetCAFiles))
+		for i, f := range cfg.KeySetCAFiles {
+			files[i] = resolve(f)
+		}
+		tlsConf, caID, err := NewKeySetTLS(files)
+		if err != nil {
+			return nil, nil, fmt.Errorf("key_set_ca_files: %v", err)
+		}
+		pool.client, pool.caID = newKeySetClient(tlsConf), caID
+	}
 	auth := &Verifier{cache: newVerifiedCache(verifiedCacheSize), logger: logger}
 
 	var releases []func()
@@ -1058,11 +1113,27 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 
 	if pt := cfg.PluginTokens; pt != nil {
 		template := resolve(pt.JWKSURL)
-		if !strings.Contains(template, "{plugin}") {
-			return fail("plugin_tokens: jwks_url: must contain the placeholder {plugin}, replaced by the calling plugin's id")
+		if template != "" || len(pt.Endpoints) == 0 {
+			if !strings.Contains(template, "{plugin}") {
+				return fail("plugin_tokens: jwks_url: must contain the placeholder {plugin}, replaced by the calling plugin's id")
+			}
+			if _, err := checkURL(strings.ReplaceAll(template, "{plugin}", "plugin")); err != nil {
+				return fail("plugin_tokens: jwks_url: %v", err)
+			}
 		}
-		if _, err := checkURL(strings.ReplaceAll(template, "{plugin}", "plugin")); err != nil {
-			return fail("plugin_tokens: jwks_url: %v", err)
+		var endpoints map[string]string
+		for id, u := range pt.Endpoints {
+			if !validPluginID(id) {
+				return fail("plugin_tokens: endpoints: '%s' is not a valid plugin id (^[a-z0-9_-]+$)", id)
+			}
+			raw, err := checkURL(resolve(u))
+			if err != nil {
+				return fail("plugin_tokens: endpoints: %s: %v", id, err)
+			}
+			if endpoints == nil {
+				endpoints = map[string]string{}
+			}
+			endpoints[foldPluginID(id)] = raw
 		}
 		algs, err := parseAlgorithms(pt.Algorithms, []string{"ES256"})
 		if err != nil {
@@ -1075,10 +1146,10 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 				if !validPluginID(id) {
 					return fail("plugin_tokens: plugins[%d]: '%s' is not a valid plugin id (^[a-z0-9_-]+$)", i, id)
 				}
-				allow[id] = true
+				allow[foldPluginID(id)] = true
 			}
 		}
-		sets, rel, err := pool.pluginKeySets(template)
+		sets, rel, err := pool.pluginKeySets(template, endpoints)
 		if err != nil {
 			return fail("plugin_tokens: %v", err)
 		}

@@ -294,7 +294,7 @@ func newPluginFixture(t testing.TB, allow []string) *pluginFixture {
 	f.users = testkit.NewJWKSServer(t, f.userKey)
 	f.plugins = testkit.NewPluginServer(t)
 	f.plugins.Set("catalog", f.catalog)
-	f.plugins.Set("Search", f.catalog)
+	f.plugins.Set("search", f.catalog)
 	f.plugins.SetBody("nokeys", `{"other":[]}`)
 	f.auth = build(t, &Config{
 		UserTokens:   &UserTokens{JWKSURL: f.users.KeySetURL()},
@@ -345,7 +345,7 @@ func TestPluginTokens(t *testing.T) {
 		{"missing subject", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "sub")), Principal{}, "Invalid plugin token: missing subject"},
 		{"17e no such plugin", c.Sign(t, hdr, f.claims("nosuchplugin")), Principal{}, noJWKS("nosuchplugin")},
 		{"key set without keys", c.Sign(t, hdr, f.claims("nokeys")), Principal{}, noJWKS("nokeys")},
-		{"case-insensitive id", c.Sign(t, hdr, f.claims("Search")), Principal{Type: "service", Subject: "plugin:Search", Method: "plugin"}, ""},
+		{"case-insensitive id", c.Sign(t, hdr, f.claims("Search")), Principal{Type: "service", Subject: "plugin:search", Method: "plugin"}, ""},
 		{"expired", c.Sign(t, hdr, testkit.With(f.claims("catalog"), "exp", f.clk.Unix())), Principal{}, failed},
 		{"missing iat", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "iat")), Principal{}, failed},
 		{"missing exp", c.Sign(t, hdr, testkit.Without(f.claims("catalog"), "exp")), Principal{}, failed},
@@ -375,11 +375,18 @@ func TestPluginTokens(t *testing.T) {
 	if n := f.plugins.HitsFor("catalog"); n != 1 {
 		t.Errorf("catalog key set fetched %d times, want 1", n)
 	}
-	// Negative checks are not remembered (Backstage neither).
+	// Negative checks are remembered for pluginNegativeTTL (Backstage
+	// fetches again on every request), whatever the id's case.
 	before := f.plugins.HitsFor("nosuchplugin")
 	expectErr(t, f.auth, c.Sign(t, hdr, f.claims("nosuchplugin")), 401, noJWKS("nosuchplugin"))
+	expectErr(t, f.auth, c.Sign(t, hdr, f.claims("NoSuchPlugin")), 401, noJWKS("NoSuchPlugin"))
+	if n := f.plugins.HitsFor("nosuchplugin"); n != before {
+		t.Errorf("nosuchplugin fetched %d times within the negative-cache window, want %d", n, before)
+	}
+	f.clk.Advance(pluginNegativeTTL)
+	expectErr(t, f.auth, c.Sign(t, hdr, f.claims("nosuchplugin")), 401, noJWKS("nosuchplugin"))
 	if n := f.plugins.HitsFor("nosuchplugin"); n != before+1 {
-		t.Errorf("nosuchplugin fetched %d times, want %d", n, before+1)
+		t.Errorf("nosuchplugin fetched %d times after the negative-cache window, want %d", n, before+1)
 	}
 }
 
