@@ -566,8 +566,7 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 	if token == "" || len(token) > maxTokenBytes {
 		return Principal{}, ErrIllegalToken
 	}
-	// The token is only read: hash and compare it in place rather than copy it.
-	tokenBytes := unsafe.Slice(unsafe.StringData(token), len(token))
+	tokenBytes := readOnlyBytes(token)
 	// A static token is not JWT-shaped, and only JWTs are cached: look it
 	// up first.
 	if a.staticByHash != nil && strings.Count(token, ".") != 2 {
@@ -629,6 +628,18 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 		return p, nil
 	}
 	return Principal{}, ErrIllegalToken
+}
+
+// readOnlyBytes returns the bytes of s without copying them, for functions
+// that only read their argument (sha256.Sum256, subtle.ConstantTimeCompare).
+// The result must never be written to, kept, or handed to anything that
+// might do either: the bytes belong to an immutable string. This is the only
+// use of unsafe in the module. A plain []byte(token) conversion escapes to
+// the heap here: one allocation of the token's size on every request, cached
+// tokens included (BenchmarkAuthenticate/ES256-cached: 0 → 240 B and 1
+// allocation; a Backstage user token with its claims is about 1 KiB).
+func readOnlyBytes(s string) []byte {
+	return unsafe.Slice(unsafe.StringData(s), len(s))
 }
 
 type userResult struct {
