@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -51,13 +52,16 @@ func TestKeyCacheCurrentTakesNoLock(t *testing.T) {
 
 	clk.Advance(jwksDefaultRefresh + time.Second)
 	gate := srv.Hold()
+	var release sync.Once
+	open := func() { release.Do(func() { close(gate) }) }
+	t.Cleanup(open) // a failure must not leave the key server's handler blocked
 	if _, err := kc.current(context.Background()); err != nil { // starts the refresh
 		t.Fatal(err)
 	}
 	waitFor(t, "the refresh", func() bool { return srv.Hits.Load() == 2 })
 	currentUnlocked(t, kc, "refresh in flight")
 	srv.Fail(500, "down")
-	close(gate)
+	open()
 	waitFor(t, "the failed refresh", func() bool { return kc.fetches.Load() == 2 })
 
 	currentUnlocked(t, kc, "backing off after a failed refresh")
