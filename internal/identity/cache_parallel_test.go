@@ -54,7 +54,8 @@ func TestKeyCacheCurrentTakesNoLock(t *testing.T) {
 	gate := srv.Hold()
 	var release sync.Once
 	open := func() { release.Do(func() { close(gate) }) }
-	t.Cleanup(open) // a failure must not leave the key server's handler blocked
+	// A failure must not leave the key server's handler blocked.
+	t.Cleanup(open)
 	if _, err := kc.current(context.Background()); err != nil { // starts the refresh
 		t.Fatal(err)
 	}
