@@ -150,3 +150,56 @@ func BenchmarkKeyCacheCurrentParallel(b *testing.B) {
 		})
 	}
 }
+
+// The verification cache holds at most its size, whatever is stored; a full
+// set evicts an expired entry before a live one; concurrent lookups and
+// stores are safe (go test -race).
+func TestVerifiedCacheBounds(t *testing.T) {
+	c := newVerifiedCache(verifiedCacheSize)
+	t0 := time.Unix(1_900_000_000, 0)
+	for i := range 4 * verifiedCacheSize {
+		c.put(sha256.Sum256([]byte(fmt.Sprint(i))), Principal{Subject: "s"}, time.Time{}, t0)
+	}
+	if n := c.len(); n > verifiedCacheSize || n < verifiedCacheSize/2 {
+		t.Fatalf("%d entries, want at most %d (and most slots used)", n, verifiedCacheSize)
+	}
+
+	// One set of 8: the entry expiring first is evicted before older live ones.
+	s := newVerifiedCache(cacheWays)
+	key := func(i byte) (k [sha256.Size]byte) { k[31] = i; return }
+	for i := range byte(cacheWays) {
+		exp := time.Time{}
+		if i == 5 {
+			exp = t0.Add(time.Second)
+		}
+		s.put(key(i), Principal{Subject: fmt.Sprint(i)}, exp, t0)
+	}
+	s.put(key(100), Principal{Subject: "new"}, time.Time{}, t0.Add(2*time.Second))
+	for i := range byte(cacheWays) {
+		_, ok := s.get(key(i), t0.Add(2*time.Second))
+		if want := i != 5; ok != want {
+			t.Errorf("entry %d cached=%v, want %v", i, ok, want)
+		}
+	}
+	if p, ok := s.get(key(100), t0.Add(2*time.Second)); !ok || p.Subject != "new" {
+		t.Errorf("new entry: %v %v", p, ok)
+	}
+
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 2000 {
+				k := sha256.Sum256([]byte(fmt.Sprint(g, i%50)))
+				if i%10 == 0 {
+					c.put(k, Principal{Subject: fmt.Sprint(g)}, time.Time{}, t0)
+				} else if p, ok := c.get(k, t0); ok && p.Subject != fmt.Sprint(g) {
+					t.Errorf("goroutine %d got %q", g, p.Subject)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
