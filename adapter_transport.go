@@ -48,8 +48,11 @@ const (
 //     response is returned. As follow-redirects does, 301/302 turn POST into
 //     GET and 303 turns anything but GET/HEAD into GET (dropping the body and
 //     its Content-* headers); other redirects repeat the method and the body
-//     (buffered up to 10 MiB; a larger or unfinished body is not replayed and
-//     the redirect is returned as is). Redirects to any other host are
+//     (a copy is kept up to 10 MiB while the body is sent, and dropped as
+//     soon as the upstream's answer is not a redirect to follow; a body
+//     declared larger is not copied at all; a larger or unfinished body is
+//     not replayed and the redirect is returned as is). Redirects to any
+//     other host are
 //     returned to the client as they are (Backstage would follow them to any
 //     host, which lets an upstream steer the proxy anywhere).
 type UpstreamTransport struct {
@@ -137,15 +140,27 @@ func (t *UpstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 	if !t.FollowRedirects {
 		return t.HTTPTransport.RoundTrip(req)
 	}
+	return t.follow(req, t.HTTPTransport.RoundTrip)
+}
 
+// follow sends req with roundTrip and follows the redirects to be followed.
+// The request body is copied as it is sent, so that a redirect that keeps
+// the method can replay it; the copy is dropped once the first answer is in,
+// unless that answer is such a redirect.
+func (t *UpstreamTransport) follow(req *http.Request, roundTrip func(*http.Request) (*http.Response, error)) (*http.Response, error) {
 	var rec *recordingBody
 	if req.Body != nil && req.Body != http.NoBody {
 		rec = &recordingBody{rc: req.Body}
+		// A body declared larger than a redirect can replay is not copied.
+		rec.overflow = req.ContentLength > maxRedirectBody
 		req.Body = rec
 	}
-	res, err := t.HTTPTransport.RoundTrip(req)
+	res, err := roundTrip(req)
 	for redirects := 0; err == nil; redirects++ {
 		next, follow := t.redirect(req, res, rec)
+		if rec != nil {
+			rec.stop()
+		}
 		if !follow {
 			return res, nil
 		}
@@ -155,7 +170,10 @@ func (t *UpstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		}
 		drain(res)
 		req, rec = next, nil
-		res, err = t.HTTPTransport.RoundTrip(req)
+		res, err = roundTrip(req)
+	}
+	if rec != nil {
+		rec.stop()
 	}
 	return res, err
 }
@@ -196,6 +214,15 @@ func (t *UpstreamTransport) redirect(req *http.Request, res *http.Response, rec 
 		return next, true
 	}
 	if rec == nil {
+		if req.GetBody != nil && req.ContentLength > 0 {
+			// a body replayed from an earlier redirect: replay it again
+			body, err := req.GetBody()
+			if err != nil {
+				return nil, false
+			}
+			next.Body = body
+			return next, true
+		}
 		next.Body, next.GetBody = http.NoBody, nil
 		return next, true
 	}
@@ -263,14 +290,32 @@ func (b *recordingBody) Read(p []byte) (int, error) {
 
 func (b *recordingBody) Close() error { return b.rc.Close() }
 
-// recorded returns the whole body, if it was read to the end and fits.
+// recorded returns the whole body, if it was read to the end and fits. Once
+// read to the end the body is never written to again, so the bytes are the
+// caller's.
 func (b *recordingBody) recorded() ([]byte, bool) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if !b.eof || b.overflow {
 		return nil, false
 	}
-	return bytes.Clone(b.buf.Bytes()), true
+	return b.buf.Bytes(), true
+}
+
+// stop ends the recording and drops the copy (the transport may still be
+// sending the rest of the body).
+func (b *recordingBody) stop() {
+	b.mu.Lock()
+	b.overflow = true
+	b.buf = bytes.Buffer{}
+	b.mu.Unlock()
+}
+
+// buffered is how many bytes of the body are kept.
+func (b *recordingBody) buffered() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Cap()
 }
 
 // Interface guards

@@ -131,17 +131,27 @@ func (c *fltCounts) fail(format string, args ...any) {
 
 func TestFaultReloadUnderLoad(t *testing.T) {
 	skipIfShort(t)
-	up := fltOK(t)
+	// The upstream echoes the X-Config header and the path it was sent. Each
+	// config sets both, independently (a route's `headers:` and its target
+	// path), so an answer tells which config served it, and an answer that
+	// mixes them (A's header with B's path) is caught.
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		_, _ = io.WriteString(w, r.Header.Get("X-Config")+" "+r.URL.Path)
+	}))
+	t.Cleanup(up.Close)
 	cfgA := fltConfig(`
-    /open: {target: ` + up.URL + `, credentials: dangerously-allow-unauthenticated}
-    /secret: {target: ` + up.URL + `}
+    /open: {target: ` + up.URL + `/a, credentials: dangerously-allow-unauthenticated, headers: {X-Config: A}}
+    /secret: {target: ` + up.URL + `/a, headers: {X-Config: A}}
 `)
-	// B differs (one more route, other options), so that every load is a real reload
+	// B differs in more than the answers (one more route, other options), so
+	// that every load is a real reload.
 	cfgB := fltConfig(`
-    /open: {target: ` + up.URL + `, credentials: dangerously-allow-unauthenticated, allowedHeaders: [X-Reload]}
-    /secret: {target: ` + up.URL + `, allowedMethods: [GET]}
+    /open: {target: ` + up.URL + `/b, credentials: dangerously-allow-unauthenticated, allowedHeaders: [X-Reload], headers: {X-Config: B}}
+    /secret: {target: ` + up.URL + `/b, allowedMethods: [GET], headers: {X-Config: B}}
     /extra: {target: ` + up.URL + `}
 `)
+	answers := map[string]bool{"A /a/x": true, "B /b/x": true}
 	secLoad(t, cfgA)
 
 	workers, reloads, minDuration := 8, 20, time.Duration(0)
@@ -159,10 +169,12 @@ func TestFaultReloadUnderLoad(t *testing.T) {
 	}
 	base := fltQuiesce(tr.CloseIdleConnections, up.CloseClientConnections)
 
-	// counts: wrong answers (a status other than 200 or another body: the
-	// config was not applied atomically); conn: transport errors (the
-	// connection was reset or closed without an answer).
+	// counts: wrong answers (a status other than 200, or a body that is
+	// neither config A's nor config B's: the config was not applied
+	// atomically); conn: transport errors (the connection was reset or closed
+	// without an answer); seenA, seenB: answers of each config.
 	var counts, conn fltCounts
+	var seenA, seenB atomic.Int64
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -193,8 +205,12 @@ func TestFaultReloadUnderLoad(t *testing.T) {
 				res.Body.Close()
 				if err != nil {
 					conn.fail("%s: reading the body: %v", path, err)
-				} else if res.StatusCode != 200 || string(b) != "ok" {
+				} else if res.StatusCode != 200 || !answers[string(b)] {
 					counts.fail("%s: %d %q", path, res.StatusCode, b)
+				} else if b[0] == 'A' {
+					seenA.Add(1)
+				} else {
+					seenB.Add(1)
 				}
 			}
 		}()
@@ -220,8 +236,11 @@ func TestFaultReloadUnderLoad(t *testing.T) {
 	wg.Wait()
 	elapsed := time.Since(start)
 	total, wrong, dropped := counts.total.Load(), counts.failed.Load(), conn.failed.Load()
-	t.Logf("%d reloads in %v under load from %d workers: %d requests, %d wrong answers, %d connection errors",
-		done, elapsed.Round(time.Millisecond), workers, total, wrong, dropped)
+	t.Logf("%d reloads in %v under load from %d workers: %d requests (%d answered by config A, %d by B), %d wrong answers, %d connection errors",
+		done, elapsed.Round(time.Millisecond), workers, total, seenA.Load(), seenB.Load(), wrong, dropped)
+	if seenA.Load() == 0 || seenB.Load() == 0 {
+		t.Errorf("answers of config A: %d, of config B: %d; the load did not span the reloads", seenA.Load(), seenB.Load())
+	}
 	if wrong != 0 {
 		t.Errorf("%d of %d requests got a wrong answer during reloads; first: %q", wrong, total, counts.firstFailures)
 	}
@@ -236,13 +255,15 @@ func TestFaultReloadUnderLoad(t *testing.T) {
 		t.Fatalf("final reload: %d %q %v", status, body, err)
 	}
 	fltSettle(t, base, 10, 4, tr.CloseIdleConnections, up.CloseClientConnections)
-	if dropped != 0 && !t.Failed() {
+	if dropped != 0 {
 		// Reproduced with a plain Caddy config (static_response, no module of
 		// ours): on Linux, each reload binds a new SO_REUSEPORT socket and
 		// closes the old one, which resets the connections still queued on
 		// it; a keep-alive connection closed by the old server's shutdown
-		// can also lose a request sent at that instant.
-		t.Skipf("known bug (Caddy core, not this module): %d of %d requests lost their connection during %d reloads; first: %q",
+		// can also lose a request sent at that instant (SECURITY.md, known
+		// limitations). Under 1 % it is reported, not failed: the answers
+		// that did arrive were all checked above.
+		t.Logf("known Caddy core behaviour: %d of %d requests lost their connection during %d reloads; first: %q",
 			dropped, total, done, conn.firstFailures)
 	}
 }

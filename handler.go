@@ -101,9 +101,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 // error routes see what the client sent. Nothing is recycled: a handler that
 // keeps the request after it returned sees the client's request, intact.
 func (h *Handler) serveUpstream(w http.ResponseWriter, r *http.Request, escapedPath string, next caddyhttp.Handler) error {
-	header, trailer, requestURI, u := r.Header, r.Trailer, r.RequestURI, *r.URL
+	header, trailer, requestURI, urlp, u := r.Header, r.Trailer, r.RequestURI, r.URL, *r.URL
 	defer func() {
-		r.Header, r.Trailer, r.RequestURI = header, trailer, requestURI
+		// The pointer too: a later handler may have replaced r.URL (rather
+		// than changed it in place), and what it points to is not ours.
+		r.Header, r.Trailer, r.RequestURI, r.URL = header, trailer, requestURI, urlp
 		*r.URL = u
 	}()
 	r.Header = h.filterRequestHeaders(header)

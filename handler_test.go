@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"strconv"
 	"strings"
 	"testing"
@@ -469,4 +470,86 @@ func TestServeHTTP(t *testing.T) {
 			}
 		}
 	})
+}
+
+// A later handler may replace r.URL instead of changing it in place: the
+// handler puts its own pointer back, and leaves the replacement alone.
+func TestServeUpstreamRestoresURLPointer(t *testing.T) {
+	h := htHandler(t, Handler{Credentials: CredentialsDangerouslyAllowUnauthenticated, Route: "/r",
+		Rewrite: &UpstreamRewrite{StripPrefix: "/api/proxy/r", TargetPath: "/base"}}, nil, false)
+	r := htRequest("GET", "/api/proxy/r/a?q=1")
+	orig := r.URL
+	var replacement *url.URL
+	next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r2 *http.Request) error {
+		replacement = &url.URL{Path: "/elsewhere", RawQuery: "z=9"}
+		r2.URL = replacement
+		return nil
+	})
+	if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		t.Fatal(err)
+	}
+	if r.URL != orig {
+		t.Errorf("r.URL is %p (%s), want the original pointer %p", r.URL, r.URL, orig)
+	}
+	if got := orig.RequestURI(); got != "/api/proxy/r/a?q=1" {
+		t.Errorf("original URL %q", got)
+	}
+	if got := replacement.RequestURI(); got != "/elsewhere?z=9" {
+		t.Errorf("the later handler's URL was overwritten: %q", got)
+	}
+}
+
+// Nothing of a request is recycled: a handler that keeps the request (and
+// its header map and URL) after it returned still sees the client's request
+// once other requests went through the same handler. The response filter and
+// its staged header map are recycled (SECURITY.md, guarantee 5), except for
+// upgrades and CONNECT.
+func TestNothingOfARequestIsRecycled(t *testing.T) {
+	h := htHandler(t, Handler{Credentials: CredentialsDangerouslyAllowUnauthenticated, Route: "/r",
+		AllowedHeaders: []string{"X-Id"}, Rewrite: &UpstreamRewrite{StripPrefix: "/api/proxy/r", TargetPath: "/base"}}, nil, false)
+	type kept struct {
+		r      *http.Request
+		header http.Header
+		url    *url.URL
+		want   string
+	}
+	var all []kept
+	for i := range 50 {
+		id := fmt.Sprint(i)
+		r := htRequest("GET", "/api/proxy/r/"+id+"?q="+id, "X-Id", id, "Cookie", "c="+id)
+		var k kept
+		next := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r2 *http.Request) error {
+			k = kept{r: r2, header: r2.Header, url: r2.URL, want: id}
+			w.Header().Set("X-Id", id)
+			w.WriteHeader(http.StatusOK)
+			return nil
+		})
+		w := httptest.NewRecorder()
+		var staged http.Header
+		next2 := caddyhttp.HandlerFunc(func(w http.ResponseWriter, r2 *http.Request) error {
+			staged = w.Header()
+			return next(w, r2)
+		})
+		if err := h.ServeHTTP(w, r, next2); err != nil {
+			t.Fatal(err)
+		}
+		// The response side is recycled: the staged map next wrote to is
+		// emptied for reuse, and the response kept the allowed header.
+		if len(staged) != 0 || w.Header().Get("X-Id") != id {
+			t.Fatalf("request %s: staged map %v after return, response headers %v", id, staged, w.Header())
+		}
+		all = append(all, k)
+	}
+	for _, k := range all {
+		// The upstream header map next saw, and the client's request.
+		if got := k.header.Get("X-Id"); got != k.want || len(k.header) != 1 {
+			t.Errorf("request %s: the upstream header map kept by next now holds %v", k.want, k.header)
+		}
+		if got := k.r.Header.Get("Cookie"); got != "c="+k.want {
+			t.Errorf("request %s: the request kept by next now has Cookie %q", k.want, got)
+		}
+		if got := k.url.RequestURI(); got != "/api/proxy/r/"+k.want+"?q="+k.want {
+			t.Errorf("request %s: the URL kept by next is now %q", k.want, got)
+		}
+	}
 }

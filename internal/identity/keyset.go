@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -526,6 +527,14 @@ type keyCache struct {
 
 	keys    atomic.Pointer[keySet] // last good key set, nil until the first success
 	fetches atomic.Int64           // completed fetch attempts (counted once their outcome is recorded and logged)
+	// refreshGate is the earliest time (UnixNano) at which a request that
+	// finds the keys due for a refresh may try to start one: math.MaxInt64
+	// while a fetch is in flight, retryAt after a failure, 0 otherwise.
+	// Requests read it without the mutex, so that neither a refresh in
+	// flight nor an outage makes every request take the mutex; only the
+	// request whose CompareAndSwap wins takes it. Otherwise it is written
+	// with mu held.
+	refreshGate atomic.Int64
 
 	mu          sync.Mutex
 	inflight    *fetchCall
@@ -565,6 +574,7 @@ func (c *keyCache) startFetchLocked() *fetchCall {
 	call := &fetchCall{done: make(chan struct{}), started: now()}
 	c.inflight = call
 	c.lastAttempt = call.started
+	c.refreshGate.Store(math.MaxInt64)
 	go c.run(call)
 	return call
 }
@@ -584,6 +594,7 @@ func (c *keyCache) finish(call *fetchCall, keys []verifyKey, maxAge time.Duratio
 		c.interval = refreshInterval(maxAge, hasMaxAge)
 		c.keys.Store(&keySet{keys: keys, fetchedAt: call.started, refreshAfter: call.started.Add(c.interval)})
 		c.failures, c.retryAt = 0, time.Time{}
+		c.refreshGate.Store(0)
 		if c.outage {
 			c.outage = false
 			n := len(keys)
@@ -608,6 +619,7 @@ func (c *keyCache) finish(call *fetchCall, keys []verifyKey, maxAge time.Duratio
 		c.failures++
 		backoff := jwksRetryMin << min(c.failures-1, 5)
 		c.retryAt = now().Add(min(backoff, jwksRetryMax))
+		c.refreshGate.Store(c.retryAt.UnixNano())
 		if c.ctx.Err() == nil {
 			last := c.keys.Load()
 			if !c.outage {
@@ -668,15 +680,15 @@ func waitFetch(ctx context.Context, call *fetchCall) error {
 }
 
 // current returns the key set, fetching it synchronously if none was ever
-// fetched, and starting a background refresh if it is due.
+// fetched, and starting a background refresh if it is due. With keys, it
+// takes no lock: atomic loads, and one CompareAndSwap when a refresh is due
+// and may start.
 func (c *keyCache) current(ctx context.Context) (*keySet, error) {
 	if ks := c.keys.Load(); ks != nil {
-		if !now().Before(ks.refreshAfter) {
-			c.mu.Lock()
-			if c.inflight == nil && !now().Before(c.retryAt) {
-				c.startFetchLocked()
+		if t := now(); !t.Before(ks.refreshAfter) {
+			if g := c.refreshGate.Load(); t.UnixNano() >= g && c.refreshGate.CompareAndSwap(g, math.MaxInt64) {
+				c.refreshDue()
 			}
-			c.mu.Unlock()
 		}
 		return ks, nil
 	}
@@ -704,6 +716,24 @@ func (c *keyCache) current(ctx context.Context) (*keySet, error) {
 // lookup returns the keys that may verify a token signed with ai and carrying
 // kid (if hasKid), issued at iat (if hasIat). On a miss it refetches the key
 // set once, synchronously, if the rate limit allows.
+// refreshDue starts a refresh if one is still due, for the request that
+// closed the refresh gate, and reopens the gate otherwise.
+func (c *keyCache) refreshDue() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	t := now()
+	switch ks := c.keys.Load(); {
+	case c.inflight != nil:
+		// finish reopens the gate
+	case t.Before(c.retryAt):
+		c.refreshGate.Store(c.retryAt.UnixNano())
+	case ks != nil && t.Before(ks.refreshAfter):
+		c.refreshGate.Store(0) // refreshed meanwhile
+	default:
+		c.startFetchLocked()
+	}
+}
+
 func (c *keyCache) lookup(ctx context.Context, ai algInfo, kid string, hasKid bool, iat int64, hasIat bool) ([]*verifyKey, error) {
 	ks, err := c.current(ctx)
 	if err != nil {

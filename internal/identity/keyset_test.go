@@ -86,49 +86,6 @@ func userToken(t testing.TB, clk *testkit.FakeClock, k *testkit.Key, sub string)
 	return k.Sign(t, k.Hdr(TypeUser), map[string]any{"sub": sub, "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 }
 
-func TestProvisionDoesNotFetch(t *testing.T) {
-	clk := useFakeClock(t)
-	k := testkit.NewECKey(t, "k")
-	srv := testkit.NewJWKSServer(t, k)
-	plugins := testkit.NewPluginServer(t)
-	auth := build(t, &Config{
-		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
-		PluginTokens:   &PluginTokens{JWKSURL: plugins.Template()},
-		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.URL + "/ext"}}},
-	})
-	time.Sleep(20 * time.Millisecond)
-	if n := srv.Hits.Load() + plugins.All.Load(); n != 0 {
-		t.Fatalf("%d requests during provisioning", n)
-	}
-	// The first use fetches, synchronously; later uses do not.
-	for i := range 5 {
-		expectOK(t, auth, userToken(t, clk, k, fmt.Sprintf("user:default/u%d", i)))
-	}
-	if n := srv.Hits.Load(); n != 1 {
-		t.Fatalf("%d fetches, want 1", n)
-	}
-}
-
-func TestInitialFetchSingleflight(t *testing.T) {
-	clk := useFakeClock(t)
-	k := testkit.NewECKey(t, "k")
-	srv := testkit.NewJWKSServer(t, k)
-	gate := srv.Hold()
-	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
-
-	const n = 50
-	wait := authenticateConcurrently(t, auth, n, func(i int) string {
-		return userToken(t, clk, k, fmt.Sprintf("user:default/u%d", i))
-	})
-	waitFor(t, "the first fetch", func() bool { return srv.Hits.Load() >= 1 })
-	time.Sleep(20 * time.Millisecond)
-	close(gate)
-	wait()
-	if h := srv.Hits.Load(); h != 1 {
-		t.Fatalf("%d fetches for %d concurrent first requests, want 1", h, n)
-	}
-}
-
 func TestKeyRotationNoFailedRequests(t *testing.T) {
 	clk := useFakeClock(t)
 	current := testkit.NewECKey(t, "key-0")
@@ -216,31 +173,6 @@ func TestForcedRefreshRateLimit(t *testing.T) {
 	expectErr(t, auth, userToken(t, clk, stranger, "u"), 401, "Failed user token verification")
 	if h, want := srv.Hits.Load(), int64(3+jwksForcedMax); h != want {
 		t.Fatalf("%d fetches after the window, want %d", h, want)
-	}
-}
-
-func TestForcedRefreshSingleflight(t *testing.T) {
-	clk := useFakeClock(t)
-	k1 := testkit.NewECKey(t, "k1")
-	srv := testkit.NewJWKSServer(t, k1)
-	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
-	expectOK(t, auth, userToken(t, clk, k1, "user:default/a"))
-
-	k2 := testkit.NewECKey(t, "k2")
-	srv.SetKeys(k1, k2)
-	gate := srv.Hold()
-	clk.Advance(time.Second)
-
-	const n = 64
-	wait := authenticateConcurrently(t, auth, n, func(i int) string {
-		return userToken(t, clk, k2, fmt.Sprintf("user:default/u%d", i))
-	})
-	waitFor(t, "the forced refetch", func() bool { return srv.Hits.Load() >= 2 })
-	time.Sleep(20 * time.Millisecond)
-	close(gate)
-	wait()
-	if h := srv.Hits.Load(); h != 2 {
-		t.Fatalf("%d fetches, want 2 (first use + one shared refetch)", h)
 	}
 }
 
@@ -335,33 +267,6 @@ func TestNoKeysFailClosed(t *testing.T) {
 	srv.Fail(0, "")
 	clk.Advance(2 * jwksRetryMin)
 	expectOK(t, auth, userToken(t, clk, k, "user:default/a"))
-}
-
-func TestBackgroundRefreshHonoursCacheControl(t *testing.T) {
-	clk := useFakeClock(t)
-	k := testkit.NewECKey(t, "k")
-	srv := testkit.NewJWKSServer(t, k)
-	srv.SetCacheControl("public, max-age=120")
-	auth := build(t, &Config{UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()}})
-	kc := auth.user.keys
-	expectOK(t, auth, userToken(t, clk, k, "user:default/a"))
-	clk.Advance(119 * time.Second)
-	expectOK(t, auth, userToken(t, clk, k, "user:default/b"))
-	time.Sleep(20 * time.Millisecond)
-	if h := srv.Hits.Load(); h != 1 {
-		t.Fatalf("%d fetches before max-age, want 1", h)
-	}
-	clk.Advance(2 * time.Second)
-	expectOK(t, auth, userToken(t, clk, k, "user:default/c"))
-	waitFor(t, "the background refresh", func() bool { return kc.fetches.Load() == 2 })
-
-	// A key removed from the set stops verifying after the refresh.
-	k2 := testkit.NewECKey(t, "k2")
-	srv.SetKeys(k2)
-	clk.Advance(121 * time.Second)
-	expectOK(t, auth, userToken(t, clk, k, "user:default/d")) // served from the old set, triggers the refresh
-	waitFor(t, "the background refresh", func() bool { return kc.fetches.Load() == 3 })
-	expectErr(t, auth, userToken(t, clk, k, "user:default/e"), 401, "Failed user token verification")
 }
 
 func TestCacheMaxAge(t *testing.T) {
