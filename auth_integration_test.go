@@ -137,6 +137,7 @@ func (f *aiFixture) config(t *testing.T, app map[string]any, routes ...string) s
 					"listen":          []string{":9080"},
 					"automatic_https": map[string]any{"disable": true},
 					"routes":          rs,
+					"errors":          map[string]any{"routes": []any{map[string]any{"handle": []any{map[string]any{"handler": "backstage_error"}}}}},
 				}},
 			},
 			"pki": map[string]any{"certificate_authorities": map[string]any{"local": map[string]any{"install_trust": false}}},

@@ -26,6 +26,7 @@ func init() {
 const (
 	stateOpenRoutes   = "backstage_proxy.open_routes"
 	stateBarrierSeen  = "backstage_proxy.barrier_seen"
+	stateErrorRoute   = "backstage_proxy.error_route"
 	stateMountDefault = DefaultMountPath
 )
 
@@ -260,7 +261,19 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 	if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
 		return nil, nil
 	}
-	return []httpcaddyfile.ConfigValue{{Class: "route", Value: r}}, nil
+	return append([]httpcaddyfile.ConfigValue{{Class: "route", Value: r}}, errorRouteValue(h, &warnings)...), nil
+}
+
+// errorRouteValue is the site's error route that renders backstage_proxy's
+// errors as Backstage does, once per site block.
+func errorRouteValue(h httpcaddyfile.Helper, warnings *[]caddyconfig.Warning) []httpcaddyfile.ConfigValue {
+	if h.BlockState[stateErrorRoute] == true {
+		return nil
+	}
+	h.BlockState[stateErrorRoute] = true
+	return []httpcaddyfile.ConfigValue{{Class: "error_route", Value: &caddyhttp.Subroute{
+		Routes: caddyhttp.RouteList{buildErrorRoute(warnings)},
+	}}}
 }
 
 // parseBarrierDirective parses the credentials barrier that follows the
@@ -295,7 +308,7 @@ func parseBarrierDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue,
 	for _, r := range buildBarrierRoutes(mount, open[mount], &warnings) {
 		values = append(values, httpcaddyfile.ConfigValue{Class: "route", Value: r})
 	}
-	return values, nil
+	return append(values, errorRouteValue(h, &warnings)...), nil
 }
 
 // parseIdentityOption parses the `backstage` global option, which configures

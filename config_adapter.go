@@ -194,8 +194,11 @@ func (ad *adaptation) config() (*caddy.Config, error) {
 		})
 	}
 	server := &caddyhttp.Server{
-		Listen:    []string{listen},
-		Routes:    routes,
+		Listen: []string{listen},
+		Routes: routes,
+		// Refusals and upstream failures are handler errors; this renders
+		// them as Backstage does.
+		Errors:    &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{buildErrorRoute(&ad.warnings)}},
 		AutoHTTPS: &caddyhttp.AutoHTTPSConfig{Disabled: true},
 	}
 	if opts.accessLog {

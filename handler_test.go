@@ -254,7 +254,7 @@ func TestServeHTTP(t *testing.T) {
 		next := &htNext{}
 		r := htRequest("GET", "/api/proxy/r/a%2Fb?q=1", "Authorization", "Bearer x", "Accept", "a", "Cookie", "c=d")
 		w := httptest.NewRecorder()
-		if err := h.ServeHTTP(w, r, next); err != nil {
+		if err := serveWithErrors(h, w, r, next); err != nil {
 			t.Fatal(err)
 		}
 		if next.called != 1 {
@@ -290,7 +290,7 @@ func TestServeHTTP(t *testing.T) {
 			})
 			func() {
 				defer func() { _ = recover() }()
-				_ = h.ServeHTTP(httptest.NewRecorder(), r, next)
+				_ = serveWithErrors(h, httptest.NewRecorder(), r, next)
 			}()
 			if want := fmt.Sprintf("%p /base/a?q=1 map[Accept:[a]] map[]", r); during != want {
 				t.Errorf("panics=%v: next saw %q, want %q", panics, during, want)
@@ -322,7 +322,7 @@ func TestServeHTTP(t *testing.T) {
 				r.Header.Set("Authorization", c.auth)
 			}
 			w := httptest.NewRecorder()
-			if err := h.ServeHTTP(w, r, next); err != nil {
+			if err := serveWithErrors(h, w, r, next); err != nil {
 				t.Fatal(err)
 			}
 			if w.Code != c.status || w.Body.String() != c.body {
@@ -352,7 +352,7 @@ func TestServeHTTP(t *testing.T) {
 		h := htHandler(t, route(CredentialsForward), nil, false)
 		next := &htNext{}
 		r := htRequest("GET", "/api/proxy/r/p", "Authorization", "Bearer  good")
-		if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		if err := serveWithErrors(h, httptest.NewRecorder(), r, next); err != nil {
 			t.Fatal(err)
 		}
 		if next.called != 1 || next.req.Header.Get("Authorization") != "Bearer  good" {
@@ -372,7 +372,7 @@ func TestServeHTTP(t *testing.T) {
 				r.Header.Set("Authorization", c.auth)
 			}
 			w := httptest.NewRecorder()
-			_ = h.ServeHTTP(w, r, next)
+			_ = serveWithErrors(h, w, r, next)
 			if w.Code != c.status || next.called != 0 {
 				t.Errorf("%q: %d, next called %d", c.auth, w.Code, next.called)
 			}
@@ -386,13 +386,13 @@ func TestServeHTTP(t *testing.T) {
 		h := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/open"}}, nil, false)
 		next := &htNext{}
 		r := htRequest("GET", "/api/proxy/open/x?y", "Cookie", "c", "Authorization", "Bearer bad")
-		_ = h.ServeHTTP(httptest.NewRecorder(), r, next)
+		_ = serveWithErrors(h, httptest.NewRecorder(), r, next)
 		if next.called != 1 || next.ptr != r || next.req.Header.Get("Cookie") != "c" || next.req.RequestURI != "/api/proxy/open/x?y" {
 			t.Errorf("barrier: called %d, same request %v, saw %v %q", next.called, next.ptr == r, next.req.Header, next.req.RequestURI)
 		}
 		w := httptest.NewRecorder()
 		next = &htNext{}
-		_ = h.ServeHTTP(w, htRequest("GET", "/api/proxy/other/x"), next)
+		_ = serveWithErrors(h, w, htRequest("GET", "/api/proxy/other/x"), next)
 		if w.Code != 401 || next.called != 0 {
 			t.Errorf("barrier, anonymous, unknown path: %d, next called %d", w.Code, next.called)
 		}
@@ -403,7 +403,7 @@ func TestServeHTTP(t *testing.T) {
 		for _, target := range []string{"/api/proxy//r/a", "/api/proxy/./r/a", "/api/proxy/%72/a", "/api/proxy/r%2Fa"} {
 			next := &htNext{}
 			w := httptest.NewRecorder()
-			if err := h.ServeHTTP(w, htRequest("GET", target), next); err != nil {
+			if err := serveWithErrors(h, w, htRequest("GET", target), next); err != nil {
 				t.Fatal(err)
 			}
 			if w.Code != 404 || w.Body.Len() != 0 || w.Header().Get("Content-Type") != "" || next.called != 0 {
@@ -432,7 +432,7 @@ func TestServeHTTP(t *testing.T) {
 		} {
 			next := &htNext{err: c.err, status: c.written}
 			w := httptest.NewRecorder()
-			err := h.ServeHTTP(w, htRequest("GET", "/api/proxy/r/p?x=1"), next)
+			err := serveWithErrors(h, w, htRequest("GET", "/api/proxy/r/p?x=1"), next)
 			if (err != nil) != c.returnErr {
 				t.Errorf("%v (written %d): returned %v", c.err, c.written, err)
 			}
@@ -463,7 +463,7 @@ func TestServeHTTP(t *testing.T) {
 				w.Header().Set("Set-Cookie", "a=b")
 				return err
 			})
-			_ = h.ServeHTTP(w, htRequest("GET", "/api/proxy/r/p"), next)
+			_ = serveWithErrors(h, w, htRequest("GET", "/api/proxy/r/p"), next)
 			if got := w.Header(); got.Get("X-Upstream") != "" || got.Get("Set-Cookie") != "" || got.Get("X-Own") != "server" {
 				t.Errorf("%v: headers %v", err, got)
 			}

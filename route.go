@@ -517,3 +517,12 @@ func buildPluginJWKSRoute(mount string, warnings *[]caddyconfig.Warning) caddyht
 		Terminal: true,
 	}
 }
+
+// buildErrorRoute is the server error route that answers the errors of
+// backstage_proxy as Backstage does (ErrorHandler); other errors pass
+// through it untouched.
+func buildErrorRoute(warnings *[]caddyconfig.Warning) caddyhttp.Route {
+	return caddyhttp.Route{
+		HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(ErrorHandler{}, "handler", "backstage_error", warnings)},
+	}
+}
