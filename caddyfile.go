@@ -320,9 +320,9 @@ func parseBarrierDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue,
 //		static_token <token> <subject> [restrict <plugin...>]
 //		legacy_secret <base64 secret> <subject> [restrict <plugin...>]
 //		jwks <url> {
-//			issuer <iss...>
-//			audience <aud...>
-//			algorithm <alg...>
+//			issuers <iss...>
+//			audiences <aud...>
+//			algorithms <alg...>
 //			subject_prefix <prefix>
 //			restrict <plugin...>
 //		}
@@ -377,19 +377,19 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if len(rest) != 2 {
 				return nil, d.ArgErr()
 			}
-			e := identity.ExternalAccess{Type: "static", AccessRestrictions: rs}
+			e := identity.ExternalAccess{AccessRestrictions: rs}
 			if sub == "static_token" {
-				e.Options = identity.ExternalAccessOptions{Token: rest[0], Subject: rest[1]}
+				e.Static = &identity.StaticAccess{Token: rest[0], Subject: rest[1]}
 			} else {
-				e.Type = "legacy"
-				e.Options = identity.ExternalAccessOptions{Secret: rest[0], Subject: rest[1]}
+				e.Legacy = &identity.LegacyAccess{Secret: rest[0], Subject: rest[1]}
 			}
 			app.ExternalAccess = append(app.ExternalAccess, e)
 		case "jwks":
 			if len(args) != 1 {
 				return nil, d.ArgErr()
 			}
-			e := identity.ExternalAccess{Type: "jwks", Options: identity.ExternalAccessOptions{URL: args[0]}}
+			jwks := &identity.JWKSAccess{URL: args[0]}
+			e := identity.ExternalAccess{JWKS: jwks}
 			for nesting := d.Nesting(); d.NextBlock(nesting); {
 				opt := d.Val()
 				vals := d.RemainingArgs()
@@ -397,17 +397,18 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 					return nil, d.ArgErr()
 				}
 				switch opt {
-				case "issuer":
-					e.Options.Issuer = append(e.Options.Issuer, vals...)
-				case "audience":
-					e.Options.Audience = append(e.Options.Audience, vals...)
-				case "algorithm":
-					e.Options.Algorithm = append(e.Options.Algorithm, vals...)
+				// the singular spellings are those of earlier versions
+				case "issuers", "issuer":
+					jwks.Issuers = append(jwks.Issuers, vals...)
+				case "audiences", "audience":
+					jwks.Audiences = append(jwks.Audiences, vals...)
+				case "algorithms", "algorithm":
+					jwks.Algorithms = append(jwks.Algorithms, vals...)
 				case "subject_prefix":
 					if len(vals) != 1 {
 						return nil, d.ArgErr()
 					}
-					e.Options.SubjectPrefix = vals[0]
+					jwks.SubjectPrefix = vals[0]
 				case "restrict":
 					for _, p := range vals {
 						e.AccessRestrictions = append(e.AccessRestrictions, identity.AccessRestriction{Plugin: p})

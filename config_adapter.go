@@ -832,7 +832,15 @@ func externalAccessEntry(n *appconfig.Node, i int) (identity.ExternalAccess, err
 		return e, appconfig.ErrorAt(n, "backend.auth.externalAccess[%d] must be an object", i)
 	}
 	typ, _ := n.Get("type").String()
-	e.Type = typ
+	switch typ {
+	case "static", "legacy", "jwks":
+	default:
+		where := n.Get("type")
+		if where == nil {
+			where = n
+		}
+		return e, appconfig.ErrorAt(where, "Unknown type '%s' in backend.auth.externalAccess, expected one of 'static', 'legacy', 'jwks'", typ)
+	}
 	opts := n.Get("options")
 	str := func(key string) string {
 		if v := opts.Get(key); v != nil {
@@ -859,10 +867,17 @@ func externalAccessEntry(n *appconfig.Node, i int) (identity.ExternalAccess, err
 		}
 		return identity.SplitList(raw)
 	}
-	e.Options = identity.ExternalAccessOptions{
-		Token: str("token"), Subject: str("subject"), Secret: str("secret"), URL: str("url"),
-		Issuer: list("issuer"), Audience: list("audience"), Algorithm: list("algorithm"),
-		SubjectPrefix: str("subjectPrefix"),
+	// Backstage's option names (singular for lists) become the JSON's.
+	switch typ {
+	case "static":
+		e.Static = &identity.StaticAccess{Token: str("token"), Subject: str("subject")}
+	case "legacy":
+		e.Legacy = &identity.LegacyAccess{Secret: str("secret"), Subject: str("subject")}
+	case "jwks":
+		e.JWKS = &identity.JWKSAccess{
+			URL: str("url"), Issuers: list("issuer"), Audiences: list("audience"), Algorithms: list("algorithm"),
+			SubjectPrefix: str("subjectPrefix"),
+		}
 	}
 	if ar := n.Get("accessRestrictions"); ar != nil && ar.Kind == appconfig.KindSeq {
 		e.AccessRestrictions = []identity.AccessRestriction{}
@@ -871,11 +886,11 @@ func externalAccessEntry(n *appconfig.Node, i int) (identity.ExternalAccess, err
 			restriction := identity.AccessRestriction{Plugin: plugin}
 			if p := r.Get("permission"); p != nil {
 				if s, ok := p.String(); ok {
-					restriction.Permission = strings.FieldsFunc(s, func(c rune) bool { return c == ' ' || c == ',' })
+					restriction.Permissions = strings.FieldsFunc(s, func(c rune) bool { return c == ' ' || c == ',' })
 				} else if p.Kind == appconfig.KindSeq {
 					for _, it := range p.Items {
 						if s, ok := it.String(); ok {
-							restriction.Permission = append(restriction.Permission, s)
+							restriction.Permissions = append(restriction.Permissions, s)
 						}
 					}
 				}
