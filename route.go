@@ -74,6 +74,10 @@ type endpointSpec struct {
 	BasicAuth string
 	// LocalAddress is HPM `localAddress`: the local address to dial from.
 	LocalAddress string
+
+	// configureProxy, if set, adjusts each reverse_proxy handler after it is
+	// built (the Caddyfile's reverse_proxy and transport subdirectives).
+	configureProxy func(*reverseproxy.Handler) error
 }
 
 // routerEntry is one HPM `router` entry. Host is matched exactly against the
@@ -278,6 +282,11 @@ func buildEndpointHandlers(s endpointSpec, target *url.URL, warnings *[]caddycon
 	proxy, err := buildReverseProxy(s, target, warnings)
 	if err != nil {
 		return nil, err
+	}
+	if s.configureProxy != nil {
+		if err := s.configureProxy(proxy); err != nil {
+			return nil, err
+		}
 	}
 	handlers := []json.RawMessage{caddyconfig.JSONModuleObject(policy, "handler", "backstage_proxy", warnings)}
 	if ops := cookieRewriteOps(s.CookieDomainRewrite, s.CookiePathRewrite); ops != nil {
