@@ -54,7 +54,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	}
 
 	// The barrier just decides; the next handler answers.
-	if h.Barrier {
+	if h.barrier {
 		return next.ServeHTTP(w, r)
 	}
 

@@ -159,9 +159,9 @@ func TestAppendJSONString(t *testing.T) {
 }
 
 func TestNeedsCredentials(t *testing.T) {
-	barrier := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/open", "/trail/", "noslash", "/Mixed", "/a/b"}}, nil, false)
-	root := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/"}}, nil, false)
-	mount := htHandler(t, Handler{Barrier: true, MountPath: "/proxy", UnauthenticatedPaths: []string{"/open"}}, nil, false)
+	barrier := htHandler(t, Handler{barrier: true, unauthenticatedPaths: []string{"/open", "/trail/", "noslash", "/Mixed", "/a/b"}}, nil, false)
+	root := htHandler(t, Handler{barrier: true, unauthenticatedPaths: []string{"/"}}, nil, false)
+	mount := htHandler(t, Handler{barrier: true, MountPath: "/proxy", unauthenticatedPaths: []string{"/open"}}, nil, false)
 	openRoute := htHandler(t, Handler{Credentials: CredentialsDangerouslyAllowUnauthenticated}, nil, false)
 	requireRoute := htHandler(t, Handler{}, nil, false)
 	disabled := htHandler(t, Handler{Credentials: CredentialsForward}, nil, true)
@@ -203,7 +203,7 @@ func TestNeedsCredentials(t *testing.T) {
 	}
 	for _, c := range cases {
 		if got := c.h.needsCredentials(c.path); got != c.want {
-			t.Errorf("needsCredentials(%q) with %v = %v, want %v", c.path, c.h.UnauthenticatedPaths, got, c.want)
+			t.Errorf("needsCredentials(%q) with %v = %v, want %v", c.path, c.h.unauthenticatedPaths, got, c.want)
 		}
 	}
 }
@@ -383,7 +383,7 @@ func TestServeHTTP(t *testing.T) {
 	})
 
 	t.Run("barrier passes the request unchanged", func(t *testing.T) {
-		h := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/open"}}, nil, false)
+		h := htHandler(t, Handler{barrier: true, unauthenticatedPaths: []string{"/open"}}, nil, false)
 		next := &htNext{}
 		r := htRequest("GET", "/api/proxy/open/x?y", "Cookie", "c", "Authorization", "Bearer bad")
 		_ = serveWithErrors(h, httptest.NewRecorder(), r, next)

@@ -491,7 +491,7 @@ func regexpReplacementLiteral(s string) string {
 // unauthenticated routes) in front of an empty 404, as Backstage answers
 // unknown paths.
 func buildBarrierRoutes(mount string, openRoutes []string, warnings *[]caddyconfig.Warning) []caddyhttp.Route {
-	barrier := Handler{Barrier: true, UnauthenticatedPaths: openRoutes}
+	barrier := Barrier{UnauthenticatedPaths: openRoutes}
 	if mount != DefaultMountPath {
 		barrier.MountPath = mount
 	}
@@ -500,7 +500,7 @@ func buildBarrierRoutes(mount string, openRoutes []string, warnings *[]caddyconf
 			"backstage_route": caddyconfig.JSON(MatchRoutePath{Paths: []string{mount}}, warnings),
 		}},
 		HandlersRaw: []json.RawMessage{
-			caddyconfig.JSONModuleObject(barrier, "handler", "backstage_proxy", warnings),
+			caddyconfig.JSONModuleObject(barrier, "handler", "backstage_barrier", warnings),
 			caddyconfig.JSONModuleObject(caddyhttp.StaticResponse{StatusCode: caddyhttp.WeakString("404")}, "handler", "static_response", warnings),
 		},
 		Terminal: true,
