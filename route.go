@@ -109,6 +109,18 @@ type headerValue struct {
 	Name, Value string
 }
 
+// pathRewriteRules are the custom rules (non-nil, possibly empty) or nil
+// for the default rewrite.
+func (s endpointSpec) pathRewriteRules() []PathRewriteRule {
+	if s.CustomRewrite && s.PathRewrite == nil {
+		return []PathRewriteRule{}
+	}
+	if !s.CustomRewrite {
+		return nil
+	}
+	return s.PathRewrite
+}
+
 func (s endpointSpec) routeKey() string { return normalizeRouteKey(s.Route) }
 
 func (s endpointSpec) mountPath() string {
@@ -261,8 +273,7 @@ func buildEndpointHandlers(s endpointSpec, target *url.URL, warnings *[]caddycon
 		AllowUpgrade:   s.WebSocket,
 		Rewrite: &UpstreamRewrite{
 			StripPrefix:   prefix,
-			PathRewrite:   s.PathRewrite,
-			CustomRewrite: s.CustomRewrite,
+			PathRewrite:   s.pathRewriteRules(),
 			TargetPath:    target.EscapedPath(),
 			TargetQuery:   target.RawQuery,
 			IgnorePath:    s.IgnorePath,
