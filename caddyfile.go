@@ -2,6 +2,7 @@ package backstageproxy
 
 import (
 	"encoding/json"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -101,14 +102,15 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 	if err != nil {
 		return nil, err
 	}
-	if h.BlockState[stateBarrierSeen] == true {
+	site := siteState(h)
+	if site[stateBarrierSeen] == true {
 		return nil, h.Err("backstage_proxy must come before backstage_proxy_barrier in the same site block")
 	}
 	if spec.Credentials == CredentialsDangerouslyAllowUnauthenticated {
-		open, _ := h.BlockState[stateOpenRoutes].(map[string][]string)
+		open, _ := site[stateOpenRoutes].(map[string][]string)
 		if open == nil {
 			open = map[string][]string{}
-			h.BlockState[stateOpenRoutes] = open
+			site[stateOpenRoutes] = open
 		}
 		open[spec.mountPath()] = append(open[spec.mountPath()], spec.routeKey())
 	}
@@ -120,7 +122,7 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 	if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
 		return nil, nil
 	}
-	return append([]httpcaddyfile.ConfigValue{{Class: "route", Value: r}}, errorRouteValue(h, &warnings)...), nil
+	return withErrorRoute(h, []httpcaddyfile.ConfigValue{{Class: "route", Value: r}}, &warnings), nil
 }
 
 // parseEndpointBlock parses the block form of backstage_proxy: the
@@ -134,14 +136,15 @@ func parseEndpointBlock(h httpcaddyfile.Helper, args []string) ([]httpcaddyfile.
 			return nil, h.Errf("mount path must start with '/'")
 		}
 	}
-	if h.BlockState[stateBarrierSeen] == true {
+	site := siteState(h)
+	if site[stateBarrierSeen] == true {
 		return nil, h.Err("only one backstage_proxy block (or backstage_proxy_barrier) per site block")
 	}
-	h.BlockState[stateBarrierSeen] = true
+	site[stateBarrierSeen] = true
 	var warnings []caddyconfig.Warning
 	values := []httpcaddyfile.ConfigValue{{Class: "route", Value: buildPluginJWKSRoute(mount, &warnings)}}
-	open, _ := h.BlockState[stateOpenRoutes].(map[string][]string)
-	openRoutes := open[mount]
+	open, _ := site[stateOpenRoutes].(map[string][]string)
+	openRoutes := append([]string(nil), open[mount]...)
 	for nesting := h.Nesting(); h.NextBlock(nesting); {
 		if h.Val() != "endpoint" {
 			return nil, h.Errf("unrecognized subdirective %s (want endpoint <route> <target>)", h.Val())
@@ -172,7 +175,7 @@ func parseEndpointBlock(h httpcaddyfile.Helper, args []string) ([]httpcaddyfile.
 	for _, r := range buildBarrierRoutes(mount, openRoutes, &warnings) {
 		values = append(values, httpcaddyfile.ConfigValue{Class: "route", Value: r})
 	}
-	return append(values, errorRouteValue(h, &warnings)...), nil
+	return withErrorRoute(h, values, &warnings), nil
 }
 
 // parseEndpoint parses the options block of one endpoint from d, which is
@@ -436,16 +439,86 @@ func blockDispenser(at caddyfile.Token, name string, segments []caddyfile.Segmen
 	return caddyfile.NewDispenser(append(tokens, tok("}", last+1)))
 }
 
-// errorRouteValue is the site's error route that renders backstage_proxy's
-// errors as Backstage does, once per site block.
-func errorRouteValue(h httpcaddyfile.Helper, warnings *[]caddyconfig.Warning) []httpcaddyfile.ConfigValue {
-	if h.BlockState[stateErrorRoute] == true {
-		return nil
+// withErrorRoute adds to a directive's routes the error route that renders
+// backstage_proxy's errors as Backstage does: once per site block, in the
+// site's error routes. Nested in another directive's block (`handle`,
+// `route`, a named route), where error routes cannot be declared, the routes
+// are wrapped in a subroute with that error route instead; a site's
+// `handle_errors` then does not see those refusals.
+func withErrorRoute(h httpcaddyfile.Helper, routes []httpcaddyfile.ConfigValue, warnings *[]caddyconfig.Warning) []httpcaddyfile.ConfigValue {
+	if !topLevel(h) {
+		sr := caddyhttp.Subroute{Errors: &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{buildErrorRoute(warnings)}}}
+		for _, v := range routes {
+			sr.Routes = append(sr.Routes, v.Value.(caddyhttp.Route))
+		}
+		return []httpcaddyfile.ConfigValue{{Class: "route", Value: caddyhttp.Route{
+			HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(sr, "handler", "subroute", warnings)},
+		}}}
 	}
-	h.BlockState[stateErrorRoute] = true
-	return []httpcaddyfile.ConfigValue{{Class: "error_route", Value: &caddyhttp.Subroute{
+	site := siteState(h)
+	if site[stateErrorRoute] == true {
+		return routes
+	}
+	site[stateErrorRoute] = true
+	return append(routes, httpcaddyfile.ConfigValue{Class: "error_route", Value: &caddyhttp.Subroute{
 		Routes: caddyhttp.RouteList{buildErrorRoute(warnings)},
-	}}}
+	}})
+}
+
+// topLevel reports whether the directive is directly in a site block. There,
+// Caddy gives directives one map as both State and BlockState; nested
+// blocks get a copy of BlockState.
+func topLevel(h httpcaddyfile.Helper) bool {
+	if h.IsNamedRoute() {
+		return false
+	}
+	const probe = "backstage_proxy.top_level_probe"
+	h.BlockState[probe] = true
+	_, ok := h.State[probe]
+	delete(h.BlockState, probe)
+	return ok
+}
+
+// siteState is the state the directives share within one site block.
+// Caddy v2.11.9 gives every top-level directive of a Caddyfile the same
+// BlockState map, whatever its site block, so the state is kept per site
+// block, keyed by the block's addresses.
+func siteState(h httpcaddyfile.Helper) map[string]any {
+	key := "backstage_proxy.site " + siteKey(h)
+	m, _ := h.BlockState[key].(map[string]any)
+	if m == nil {
+		m = map[string]any{}
+		h.BlockState[key] = m
+	}
+	return m
+}
+
+// siteKey names the site block h is in: its keys (addresses), with the file
+// and line of the first. The Helper does not export its block, so they are
+// read by reflection; should that fail in a later Caddy, all sites share one
+// state, as the BlockState map does.
+func siteKey(h httpcaddyfile.Helper) string {
+	keys := reflect.ValueOf(h).FieldByName("parentBlock").FieldByName("Keys")
+	if !keys.IsValid() || keys.Kind() != reflect.Slice {
+		return ""
+	}
+	var b strings.Builder
+	for i := 0; i < keys.Len(); i++ {
+		k := keys.Index(i)
+		if t := k.FieldByName("Text"); t.IsValid() && t.Kind() == reflect.String {
+			b.WriteString(t.String())
+		}
+		if i == 0 {
+			if f := k.FieldByName("File"); f.IsValid() && f.Kind() == reflect.String {
+				b.WriteString("@" + f.String())
+			}
+			if l := k.FieldByName("Line"); l.IsValid() && l.Kind() == reflect.Int {
+				b.WriteString(":" + strconv.FormatInt(l.Int(), 10))
+			}
+		}
+		b.WriteByte(' ')
+	}
+	return b.String()
 }
 
 // parseBarrierDirective parses the credentials barrier that follows the
@@ -471,19 +544,20 @@ func parseBarrierDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue,
 	if h.NextArg() || h.NextBlock(0) {
 		return nil, h.ArgErr()
 	}
-	if h.BlockState[stateBarrierSeen] == true {
+	site := siteState(h)
+	if site[stateBarrierSeen] == true {
 		return nil, h.Err("backstage_proxy_barrier specified more than once in this site block (or with a backstage_proxy block)")
 	}
 	caddy.Log().Named("caddyfile").Warn("backstage_proxy_barrier is deprecated: write the endpoints in one backstage_proxy block, which adds the barrier after them",
 		zap.String("file", h.File()), zap.Int("line", h.Line()))
-	h.BlockState[stateBarrierSeen] = true
-	open, _ := h.BlockState[stateOpenRoutes].(map[string][]string)
+	site[stateBarrierSeen] = true
+	open, _ := site[stateOpenRoutes].(map[string][]string)
 	var warnings []caddyconfig.Warning
 	var values []httpcaddyfile.ConfigValue
 	for _, r := range buildBarrierRoutes(mount, open[mount], &warnings) {
 		values = append(values, httpcaddyfile.ConfigValue{Class: "route", Value: r})
 	}
-	return append(values, errorRouteValue(h, &warnings)...), nil
+	return withErrorRoute(h, values, &warnings), nil
 }
 
 // parseIdentityOption parses the `backstage` global option, which configures

@@ -55,7 +55,7 @@ func (e *proxyError) Unwrap() error { return e.cause }
 //
 // Other error routes come first: the handler lets the rest of the error
 // chain run, and writes Backstage's answer only if nothing after it wrote a
-// body. So a `handle_errors` block that responds (for example with
+// body or another status. So a `handle_errors` block that responds (for example with
 // `{http.error.status_code}` and `{http.error.message}`) overrides it,
 // wherever it is written, and one that only sets headers or logs does not.
 // Errors that are not from `backstage_proxy` are passed on untouched.
@@ -86,8 +86,9 @@ func (ErrorHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	if err := next.ServeHTTP(rec, r); err != nil {
 		return err
 	}
-	if rec.Status() != 0 && buf.Len() > 0 {
-		// a later error route answered
+	if rec.Status() != 0 && (buf.Len() > 0 || rec.Status() != he.StatusCode) {
+		// a later error route answered (Caddy's last resort writes the
+		// error's status and nothing else)
 		return rec.WriteResponse()
 	}
 	return pe.write(w, r, he.StatusCode)

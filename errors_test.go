@@ -1,6 +1,7 @@
 package backstageproxy
 
 import (
+	"context"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -83,5 +84,42 @@ func TestErrorHandlerPassesOtherErrors(t *testing.T) {
 	}))
 	if err != nil || !called {
 		t.Errorf("err %v, next called %v", err, called)
+	}
+}
+
+// TestErrorHandlerDefersToLaterRoutes: a later error route that writes a body
+// or another status answers; one that writes only the error's status (as
+// Caddy's last resort does) leaves the answer to Backstage's body.
+func TestErrorHandlerDefersToLaterRoutes(t *testing.T) {
+	h := &Handler{MountPath: DefaultMountPath}
+	cases := []struct {
+		name   string
+		later  func(w http.ResponseWriter)
+		status int
+		body   string
+	}{
+		{"status only", func(w http.ResponseWriter) { w.WriteHeader(401) }, 401,
+			`{"error":{"name":"AuthenticationError","message":"Missing credentials"},"request":{"method":"GET","url":"/r"},"response":{"statusCode":401}}`},
+		{"nothing", func(http.ResponseWriter) {}, 401,
+			`{"error":{"name":"AuthenticationError","message":"Missing credentials"},"request":{"method":"GET","url":"/r"},"response":{"statusCode":401}}`},
+		{"another status", func(w http.ResponseWriter) { w.WriteHeader(418) }, 418, ""},
+		{"a body", func(w http.ResponseWriter) { _, _ = w.Write([]byte("mine")) }, 200, "mine"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			err := h.refuse(401, "AuthenticationError", "Missing credentials")
+			r := httptest.NewRequest("GET", "/api/proxy/r", nil)
+			r = r.WithContext(context.WithValue(r.Context(), caddyhttp.ErrorCtxKey, err))
+			w := httptest.NewRecorder()
+			if err := (ErrorHandler{}).ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) error {
+				c.later(w)
+				return nil
+			})); err != nil {
+				t.Fatal(err)
+			}
+			if w.Code != c.status || w.Body.String() != c.body {
+				t.Errorf("got %d %q, want %d %q", w.Code, w.Body, c.status, c.body)
+			}
+		})
 	}
 }

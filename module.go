@@ -34,15 +34,21 @@ const DefaultMountPath = "/api/proxy"
 // Handler is the policy half of one Backstage proxy endpoint. Placed before
 // Caddy's `reverse_proxy`, it:
 //
-//   - checks the caller's Backstage credentials (401/403 with Backstage's JSON
-//     error body) according to the credentials policy;
+//   - checks the caller's Backstage credentials (401/403) according to the
+//     credentials policy;
 //   - refuses path traversal (400 `Bad Request`);
 //   - passes on only the allowed request headers;
 //   - rewrites the upstream path exactly as Backstage does (default: strip the
 //     mount path and route, prepend the target's path);
 //   - passes back only the allowed response headers;
-//   - turns upstream failures into Backstage-shaped JSON errors (502/503/504)
-//     that never name an internal address.
+//   - turns upstream failures into Backstage's errors (502/503/504) that
+//     never name an internal address.
+//
+// Refusals and upstream failures are returned as handler errors
+// (`caddyhttp.Error`) with the status and Backstage's message, so Caddy's
+// error handling sees them (`handle_errors`, `{http.error.*}`, metrics);
+// `backstage_error` (ErrorHandler), in the server's error routes, renders
+// Backstage's bodies. Without it, Caddy answers with the status alone.
 //
 // It never reads the request body. Like Caddy's `rewrite`, it changes the
 // request in place for the handlers after it, so their placeholders read the
