@@ -1,11 +1,12 @@
 package backstageproxy
 
 import (
-	"bytes"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
@@ -81,17 +82,75 @@ func (ErrorHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddy
 	if !errors.As(err, &he) || !errors.As(err, &pe) {
 		return next.ServeHTTP(w, r)
 	}
-	var buf bytes.Buffer
-	rec := caddyhttp.NewResponseRecorder(w, &buf, func(int, http.Header) bool { return true })
-	if err := next.ServeHTTP(rec, r); err != nil {
+	dw := deferWriters.Get().(*deferWriter)
+	*dw = deferWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
+	err = next.ServeHTTP(dw, r)
+	answered, pending := dw.wrote, dw.pending
+	*dw = deferWriter{}
+	deferWriters.Put(dw)
+	switch {
+	case err != nil:
 		return err
+	case answered:
+		// a later error route wrote a body
+		return nil
+	case pending != 0 && pending != he.StatusCode:
+		// or another status
+		w.WriteHeader(pending)
+		return nil
 	}
-	if rec.Status() != 0 && (buf.Len() > 0 || rec.Status() != he.StatusCode) {
-		// a later error route answered (Caddy's last resort writes the
-		// error's status and nothing else)
-		return rec.WriteResponse()
-	}
+	// nothing, or the error's status alone (Caddy's last resort)
 	return pe.write(w, r, he.StatusCode)
+}
+
+// deferWriter holds back the status written by the error routes after
+// ErrorHandler until a body follows, so that Caddy's last resort (the status
+// alone) does not preempt Backstage's answer.
+type deferWriter struct {
+	caddyhttp.ResponseWriterWrapper
+	pending int
+	wrote   bool
+}
+
+var deferWriters = sync.Pool{New: func() any { return new(deferWriter) }}
+
+func (dw *deferWriter) WriteHeader(status int) {
+	if dw.wrote || dw.pending != 0 {
+		return
+	}
+	if status >= 100 && status <= 199 {
+		dw.ResponseWriter.WriteHeader(status)
+		return
+	}
+	dw.pending = status
+}
+
+// commit sends the held-back status: a body, or a flush, follows.
+func (dw *deferWriter) commit() {
+	if dw.wrote {
+		return
+	}
+	dw.wrote = true
+	if dw.pending != 0 {
+		dw.ResponseWriter.WriteHeader(dw.pending)
+	}
+}
+
+func (dw *deferWriter) Write(b []byte) (int, error) {
+	dw.commit()
+	return dw.ResponseWriter.Write(b)
+}
+
+// ReadFrom commits the status before the wrapped writer's ReadFrom.
+func (dw *deferWriter) ReadFrom(r io.Reader) (int64, error) {
+	dw.commit()
+	return dw.ResponseWriterWrapper.ReadFrom(r)
+}
+
+// FlushError commits the status, then flushes.
+func (dw *deferWriter) FlushError() error {
+	dw.commit()
+	return http.NewResponseController(dw.ResponseWriter).Flush()
 }
 
 // write writes the answer to e with the given status.
@@ -185,4 +244,5 @@ func appendJSONString(buf []byte, s string) []byte {
 var (
 	_ caddyhttp.MiddlewareHandler = (*ErrorHandler)(nil)
 	_ error                       = (*proxyError)(nil)
+	_ io.ReaderFrom               = (*deferWriter)(nil)
 )
