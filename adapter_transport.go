@@ -8,10 +8,12 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
 
@@ -79,6 +81,59 @@ func (UpstreamTransport) CaddyModule() caddy.ModuleInfo {
 		ID:  "http.reverse_proxy.transport.backstage_http",
 		New: func() caddy.Module { return new(UpstreamTransport) },
 	}
+}
+
+// UnmarshalCaddyfile sets up the transport from Caddyfile tokens. Syntax:
+//
+//	transport backstage_http {
+//		basic_auth <user>:<password>
+//		follow_redirects
+//		max_redirects <n>
+//		<options of the http transport...>
+//	}
+//
+// Every option but the first three is the `http` transport's, parsed by its
+// own Caddyfile parser. In a `backstage_proxy` endpoint, they apply on top of
+// the transport derived from the target and the endpoint's options.
+func (t *UpstreamTransport) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // transport name
+	at := d.Token()
+	var rest []caddyfile.Segment
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "basic_auth":
+			if !d.NextArg() || !strings.Contains(d.Val(), ":") {
+				return d.Err("basic_auth takes one <user>:<password> argument")
+			}
+			t.BasicAuth = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "follow_redirects":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			t.FollowRedirects = true
+		case "max_redirects":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n <= 0 {
+				return d.Errf("max_redirects: invalid count %q", d.Val())
+			}
+			t.MaxRedirects = n
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		default:
+			rest = append(rest, d.NextSegment())
+		}
+	}
+	if len(rest) == 0 {
+		return nil
+	}
+	return t.HTTPTransport.UnmarshalCaddyfile(blockDispenser(at, at.Text, rest))
 }
 
 // Provision sets up the embedded HTTP transport and resolves BasicAuth.
@@ -321,6 +376,7 @@ func (b *recordingBody) buffered() int {
 // Interface guards
 var (
 	_ caddy.Provisioner         = (*UpstreamTransport)(nil)
+	_ caddyfile.Unmarshaler     = (*UpstreamTransport)(nil)
 	_ caddy.CleanerUpper        = (*UpstreamTransport)(nil)
 	_ http.RoundTripper         = (*UpstreamTransport)(nil)
 	_ reverseproxy.TLSTransport = (*UpstreamTransport)(nil)

@@ -80,13 +80,13 @@ func (f *aiFixture) app(disableDefaultPolicy bool) map[string]any {
 		"user_tokens":   map[string]any{"jwks_url": f.users.KeySetURL()},
 		"plugin_tokens": map[string]any{"jwks_url": f.plugins.Template()},
 		"external_access": []any{
-			map[string]any{"type": "static", "options": map[string]any{"token": "static-token-123", "subject": "static-subject"}},
-			map[string]any{"type": "static", "options": map[string]any{"token": "restricted-token-123", "subject": "r"},
+			map[string]any{"static": map[string]any{"token": "static-token-123", "subject": "static-subject"}},
+			map[string]any{"static": map[string]any{"token": "restricted-token-123", "subject": "r"},
 				"access_restrictions": []any{map[string]any{"plugin": "catalog"}}},
-			map[string]any{"type": "legacy", "options": map[string]any{"secret": base64.StdEncoding.EncodeToString(f.legacySecret), "subject": "legacy-subject"}},
-			map[string]any{"type": "jwks", "options": map[string]any{
-				"url": f.ext.KeySetURL(), "issuer": []string{"https://ext.example.com"}, "audience": []string{"backstage-proxy"},
-				"algorithm": []string{"RS256"}, "subject_prefix": "ext",
+			map[string]any{"legacy": map[string]any{"secret": base64.StdEncoding.EncodeToString(f.legacySecret), "subject": "legacy-subject"}},
+			map[string]any{"jwks": map[string]any{
+				"url": f.ext.KeySetURL(), "issuers": []string{"https://ext.example.com"}, "audiences": []string{"backstage-proxy"},
+				"algorithms": []string{"RS256"}, "subject_prefix": "ext",
 			}},
 		},
 		"keys": []any{map[string]any{"secret": base64.StdEncoding.EncodeToString(f.keysSecret)}},
@@ -130,6 +130,7 @@ func (f *aiFixture) config(t *testing.T, app map[string]any, routes ...string) s
 					"listen":          []string{":9080"},
 					"automatic_https": map[string]any{"disable": true},
 					"routes":          rs,
+					"errors":          map[string]any{"routes": []any{map[string]any{"handle": []any{map[string]any{"handler": "backstage_error"}}}}},
 				}},
 			},
 			"pki": map[string]any{"certificate_authorities": map[string]any{"local": map[string]any{"install_trust": false}}},

@@ -25,7 +25,7 @@ func BenchmarkHandlerParallel(b *testing.B) {
 	f := newUserTokenFixture(b)
 	app := benchProvisionApp(b, &App{
 		UserTokens:     &identity.UserTokens{JWKSURL: f.jwks.URL},
-		ExternalAccess: []identity.ExternalAccess{{Type: "static", Options: identity.ExternalAccessOptions{Token: "static-token-0123456789", Subject: "ci"}}},
+		ExternalAccess: []identity.ExternalAccess{{Static: &identity.StaticAccess{Token: "static-token-0123456789", Subject: "ci"}}},
 	})
 	shared := "Bearer " + f.token(b, "user:default/alice")
 	var tokens []string

@@ -1234,7 +1234,7 @@ func TestIntegrationRequestInPlace(t *testing.T) {
 		"logging": map[string]any{"logs": map[string]any{"default": map[string]any{"writer": map[string]any{"output": "file", "filename": logFile}}}},
 		"apps": map[string]any{
 			"backstage": map[string]any{"external_access": []any{map[string]any{
-				"type": "static", "options": map[string]any{"token": testStaticToken, "subject": "ci"}}}},
+				"static": map[string]any{"token": testStaticToken, "subject": "ci"}}}},
 			"http": map[string]any{"grace_period": 1, "servers": map[string]any{
 				fmt.Sprintf("inplace%d", testkit.Nonce.Add(1)): map[string]any{
 					"listen": []string{":9080"}, "automatic_https": map[string]any{"disable": true}, "logs": map[string]any{},

@@ -2,6 +2,7 @@ package backstageproxy
 
 import (
 	"encoding/json"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
@@ -13,152 +14,281 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 )
 
 func init() {
 	httpcaddyfile.RegisterDirective("backstage_proxy", parseEndpointDirective)
-	httpcaddyfile.RegisterDirectiveOrder("backstage_proxy", httpcaddyfile.Before, "reverse_proxy")
+	// Before `handle`: the endpoints match only their own paths, so a
+	// catch-all `handle` block must not hide them.
+	httpcaddyfile.RegisterDirectiveOrder("backstage_proxy", httpcaddyfile.Before, "handle")
 	httpcaddyfile.RegisterDirective("backstage_proxy_barrier", parseBarrierDirective)
-	httpcaddyfile.RegisterDirectiveOrder("backstage_proxy_barrier", httpcaddyfile.Before, "reverse_proxy")
+	httpcaddyfile.RegisterDirectiveOrder("backstage_proxy_barrier", httpcaddyfile.Before, "handle")
 	httpcaddyfile.RegisterGlobalOption("backstage", parseIdentityOption)
 }
 
 const (
 	stateOpenRoutes   = "backstage_proxy.open_routes"
 	stateBarrierSeen  = "backstage_proxy.barrier_seen"
+	stateErrorRoute   = "backstage_proxy.error_route"
 	stateMountDefault = DefaultMountPath
 )
 
-// parseEndpointDirective parses one Backstage proxy endpoint. It produces
-// exactly the route the `backstage` config adapter produces for the same
-// endpoint in app-config.yaml. Syntax:
+// parseEndpointDirective parses the `backstage_proxy` directive. Its block
+// form holds every endpoint of a site and emits them, in the order written,
+// together with the credentials barrier after them, so nothing can be put in
+// the wrong order:
 //
-//	backstage_proxy <route> <target> {
-//		credentials require|forward|dangerously-allow-unauthenticated
-//		allowed_methods <METHOD...>
-//		allowed_headers <name...>
-//		header <name> <value>
-//		change_origin true|false
-//		path_rewrite <regexp> <replacement>
-//		path_rewrite off
-//		xfwd
-//		ws
-//		insecure_skip_verify
-//		proxy_timeout <duration>
-//		ignore_path
-//		no_prepend_path
-//		method <METHOD>
-//		follow_redirects
-//		basic_auth <user>:<password>
-//		ca_file <pem file...>
-//		local_address <address>
-//		location_rewrite auto | host <host> | protocol http|https
-//		cookie_domain_rewrite <from>|* <to>
-//		cookie_path_rewrite <from>|* <to>
-//		mount_path <path>
+//	backstage_proxy [<mount path>] {
+//		endpoint <route> <target> [{
+//			<endpoint options...>
+//		}]
+//		...
 //	}
 //
-// `<route>` is the Backstage route key (e.g. `/catalog`), served under
-// `/api/proxy`. Endpoints are tried in the order they are written. Put a
-// `backstage_proxy_barrier` after the last endpoint of a site so unknown paths
-// under `/api/proxy` answer like Backstage (401 anonymous, 404 otherwise).
+// Its single form is one endpoint; put `backstage_proxy_barrier` after the
+// last one of a site (deprecated: use the block form):
+//
+//	backstage_proxy <route> <target> [{
+//		<endpoint options...>
+//	}]
+//
+// Each endpoint produces exactly the route the `backstage` config adapter
+// produces for the same endpoint in app-config.yaml. `<route>` is the
+// Backstage route key (e.g. `/catalog`), served under the mount path
+// (default `/api/proxy`). The endpoint options are Backstage's:
+//
+//	credentials require|forward|dangerously-allow-unauthenticated
+//	allowed_methods <METHOD...>
+//	allowed_headers <name...>
+//	upstream_header <name> <value>
+//	change_origin true|false
+//	path_rewrite <regexp> <replacement>
+//	path_rewrite off
+//	xfwd
+//	ws
+//	insecure_skip_verify
+//	proxy_timeout <duration>
+//	ignore_path
+//	no_prepend_path
+//	method <METHOD>
+//	follow_redirects
+//	upstream_basic_auth <user>:<password>
+//	ca_file <pem file...>
+//	local_address <address>
+//	location_rewrite auto | host <host> | protocol http|https
+//	cookie_domain_rewrite <from>|* <to>
+//	cookie_path_rewrite <from>|* <to>
+//	mount_path <path>            (single form only)
+//
+// `transport http|backstage_http { … }` takes the options of those
+// transports, applied on top of the transport derived from the target and
+// the options above. Every other subdirective is `reverse_proxy`'s own
+// (`lb_policy`, `health_uri`, `lb_retries`, `header_up`, `to`, …), parsed by
+// its Caddyfile parser. `header` and `basic_auth` are the deprecated names
+// of `upstream_header` and `upstream_basic_auth`.
 func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue, error) {
 	h.Next() // directive name
-	if !h.NextArg() {
+	args := h.RemainingArgs()
+	switch len(args) {
+	case 0, 1:
+		return parseEndpointBlock(h, args)
+	case 2:
+	default:
 		return nil, h.ArgErr()
 	}
-	route := h.Val()
-	if !h.NextArg() {
-		return nil, h.ArgErr()
+	spec, err := parseEndpoint(h, h.Dispenser, args[0], args[1], true)
+	if err != nil {
+		return nil, err
 	}
-	target, err := parseTarget(route, h.Val())
+	site := siteState(h)
+	if site[stateBarrierSeen] == true {
+		return nil, h.Err("backstage_proxy must come before backstage_proxy_barrier in the same site block")
+	}
+	if spec.Credentials == CredentialsDangerouslyAllowUnauthenticated {
+		open, _ := site[stateOpenRoutes].(map[string][]string)
+		if open == nil {
+			open = map[string][]string{}
+			site[stateOpenRoutes] = open
+		}
+		open[spec.mountPath()] = append(open[spec.mountPath()], spec.routeKey())
+	}
+	var warnings []caddyconfig.Warning
+	r, err := buildEndpointRoute(spec, &warnings)
 	if err != nil {
 		return nil, h.Errf("%v", err)
 	}
-	if h.NextArg() {
-		return nil, h.ArgErr()
+	if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
+		return nil, nil
+	}
+	return withErrorRoute(h, []httpcaddyfile.ConfigValue{{Class: "route", Value: r}}, &warnings), nil
+}
+
+// parseEndpointBlock parses the block form of backstage_proxy: the
+// endpoints, then the plugin key set route and the barrier, as the adapter
+// emits them.
+func parseEndpointBlock(h httpcaddyfile.Helper, args []string) ([]httpcaddyfile.ConfigValue, error) {
+	mount := stateMountDefault
+	if len(args) == 1 {
+		mount = strings.TrimRight(args[0], "/")
+		if !strings.HasPrefix(mount, "/") {
+			return nil, h.Errf("mount path must start with '/'")
+		}
+	}
+	site := siteState(h)
+	if site[stateBarrierSeen] == true {
+		return nil, h.Err("only one backstage_proxy block (or backstage_proxy_barrier) per site block")
+	}
+	site[stateBarrierSeen] = true
+	var warnings []caddyconfig.Warning
+	values := []httpcaddyfile.ConfigValue{{Class: "route", Value: buildPluginJWKSRoute(mount, &warnings)}}
+	open, _ := site[stateOpenRoutes].(map[string][]string)
+	openRoutes := append([]string(nil), open[mount]...)
+	for nesting := h.Nesting(); h.NextBlock(nesting); {
+		if h.Val() != "endpoint" {
+			return nil, h.Errf("unrecognized subdirective %s (want endpoint <route> <target>)", h.Val())
+		}
+		eargs := h.RemainingArgs()
+		if len(eargs) != 2 {
+			return nil, h.ArgErr()
+		}
+		spec, err := parseEndpoint(h, h.Dispenser, eargs[0], eargs[1], false)
+		if err != nil {
+			return nil, err
+		}
+		if mount != DefaultMountPath {
+			spec.MountPath = mount
+		}
+		if spec.Credentials == CredentialsDangerouslyAllowUnauthenticated {
+			openRoutes = append(openRoutes, spec.routeKey())
+		}
+		r, err := buildEndpointRoute(spec, &warnings)
+		if err != nil {
+			return nil, h.Errf("%v", err)
+		}
+		if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
+			continue
+		}
+		values = append(values, httpcaddyfile.ConfigValue{Class: "route", Value: r})
+	}
+	for _, r := range buildBarrierRoutes(mount, openRoutes, &warnings) {
+		values = append(values, httpcaddyfile.ConfigValue{Class: "route", Value: r})
+	}
+	return withErrorRoute(h, values, &warnings), nil
+}
+
+// parseEndpoint parses the options block of one endpoint from d, which is
+// at the endpoint's last argument.
+func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTarget string, single bool) (endpointSpec, error) {
+	at := d.Token()
+	target, err := parseTarget(route, rawTarget)
+	if err != nil {
+		return endpointSpec{}, d.Errf("%v", err)
 	}
 	spec := endpointSpec{Route: route, Target: target, Credentials: CredentialsRequire, ChangeOrigin: true}
 	seen := map[string]bool{}
 	rewriteOff, rewriteRules := false, 0
-	for h.NextBlock(0) {
-		sub := h.Val()
-		if seen[sub] && sub != "header" && sub != "path_rewrite" && sub != "ca_file" &&
+	var proxySegments []caddyfile.Segment
+	var transportSegment caddyfile.Segment
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		sub := d.Val()
+		switch sub {
+		case "header", "basic_auth":
+			caddy.Log().Named("caddyfile").Warn("backstage_proxy: subdirective renamed; use upstream_"+sub,
+				zap.String("file", d.File()), zap.Int("line", d.Line()))
+			sub = "upstream_" + sub
+		case "credentials", "allowed_methods", "allowed_headers", "upstream_header", "change_origin", "path_rewrite",
+			"xfwd", "ws", "insecure_skip_verify", "ignore_path", "no_prepend_path", "proxy_timeout", "method",
+			"follow_redirects", "upstream_basic_auth", "ca_file", "local_address", "location_rewrite",
+			"cookie_domain_rewrite", "cookie_path_rewrite", "mount_path":
+		case "transport":
+			if transportSegment != nil {
+				return spec, d.Err("transport specified more than once")
+			}
+			transportSegment = d.NextSegment()
+			continue
+		default:
+			// reverse_proxy's own subdirective
+			proxySegments = append(proxySegments, d.NextSegment())
+			continue
+		}
+		if seen[sub] && sub != "upstream_header" && sub != "path_rewrite" && sub != "ca_file" &&
 			sub != "location_rewrite" && sub != "cookie_domain_rewrite" && sub != "cookie_path_rewrite" {
-			return nil, h.Errf("%s specified more than once", sub)
+			return spec, d.Errf("%s specified more than once", sub)
 		}
 		seen[sub] = true
-		args := h.RemainingArgs()
+		args := d.RemainingArgs()
 		switch sub {
 		case "credentials":
 			if len(args) != 1 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			switch args[0] {
 			case CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated:
 				spec.Credentials = args[0]
 			default:
-				return nil, h.Errf("Unknown credentials policy '%s' for proxy route '%s'; expected one of '%s', '%s', '%s'",
+				return spec, d.Errf("Unknown credentials policy '%s' for proxy route '%s'; expected one of '%s', '%s', '%s'",
 					args[0], route, CredentialsRequire, CredentialsForward, CredentialsDangerouslyAllowUnauthenticated)
 			}
 		case "allowed_methods":
 			if len(args) == 0 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			spec.AllowedMethods = args
 		case "allowed_headers":
 			if len(args) == 0 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			for _, a := range args {
 				if !headerNameRE.MatchString(a) {
-					return nil, h.Errf("invalid header name %q", a)
+					return spec, d.Errf("invalid header name %q", a)
 				}
 			}
 			spec.AllowedHeaders = args
-		case "header":
+		case "upstream_header":
 			if len(args) != 2 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			if !headerNameRE.MatchString(args[0]) {
-				return nil, h.Errf("invalid header name %q", args[0])
+				return spec, d.Errf("invalid header name %q", args[0])
 			}
 			spec.Headers = append(spec.Headers, headerValue{Name: args[0], Value: args[1]})
 		case "change_origin":
 			if len(args) != 1 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			v, err := strconv.ParseBool(args[0])
 			if err != nil {
-				return nil, h.Errf("change_origin must be true or false, got %q", args[0])
+				return spec, d.Errf("change_origin must be true or false, got %q", args[0])
 			}
 			spec.ChangeOrigin = v
 		case "path_rewrite":
 			switch {
 			case len(args) == 1 && args[0] == "off":
 				if rewriteRules > 0 {
-					return nil, h.Err("path_rewrite off cannot be combined with rules")
+					return spec, d.Err("path_rewrite off cannot be combined with rules")
 				}
 				rewriteOff = true
 				spec.PathRewrite = []PathRewriteRule{}
 			case len(args) == 2:
 				if rewriteOff {
-					return nil, h.Err("path_rewrite off cannot be combined with rules")
+					return spec, d.Err("path_rewrite off cannot be combined with rules")
 				}
 				rules, err := pathRewriteRules(&appconfig.Node{Kind: appconfig.KindMap, Keys: []string{args[0]},
 					Values: []*appconfig.Node{{Kind: appconfig.KindScalar, Tag: "!!str", Value: args[1]}}})
 				if err != nil {
-					return nil, h.Errf("%v", err)
+					return spec, d.Errf("%v", err)
 				}
 				rewriteRules++
 				spec.PathRewrite = append(spec.PathRewrite, rules...)
 			default:
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			spec.CustomRewrite = true
-		case "xfwd", "ws", "insecure_skip_verify", "ignore_path", "no_prepend_path":
+		case "xfwd", "ws", "insecure_skip_verify", "ignore_path", "no_prepend_path", "follow_redirects":
 			if len(args) != 0 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			switch sub {
 			case "xfwd":
@@ -171,39 +301,36 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 				spec.IgnorePath = true
 			case "no_prepend_path":
 				spec.NoPrependPath = true
+			case "follow_redirects":
+				spec.FollowRedirects = true
 			}
 		case "proxy_timeout":
 			if len(args) != 1 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
-			d, err := caddy.ParseDuration(args[0])
-			if err != nil || d <= 0 {
-				return nil, h.Errf("proxy_timeout: invalid duration %q", args[0])
+			dur, err := caddy.ParseDuration(args[0])
+			if err != nil || dur <= 0 {
+				return spec, d.Errf("proxy_timeout: invalid duration %q", args[0])
 			}
-			spec.ProxyTimeout = time.Duration(d)
+			spec.ProxyTimeout = time.Duration(dur)
 		case "method":
 			if len(args) != 1 || !headerNameRE.MatchString(args[0]) {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			spec.Method = strings.ToUpper(args[0])
-		case "follow_redirects":
-			if len(args) != 0 {
-				return nil, h.ArgErr()
-			}
-			spec.FollowRedirects = true
-		case "basic_auth":
+		case "upstream_basic_auth":
 			if len(args) != 1 || !strings.Contains(args[0], ":") {
-				return nil, h.Errf("basic_auth takes one <user>:<password> argument")
+				return spec, d.Errf("upstream_basic_auth takes one <user>:<password> argument")
 			}
 			spec.BasicAuth = args[0]
 		case "ca_file":
 			if len(args) == 0 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			spec.CAFiles = append(spec.CAFiles, args...)
 		case "local_address":
 			if len(args) != 1 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			spec.LocalAddress = args[0]
 		case "location_rewrite":
@@ -219,12 +346,12 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 			case len(args) == 2 && args[0] == "protocol" && (args[1] == "http" || args[1] == "https"):
 				spec.LocationRewrite.ProtocolRewrite = args[1]
 			default:
-				return nil, h.Errf("location_rewrite takes auto, host <host> or protocol http|https")
+				return spec, d.Errf("location_rewrite takes auto, host <host> or protocol http|https")
 			}
 		case "cookie_domain_rewrite", "cookie_path_rewrite":
 			// <from> <to>, repeatable; from "*" is the fallback, to "" removes
 			if len(args) != 2 {
-				return nil, h.ArgErr()
+				return spec, d.ArgErr()
 			}
 			rule := cookieRewrite{From: args[0], To: args[1]}
 			if sub == "cookie_domain_rewrite" {
@@ -233,38 +360,170 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 				spec.CookiePathRewrite = append(spec.CookiePathRewrite, rule)
 			}
 		case "mount_path":
+			if !single {
+				return spec, d.Err("mount_path: in the block form, the mount path is the block's argument")
+			}
 			if len(args) != 1 || !strings.HasPrefix(args[0], "/") {
-				return nil, h.Errf("mount_path must be one path starting with '/'")
+				return spec, d.Errf("mount_path must be one path starting with '/'")
 			}
 			spec.MountPath = args[0]
-		default:
-			return nil, h.Errf("unrecognized subdirective %s", sub)
 		}
 	}
-	if h.BlockState[stateBarrierSeen] == true {
-		return nil, h.Err("backstage_proxy must come before backstage_proxy_barrier in the same site block")
-	}
-	if spec.Credentials == CredentialsDangerouslyAllowUnauthenticated {
-		open, _ := h.BlockState[stateOpenRoutes].(map[string][]string)
-		if open == nil {
-			open = map[string][]string{}
-			h.BlockState[stateOpenRoutes] = open
+	if transportSegment != nil || len(proxySegments) > 0 {
+		spec.configureProxy = func(rp *reverseproxy.Handler) error {
+			if transportSegment != nil {
+				if err := applyTransportSegment(rp, transportSegment); err != nil {
+					return err
+				}
+			}
+			if len(proxySegments) == 0 {
+				return nil
+			}
+			transport := rp.TransportRaw // the transport is ours, whatever `to` says
+			if err := rp.UnmarshalCaddyfile(blockDispenser(at, "reverse_proxy", proxySegments)); err != nil {
+				return err
+			}
+			if err := rp.FinalizeUnmarshalCaddyfile(h); err != nil {
+				return err
+			}
+			rp.TransportRaw = transport
+			return nil
 		}
-		open[spec.mountPath()] = append(open[spec.mountPath()], spec.routeKey())
 	}
-	var warnings []caddyconfig.Warning
-	r, err := buildEndpointRoute(spec, &warnings)
-	if err != nil {
-		return nil, h.Errf("%v", err)
+	return spec, nil
+}
+
+// applyTransportSegment applies a `transport http|backstage_http { … }`
+// segment to the transport buildReverseProxy derived for rp.
+func applyTransportSegment(rp *reverseproxy.Handler, seg caddyfile.Segment) error {
+	d := caddyfile.NewDispenser(seg)
+	d.Next() // transport
+	if !d.NextArg() {
+		return d.ArgErr()
 	}
-	if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
-		return nil, nil
+	if name := d.Val(); name != "http" && name != "backstage_http" {
+		return d.Errf("backstage_proxy: transport must be http or backstage_http, not %s", name)
 	}
-	return []httpcaddyfile.ConfigValue{{Class: "route", Value: r}}, nil
+	var t UpstreamTransport
+	if err := json.Unmarshal(rp.TransportRaw, &t); err != nil {
+		return d.Errf("backstage_proxy: transport: %v", err)
+	}
+	if err := t.UnmarshalCaddyfile(caddyfile.NewDispenser(seg[1:])); err != nil {
+		return err
+	}
+	if t.BasicAuth != "" || t.FollowRedirects || t.MaxRedirects != 0 {
+		rp.TransportRaw = caddyconfig.JSONModuleObject(t, "protocol", "backstage_http", nil)
+	} else {
+		rp.TransportRaw = caddyconfig.JSONModuleObject(t.HTTPTransport, "protocol", "http", nil)
+	}
+	return nil
+}
+
+// blockDispenser returns a dispenser over `name { <segments> }`, to hand
+// subdirectives to another module's Caddyfile parser. The name and the
+// opening brace take the position of at, so errors point at the config.
+func blockDispenser(at caddyfile.Token, name string, segments []caddyfile.Segment) *caddyfile.Dispenser {
+	tok := func(text string, line int) caddyfile.Token {
+		t := at
+		t.Text, t.Line = text, line
+		return t
+	}
+	tokens := []caddyfile.Token{tok(name, at.Line), tok("{", at.Line)}
+	last := at.Line
+	for _, seg := range segments {
+		tokens = append(tokens, seg...)
+		if n := len(seg); n > 0 && seg[n-1].Line > last {
+			last = seg[n-1].Line
+		}
+	}
+	return caddyfile.NewDispenser(append(tokens, tok("}", last+1)))
+}
+
+// withErrorRoute adds to a directive's routes the error route that renders
+// backstage_proxy's errors as Backstage does: once per site block, in the
+// site's error routes. Nested in another directive's block (`handle`,
+// `route`, a named route), where error routes cannot be declared, the routes
+// are wrapped in a subroute with that error route instead; a site's
+// `handle_errors` then does not see those refusals.
+func withErrorRoute(h httpcaddyfile.Helper, routes []httpcaddyfile.ConfigValue, warnings *[]caddyconfig.Warning) []httpcaddyfile.ConfigValue {
+	if !topLevel(h) {
+		sr := caddyhttp.Subroute{Errors: &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{buildErrorRoute(warnings)}}}
+		for _, v := range routes {
+			sr.Routes = append(sr.Routes, v.Value.(caddyhttp.Route))
+		}
+		return []httpcaddyfile.ConfigValue{{Class: "route", Value: caddyhttp.Route{
+			HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(sr, "handler", "subroute", warnings)},
+		}}}
+	}
+	site := siteState(h)
+	if site[stateErrorRoute] == true {
+		return routes
+	}
+	site[stateErrorRoute] = true
+	return append(routes, httpcaddyfile.ConfigValue{Class: "error_route", Value: &caddyhttp.Subroute{
+		Routes: caddyhttp.RouteList{buildErrorRoute(warnings)},
+	}})
+}
+
+// topLevel reports whether the directive is directly in a site block. There,
+// Caddy gives directives one map as both State and BlockState; nested
+// blocks get a copy of BlockState.
+func topLevel(h httpcaddyfile.Helper) bool {
+	if h.IsNamedRoute() {
+		return false
+	}
+	const probe = "backstage_proxy.top_level_probe"
+	h.BlockState[probe] = true
+	_, ok := h.State[probe]
+	delete(h.BlockState, probe)
+	return ok
+}
+
+// siteState is the state the directives share within one site block.
+// Caddy v2.11.9 gives every top-level directive of a Caddyfile the same
+// BlockState map, whatever its site block, so the state is kept per site
+// block, keyed by the block's addresses.
+func siteState(h httpcaddyfile.Helper) map[string]any {
+	key := "backstage_proxy.site " + siteKey(h)
+	m, _ := h.BlockState[key].(map[string]any)
+	if m == nil {
+		m = map[string]any{}
+		h.BlockState[key] = m
+	}
+	return m
+}
+
+// siteKey names the site block h is in: its keys (addresses), with the file
+// and line of the first. The Helper does not export its block, so they are
+// read by reflection; should that fail in a later Caddy, all sites share one
+// state, as the BlockState map does.
+func siteKey(h httpcaddyfile.Helper) string {
+	keys := reflect.ValueOf(h).FieldByName("parentBlock").FieldByName("Keys")
+	if !keys.IsValid() || keys.Kind() != reflect.Slice {
+		return ""
+	}
+	var b strings.Builder
+	for i := 0; i < keys.Len(); i++ {
+		k := keys.Index(i)
+		if t := k.FieldByName("Text"); t.IsValid() && t.Kind() == reflect.String {
+			b.WriteString(t.String())
+		}
+		if i == 0 {
+			if f := k.FieldByName("File"); f.IsValid() && f.Kind() == reflect.String {
+				b.WriteString("@" + f.String())
+			}
+			if l := k.FieldByName("Line"); l.IsValid() && l.Kind() == reflect.Int {
+				b.WriteString(":" + strconv.FormatInt(l.Int(), 10))
+			}
+		}
+		b.WriteByte(' ')
+	}
+	return b.String()
 }
 
 // parseBarrierDirective parses the credentials barrier that follows the
-// endpoints of a site. Syntax:
+// endpoints of a site (deprecated: the block form of backstage_proxy emits
+// it after its endpoints, so it cannot be misplaced). Syntax:
 //
 //	backstage_proxy_barrier [<mount path>]
 //
@@ -285,17 +544,20 @@ func parseBarrierDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue,
 	if h.NextArg() || h.NextBlock(0) {
 		return nil, h.ArgErr()
 	}
-	if h.BlockState[stateBarrierSeen] == true {
-		return nil, h.Err("backstage_proxy_barrier specified more than once in this site block")
+	site := siteState(h)
+	if site[stateBarrierSeen] == true {
+		return nil, h.Err("backstage_proxy_barrier specified more than once in this site block (or with a backstage_proxy block)")
 	}
-	h.BlockState[stateBarrierSeen] = true
-	open, _ := h.BlockState[stateOpenRoutes].(map[string][]string)
+	caddy.Log().Named("caddyfile").Warn("backstage_proxy_barrier is deprecated: write the endpoints in one backstage_proxy block, which adds the barrier after them",
+		zap.String("file", h.File()), zap.Int("line", h.Line()))
+	site[stateBarrierSeen] = true
+	open, _ := site[stateOpenRoutes].(map[string][]string)
 	var warnings []caddyconfig.Warning
 	var values []httpcaddyfile.ConfigValue
 	for _, r := range buildBarrierRoutes(mount, open[mount], &warnings) {
 		values = append(values, httpcaddyfile.ConfigValue{Class: "route", Value: r})
 	}
-	return values, nil
+	return withErrorRoute(h, values, &warnings), nil
 }
 
 // parseIdentityOption parses the `backstage` global option, which configures
@@ -307,9 +569,9 @@ func parseBarrierDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue,
 //		static_token <token> <subject> [restrict <plugin...>]
 //		legacy_secret <base64 secret> <subject> [restrict <plugin...>]
 //		jwks <url> {
-//			issuer <iss...>
-//			audience <aud...>
-//			algorithm <alg...>
+//			issuers <iss...>
+//			audiences <aud...>
+//			algorithms <alg...>
 //			subject_prefix <prefix>
 //			restrict <plugin...>
 //		}
@@ -364,19 +626,19 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 			if len(rest) != 2 {
 				return nil, d.ArgErr()
 			}
-			e := identity.ExternalAccess{Type: "static", AccessRestrictions: rs}
+			e := identity.ExternalAccess{AccessRestrictions: rs}
 			if sub == "static_token" {
-				e.Options = identity.ExternalAccessOptions{Token: rest[0], Subject: rest[1]}
+				e.Static = &identity.StaticAccess{Token: rest[0], Subject: rest[1]}
 			} else {
-				e.Type = "legacy"
-				e.Options = identity.ExternalAccessOptions{Secret: rest[0], Subject: rest[1]}
+				e.Legacy = &identity.LegacyAccess{Secret: rest[0], Subject: rest[1]}
 			}
 			app.ExternalAccess = append(app.ExternalAccess, e)
 		case "jwks":
 			if len(args) != 1 {
 				return nil, d.ArgErr()
 			}
-			e := identity.ExternalAccess{Type: "jwks", Options: identity.ExternalAccessOptions{URL: args[0]}}
+			jwks := &identity.JWKSAccess{URL: args[0]}
+			e := identity.ExternalAccess{JWKS: jwks}
 			for nesting := d.Nesting(); d.NextBlock(nesting); {
 				opt := d.Val()
 				vals := d.RemainingArgs()
@@ -384,17 +646,18 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 					return nil, d.ArgErr()
 				}
 				switch opt {
-				case "issuer":
-					e.Options.Issuer = append(e.Options.Issuer, vals...)
-				case "audience":
-					e.Options.Audience = append(e.Options.Audience, vals...)
-				case "algorithm":
-					e.Options.Algorithm = append(e.Options.Algorithm, vals...)
+				// the singular spellings are those of earlier versions
+				case "issuers", "issuer":
+					jwks.Issuers = append(jwks.Issuers, vals...)
+				case "audiences", "audience":
+					jwks.Audiences = append(jwks.Audiences, vals...)
+				case "algorithms", "algorithm":
+					jwks.Algorithms = append(jwks.Algorithms, vals...)
 				case "subject_prefix":
 					if len(vals) != 1 {
 						return nil, d.ArgErr()
 					}
-					e.Options.SubjectPrefix = vals[0]
+					jwks.SubjectPrefix = vals[0]
 				case "restrict":
 					for _, p := range vals {
 						e.AccessRestrictions = append(e.AccessRestrictions, identity.AccessRestriction{Plugin: p})

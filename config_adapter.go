@@ -250,8 +250,11 @@ func (ad *adaptation) config() (*caddy.Config, error) {
 		})
 	}
 	server := &caddyhttp.Server{
-		Listen:    []string{listen},
-		Routes:    routes,
+		Listen: []string{listen},
+		Routes: routes,
+		// Refusals and upstream failures are handler errors; this renders
+		// them as Backstage does.
+		Errors:    &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{buildErrorRoute(&ad.warnings)}},
 		AutoHTTPS: &caddyhttp.AutoHTTPSConfig{Disabled: true},
 	}
 	if opts.accessLog {
@@ -921,7 +924,15 @@ func externalAccessEntry(n *appconfig.Node, i int) (identity.ExternalAccess, err
 		return e, appconfig.ErrorAt(n, "backend.auth.externalAccess[%d] must be an object", i)
 	}
 	typ, _ := n.Get("type").String()
-	e.Type = typ
+	switch typ {
+	case "static", "legacy", "jwks":
+	default:
+		where := n.Get("type")
+		if where == nil {
+			where = n
+		}
+		return e, appconfig.ErrorAt(where, "Unknown type '%s' in backend.auth.externalAccess, expected one of 'static', 'legacy', 'jwks'", typ)
+	}
 	opts := n.Get("options")
 	str := func(key string) string {
 		if v := opts.Get(key); v != nil {
@@ -948,10 +959,17 @@ func externalAccessEntry(n *appconfig.Node, i int) (identity.ExternalAccess, err
 		}
 		return identity.SplitList(raw)
 	}
-	e.Options = identity.ExternalAccessOptions{
-		Token: str("token"), Subject: str("subject"), Secret: str("secret"), URL: str("url"),
-		Issuer: list("issuer"), Audience: list("audience"), Algorithm: list("algorithm"),
-		SubjectPrefix: str("subjectPrefix"),
+	// Backstage's option names (singular for lists) become the JSON's.
+	switch typ {
+	case "static":
+		e.Static = &identity.StaticAccess{Token: str("token"), Subject: str("subject")}
+	case "legacy":
+		e.Legacy = &identity.LegacyAccess{Secret: str("secret"), Subject: str("subject")}
+	case "jwks":
+		e.JWKS = &identity.JWKSAccess{
+			URL: str("url"), Issuers: list("issuer"), Audiences: list("audience"), Algorithms: list("algorithm"),
+			SubjectPrefix: str("subjectPrefix"),
+		}
 	}
 	if ar := n.Get("accessRestrictions"); ar != nil && ar.Kind == appconfig.KindSeq {
 		e.AccessRestrictions = []identity.AccessRestriction{}
@@ -960,11 +978,11 @@ func externalAccessEntry(n *appconfig.Node, i int) (identity.ExternalAccess, err
 			restriction := identity.AccessRestriction{Plugin: plugin}
 			if p := r.Get("permission"); p != nil {
 				if s, ok := p.String(); ok {
-					restriction.Permission = strings.FieldsFunc(s, func(c rune) bool { return c == ' ' || c == ',' })
+					restriction.Permissions = strings.FieldsFunc(s, func(c rune) bool { return c == ' ' || c == ',' })
 				} else if p.Kind == appconfig.KindSeq {
 					for _, it := range p.Items {
 						if s, ok := it.String(); ok {
-							restriction.Permission = append(restriction.Permission, s)
+							restriction.Permissions = append(restriction.Permissions, s)
 						}
 					}
 				}

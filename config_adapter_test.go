@@ -447,7 +447,7 @@ proxy:
 	caddyfileConfig := `:9080 {
 	backstage_proxy /legacy https://legacy.internal:8443/app {
 		credentials dangerously-allow-unauthenticated
-		basic_auth service:{env.LEGACY_PASSWORD}
+		upstream_basic_auth service:{env.LEGACY_PASSWORD}
 		follow_redirects
 		ca_file ` + caFile + `
 		local_address 127.0.0.1
@@ -532,6 +532,57 @@ func TestBackendIsListener(t *testing.T) {
 		}
 		if got := backendIsListener(u, tc.listen); got != tc.want {
 			t.Errorf("backendIsListener(%s, %s) = %v, want %v", tc.backend, tc.listen, got, tc.want)
+		}
+	}
+}
+
+// The block form of the backstage_proxy directive emits what the adapter
+// emits for the same endpoints: the plugin key set route, the endpoints in
+// order, then the barrier.
+func TestCaddyfileBlockMatchesAdapter(t *testing.T) {
+	t.Setenv("CATALOG_TOKEN", "secret")
+	yamlConfig := `
+proxy:
+  endpoints:
+    /open:
+      target: http://localhost:9100/outer
+      credentials: dangerously-allow-unauthenticated
+      allowedMethods: [GET]
+    /catalog:
+      target: https://catalog.internal/v1
+      credentials: forward
+      headers: {Authorization: "Bearer ${CATALOG_TOKEN}"}
+      pathRewrite: {}
+`
+	caddyfileConfig := `:9080 {
+	backstage_proxy {
+		endpoint /open http://localhost:9100/outer {
+			credentials dangerously-allow-unauthenticated
+			allowed_methods GET
+		}
+		endpoint /catalog https://catalog.internal/v1 {
+			credentials forward
+			upstream_header Authorization "Bearer {env.CATALOG_TOKEN}"
+			path_rewrite off
+		}
+	}
+}
+`
+	yamlJSON, _, err := caddyconfig.GetAdapter("backstage").Adapt([]byte(yamlConfig), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfJSON, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(caddyfileConfig), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	y, c := serverRoutes(t, yamlJSON), serverRoutes(t, cfJSON)
+	if len(y) != 5 || len(c) != 4 {
+		t.Fatalf("%d adapter routes (want 5), %d Caddyfile routes (want 4)", len(y), len(c))
+	}
+	for i := range c {
+		if string(y[i]) != string(c[i]) {
+			t.Errorf("route %d differs:\nyaml:      %s\ncaddyfile: %s", i, y[i], c[i])
 		}
 	}
 }

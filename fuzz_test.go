@@ -164,12 +164,14 @@ func FuzzUpstreamRewrite(f *testing.F) {
 			StripPrefix:   strip,
 			TargetPath:    targetPath,
 			TargetQuery:   targetQuery,
-			CustomRewrite: flags&1 != 0,
 			IgnorePath:    flags&2 != 0,
 			NoPrependPath: flags&4 != 0,
 		}
-		if u.CustomRewrite && flags&8 != 0 {
-			u.PathRewrite = []PathRewriteRule{{Find: find, Replace: replace}}
+		if flags&1 != 0 {
+			u.PathRewrite = []PathRewriteRule{}
+			if flags&8 != 0 {
+				u.PathRewrite = []PathRewriteRule{{Find: find, Replace: replace}}
+			}
 		}
 		if err := u.provision(); err != nil {
 			return // Caddy refuses such a handler

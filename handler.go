@@ -3,10 +3,7 @@ package backstageproxy
 import (
 	"errors"
 	"net/http"
-	"strconv"
-	"strings"
 	"sync"
-	"unicode/utf8"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
@@ -40,7 +37,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			if repl != nil {
 				repl.Set(placeholderError, authErr.Message)
 			}
-			return h.writeError(w, r, authErr.Status, authErr.Name, authErr.Message)
+			return h.refuse(authErr.Status, authErr.Name, authErr.Message)
 		}
 		if repl != nil {
 			repl.Set(placeholderUserID, p.SubjectValue())
@@ -53,16 +50,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if repl != nil {
 			repl.Set(placeholderError, "path traversal")
 		}
-		hdr := w.Header()
-		hdr.Set("Content-Type", "text/plain; charset=utf-8")
-		hdr.Set("Content-Length", "11")
-		w.WriteHeader(http.StatusBadRequest)
-		_, err := w.Write([]byte("Bad Request"))
-		return err
+		return caddyhttp.Error(http.StatusBadRequest, &proxyError{message: "Bad Request", body: bodyBadRequest})
 	}
 
 	// The barrier just decides; the next handler answers.
-	if h.Barrier {
+	if h.barrier {
 		return next.ServeHTTP(w, r)
 	}
 
@@ -72,8 +64,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	// generated routes match that way (MatchRoutePath); this check holds
 	// for hand-written ones too (Caddy's `path` matcher cleans and decodes).
 	if h.Rewrite != nil && !urlpath.HasSegmentPrefixFold(escapedPath, h.Rewrite.StripPrefix) {
-		w.WriteHeader(http.StatusNotFound)
-		return nil
+		return caddyhttp.Error(http.StatusNotFound, &proxyError{message: "Not Found", body: bodyEmpty})
 	}
 
 	// 3. The upstream request, and the response filter.
@@ -83,7 +74,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	if rf.wroteHeader {
 		rf.filterTrailers()
 	} else if err != nil {
-		err = h.upstreamError(rf, r, err)
+		err = h.upstreamError(err)
 	}
 	rf.release(r.Method)
 	return err
@@ -181,10 +172,12 @@ func (h *Handler) relativePath(p string) (string, bool) {
 	return rel, true
 }
 
-// upstreamError turns a reverse_proxy failure into a Backstage-shaped JSON
-// error (divergence D8: 502 for connection failures, 504 for timeouts, and no
-// internal address in the body). The cause is logged, not sent.
-func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err error) error {
+// upstreamError turns a reverse_proxy failure into a Backstage-shaped error
+// (divergence D8: 502 for connection failures, 504 for timeouts, and no
+// internal address in the body or in `{http.error.message}`). The cause is
+// logged here, at error level: with error routes, Caddy logs handler errors
+// at debug level only, and its log line has only the message.
+func (h *Handler) upstreamError(err error) error {
 	var he caddyhttp.HandlerError
 	if !errors.As(err, &he) {
 		return err
@@ -202,78 +195,11 @@ func (h *Handler) upstreamError(w http.ResponseWriter, r *http.Request, err erro
 	}
 	h.logger.Error("proxying to upstream failed",
 		zap.String("route", h.Route), zap.Int("status", he.StatusCode), zap.Error(he.Err))
-	return h.writeError(w, r, he.StatusCode, name, msg)
+	return caddyhttp.Error(he.StatusCode, &proxyError{name: name, message: msg, mountPath: h.MountPath, cause: he.Err})
 }
 
-// writeError writes Backstage's JSON error body (backend-defaults'
-// rootHttpRouter/http/MiddlewareFactory.ts, the error handler):
-//
-//	{"error":{"name":…,"message":…},"request":{"method":…,"url":…},"response":{"statusCode":…}}
-//
-// where request.url is relative to the mount path.
-func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, status int, name, message string) error {
-	uri := r.RequestURI
-	if uri == "" || uri[0] != '/' {
-		uri = r.URL.RequestURI()
-	}
-	if urlpath.HasSegmentPrefixFold(uri, h.MountPath) || (len(uri) > len(h.MountPath) && uri[len(h.MountPath)] == '?' && strings.EqualFold(uri[:len(h.MountPath)], h.MountPath)) {
-		uri = uri[len(h.MountPath):]
-		if uri == "" || uri[0] == '?' {
-			// Express mounts ensure a leading slash: /api/proxy?x=1 is /?x=1
-			uri = "/" + uri
-		}
-	}
-	buf := make([]byte, 0, 160+len(uri))
-	buf = append(buf, `{"error":{"name":`...)
-	buf = appendJSONString(buf, name)
-	buf = append(buf, `,"message":`...)
-	buf = appendJSONString(buf, message)
-	buf = append(buf, `},"request":{"method":`...)
-	buf = appendJSONString(buf, r.Method)
-	buf = append(buf, `,"url":`...)
-	buf = appendJSONString(buf, uri)
-	buf = append(buf, `},"response":{"statusCode":`...)
-	buf = strconv.AppendInt(buf, int64(status), 10)
-	buf = append(buf, "}}"...)
-	hdr := w.Header()
-	hdr.Set("Content-Type", "application/json; charset=utf-8")
-	hdr.Set("Content-Length", strconv.Itoa(len(buf)))
-	w.WriteHeader(status)
-	if r.Method == http.MethodHead {
-		return nil
-	}
-	_, err := w.Write(buf)
-	return err
-}
-
-// appendJSONString appends s as a JSON string literal; invalid UTF-8 becomes
-// U+FFFD, as encoding/json does.
-func appendJSONString(buf []byte, s string) []byte {
-	const hex = "0123456789abcdef"
-	buf = append(buf, '"')
-	for i := 0; i < len(s); {
-		c := s[i]
-		if c < utf8.RuneSelf {
-			switch {
-			case c == '"' || c == '\\':
-				buf = append(buf, '\\', c)
-			case c < 0x20 || c == '<' || c == '>' || c == '&':
-				buf = append(buf, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			default:
-				buf = append(buf, c)
-			}
-			i++
-			continue
-		}
-		r, size := utf8.DecodeRuneInString(s[i:])
-		if r == utf8.RuneError && size == 1 {
-			buf = append(buf, `\ufffd`...)
-		} else if r == '\u2028' || r == '\u2029' {
-			buf = append(buf, '\\', 'u', '2', '0', '2', hex[r&0xf])
-		} else {
-			buf = append(buf, s[i:i+size]...)
-		}
-		i += size
-	}
-	return append(buf, '"')
+// refuse returns the error for a refusal: Caddy's error handling answers it
+// (ErrorHandler renders Backstage's body).
+func (h *Handler) refuse(status int, name, message string) error {
+	return caddyhttp.Error(status, &proxyError{name: name, message: message, mountPath: h.MountPath})
 }

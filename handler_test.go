@@ -160,9 +160,9 @@ func TestAppendJSONString(t *testing.T) {
 }
 
 func TestNeedsCredentials(t *testing.T) {
-	barrier := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/open", "/trail/", "noslash", "/Mixed", "/a/b"}}, nil, false)
-	root := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/"}}, nil, false)
-	mount := htHandler(t, Handler{Barrier: true, MountPath: "/proxy", UnauthenticatedPaths: []string{"/open"}}, nil, false)
+	barrier := htHandler(t, Handler{barrier: true, unauthenticatedPaths: []string{"/open", "/trail/", "noslash", "/Mixed", "/a/b"}}, nil, false)
+	root := htHandler(t, Handler{barrier: true, unauthenticatedPaths: []string{"/"}}, nil, false)
+	mount := htHandler(t, Handler{barrier: true, MountPath: "/proxy", unauthenticatedPaths: []string{"/open"}}, nil, false)
 	openRoute := htHandler(t, Handler{Credentials: CredentialsDangerouslyAllowUnauthenticated}, nil, false)
 	requireRoute := htHandler(t, Handler{}, nil, false)
 	disabled := htHandler(t, Handler{Credentials: CredentialsForward}, nil, true)
@@ -204,7 +204,7 @@ func TestNeedsCredentials(t *testing.T) {
 	}
 	for _, c := range cases {
 		if got := c.h.needsCredentials(c.path); got != c.want {
-			t.Errorf("needsCredentials(%q) with %v = %v, want %v", c.path, c.h.UnauthenticatedPaths, got, c.want)
+			t.Errorf("needsCredentials(%q) with %v = %v, want %v", c.path, c.h.unauthenticatedPaths, got, c.want)
 		}
 	}
 }
@@ -255,7 +255,7 @@ func TestServeHTTP(t *testing.T) {
 		next := &htNext{}
 		r := htRequest("GET", "/api/proxy/r/a%2Fb?q=1", "Authorization", "Bearer x", "Accept", "a", "Cookie", "c=d")
 		w := httptest.NewRecorder()
-		if err := h.ServeHTTP(w, r, next); err != nil {
+		if err := serveWithErrors(h, w, r, next); err != nil {
 			t.Fatal(err)
 		}
 		if next.called != 1 {
@@ -291,7 +291,7 @@ func TestServeHTTP(t *testing.T) {
 			})
 			func() {
 				defer func() { _ = recover() }()
-				_ = h.ServeHTTP(httptest.NewRecorder(), r, next)
+				_ = serveWithErrors(h, httptest.NewRecorder(), r, next)
 			}()
 			if want := fmt.Sprintf("%p /base/a?q=1 map[Accept:[a]] map[]", r); during != want {
 				t.Errorf("panics=%v: next saw %q, want %q", panics, during, want)
@@ -323,7 +323,7 @@ func TestServeHTTP(t *testing.T) {
 				r.Header.Set("Authorization", c.auth)
 			}
 			w := httptest.NewRecorder()
-			if err := h.ServeHTTP(w, r, next); err != nil {
+			if err := serveWithErrors(h, w, r, next); err != nil {
 				t.Fatal(err)
 			}
 			if w.Code != c.status || w.Body.String() != c.body {
@@ -353,7 +353,7 @@ func TestServeHTTP(t *testing.T) {
 		h := htHandler(t, route(CredentialsForward), nil, false)
 		next := &htNext{}
 		r := htRequest("GET", "/api/proxy/r/p", "Authorization", "Bearer  good")
-		if err := h.ServeHTTP(httptest.NewRecorder(), r, next); err != nil {
+		if err := serveWithErrors(h, httptest.NewRecorder(), r, next); err != nil {
 			t.Fatal(err)
 		}
 		if next.called != 1 || next.req.Header.Get("Authorization") != "Bearer  good" {
@@ -373,7 +373,7 @@ func TestServeHTTP(t *testing.T) {
 				r.Header.Set("Authorization", c.auth)
 			}
 			w := httptest.NewRecorder()
-			_ = h.ServeHTTP(w, r, next)
+			_ = serveWithErrors(h, w, r, next)
 			if w.Code != c.status || next.called != 0 {
 				t.Errorf("%q: %d, next called %d", c.auth, w.Code, next.called)
 			}
@@ -384,16 +384,16 @@ func TestServeHTTP(t *testing.T) {
 	})
 
 	t.Run("barrier passes the request unchanged", func(t *testing.T) {
-		h := htHandler(t, Handler{Barrier: true, UnauthenticatedPaths: []string{"/open"}}, nil, false)
+		h := htHandler(t, Handler{barrier: true, unauthenticatedPaths: []string{"/open"}}, nil, false)
 		next := &htNext{}
 		r := htRequest("GET", "/api/proxy/open/x?y", "Cookie", "c", "Authorization", "Bearer bad")
-		_ = h.ServeHTTP(httptest.NewRecorder(), r, next)
+		_ = serveWithErrors(h, httptest.NewRecorder(), r, next)
 		if next.called != 1 || next.ptr != r || next.req.Header.Get("Cookie") != "c" || next.req.RequestURI != "/api/proxy/open/x?y" {
 			t.Errorf("barrier: called %d, same request %v, saw %v %q", next.called, next.ptr == r, next.req.Header, next.req.RequestURI)
 		}
 		w := httptest.NewRecorder()
 		next = &htNext{}
-		_ = h.ServeHTTP(w, htRequest("GET", "/api/proxy/other/x"), next)
+		_ = serveWithErrors(h, w, htRequest("GET", "/api/proxy/other/x"), next)
 		if w.Code != 401 || next.called != 0 {
 			t.Errorf("barrier, anonymous, unknown path: %d, next called %d", w.Code, next.called)
 		}
@@ -404,7 +404,7 @@ func TestServeHTTP(t *testing.T) {
 		for _, target := range []string{"/api/proxy//r/a", "/api/proxy/./r/a", "/api/proxy/%72/a", "/api/proxy/r%2Fa"} {
 			next := &htNext{}
 			w := httptest.NewRecorder()
-			if err := h.ServeHTTP(w, htRequest("GET", target), next); err != nil {
+			if err := serveWithErrors(h, w, htRequest("GET", target), next); err != nil {
 				t.Fatal(err)
 			}
 			if w.Code != 404 || w.Body.Len() != 0 || w.Header().Get("Content-Type") != "" || next.called != 0 {
@@ -433,7 +433,7 @@ func TestServeHTTP(t *testing.T) {
 		} {
 			next := &htNext{err: c.err, status: c.written}
 			w := httptest.NewRecorder()
-			err := h.ServeHTTP(w, htRequest("GET", "/api/proxy/r/p?x=1"), next)
+			err := serveWithErrors(h, w, htRequest("GET", "/api/proxy/r/p?x=1"), next)
 			if (err != nil) != c.returnErr {
 				t.Errorf("%v (written %d): returned %v", c.err, c.written, err)
 			}
@@ -464,7 +464,7 @@ func TestServeHTTP(t *testing.T) {
 				w.Header().Set("Set-Cookie", "a=b")
 				return err
 			})
-			_ = h.ServeHTTP(w, htRequest("GET", "/api/proxy/r/p"), next)
+			_ = serveWithErrors(h, w, htRequest("GET", "/api/proxy/r/p"), next)
 			if got := w.Header(); got.Get("X-Upstream") != "" || got.Get("Set-Cookie") != "" || got.Get("X-Own") != "server" {
 				t.Errorf("%v: headers %v", err, got)
 			}

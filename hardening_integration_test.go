@@ -169,7 +169,7 @@ func TestIntegrationPluginLockout(t *testing.T) {
 
 // extApp is the backstage app with one jwks external-access entry at url.
 func extApp(url string) map[string]any {
-	return map[string]any{"external_access": []any{map[string]any{"type": "jwks", "options": map[string]any{"url": url}}}}
+	return map[string]any{"external_access": []any{map[string]any{"jwks": map[string]any{"url": url}}}}
 }
 
 func extToken(t *testing.T, k *testkit.Key) string {

@@ -24,11 +24,11 @@ const appJSON = `{
 		"algorithms": ["ES256"]
 	},
 	"external_access": [
-		{"type": "static", "options": {"token": "{env.STATIC_TOKEN}", "subject": "ci"},
-		 "access_restrictions": [{"plugin": "proxy"}, {"plugin": "catalog", "permission": ["catalog.entity.read"], "permission_attribute": {"action": ["read"]}}]},
-		{"type": "legacy", "options": {"secret": "c2VjcmV0LXNlY3JldA==", "subject": "legacy-caller"}},
-		{"type": "jwks", "options": {"url": "https://idp.example.com/jwks.json", "issuer": ["https://idp.example.com"],
-		 "audience": ["backstage"], "algorithm": ["RS256", "ES256"], "subject_prefix": "idp"}}
+		{"static": {"token": "{env.STATIC_TOKEN}", "subject": "ci"},
+		 "access_restrictions": [{"plugin": "proxy"}, {"plugin": "catalog", "permissions": ["catalog.entity.read"], "permission_attributes": {"action": ["read"]}}]},
+		{"legacy": {"secret": "c2VjcmV0LXNlY3JldA==", "subject": "legacy-caller"}},
+		{"jwks": {"url": "https://idp.example.com/jwks.json", "issuers": ["https://idp.example.com"],
+		 "audiences": ["backstage"], "algorithms": ["RS256", "ES256"], "subject_prefix": "idp"}}
 	],
 	"keys": [{"secret": "a2V5LXNlY3JldA==", "access_restrictions": [{"plugin": "proxy"}]}],
 	"dangerously_disable_default_auth_policy": true
@@ -49,14 +49,14 @@ func TestAppJSONShape(t *testing.T) {
 			Plugins: []string{"catalog", "scaffolder"}, Algorithms: []string{"ES256"},
 		},
 		ExternalAccess: []identity.ExternalAccess{
-			{Type: "static", Options: identity.ExternalAccessOptions{Token: "{env.STATIC_TOKEN}", Subject: "ci"}, AccessRestrictions: []identity.AccessRestriction{
+			{Static: &identity.StaticAccess{Token: "{env.STATIC_TOKEN}", Subject: "ci"}, AccessRestrictions: []identity.AccessRestriction{
 				{Plugin: "proxy"},
-				{Plugin: "catalog", Permission: []string{"catalog.entity.read"}, PermissionAttribute: map[string][]string{"action": {"read"}}},
+				{Plugin: "catalog", Permissions: []string{"catalog.entity.read"}, PermissionAttributes: map[string][]string{"action": {"read"}}},
 			}},
-			{Type: "legacy", Options: identity.ExternalAccessOptions{Secret: "c2VjcmV0LXNlY3JldA==", Subject: "legacy-caller"}},
-			{Type: "jwks", Options: identity.ExternalAccessOptions{
-				URL: "https://idp.example.com/jwks.json", Issuer: []string{"https://idp.example.com"}, Audience: []string{"backstage"},
-				Algorithm: []string{"RS256", "ES256"}, SubjectPrefix: "idp",
+			{Legacy: &identity.LegacyAccess{Secret: "c2VjcmV0LXNlY3JldA==", Subject: "legacy-caller"}},
+			{JWKS: &identity.JWKSAccess{
+				URL: "https://idp.example.com/jwks.json", Issuers: []string{"https://idp.example.com"}, Audiences: []string{"backstage"},
+				Algorithms: []string{"RS256", "ES256"}, SubjectPrefix: "idp",
 			}},
 		},
 		Keys:                                []identity.LegacyKey{{Secret: "a2V5LXNlY3JldA==", AccessRestrictions: []identity.AccessRestriction{{Plugin: "proxy"}}}},
@@ -100,7 +100,7 @@ func TestAppProvisionAndCleanup(t *testing.T) {
 	newApp := func() *App {
 		return &App{
 			UserTokens:     &identity.UserTokens{JWKSURL: srv.KeySetURL()},
-			ExternalAccess: []identity.ExternalAccess{{Type: "static", Options: identity.ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_TOKEN}", Subject: "env"}}},
+			ExternalAccess: []identity.ExternalAccess{{Static: &identity.StaticAccess{Token: "{env.BACKSTAGE_TEST_TOKEN}", Subject: "env"}}},
 		}
 	}
 	a := newApp()
@@ -141,7 +141,7 @@ func TestAppProvisionAndCleanup(t *testing.T) {
 }
 
 func TestAppProvisionError(t *testing.T) {
-	a := &App{ExternalAccess: []identity.ExternalAccess{{Type: "static", Options: identity.ExternalAccessOptions{Token: "short", Subject: "s"}}}}
+	a := &App{ExternalAccess: []identity.ExternalAccess{{Static: &identity.StaticAccess{Token: "short", Subject: "s"}}}}
 	err := a.Provision(testContext(t))
 	if err == nil || !strings.HasPrefix(err.Error(), "backstage identity: external_access[0] (type 'static'): ") {
 		t.Fatalf("error %v", err)
@@ -166,8 +166,8 @@ func TestAppWithoutCredentials(t *testing.T) {
 func TestAppResolvesPlaceholders(t *testing.T) {
 	t.Setenv("BACKSTAGE_TEST_STATIC_TOKEN", "from-the-environment")
 	a := &App{ExternalAccess: []identity.ExternalAccess{
-		{Type: "static", Options: identity.ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_STATIC_TOKEN}", Subject: "env-subject"}},
-		{Type: "static", Options: identity.ExternalAccessOptions{Token: "literal{braces}token", Subject: "braces"}},
+		{Static: &identity.StaticAccess{Token: "{env.BACKSTAGE_TEST_STATIC_TOKEN}", Subject: "env-subject"}},
+		{Static: &identity.StaticAccess{Token: "literal{braces}token", Subject: "braces"}},
 	}}
 	if err := a.Provision(testContext(t)); err != nil {
 		t.Fatal(err)
@@ -180,7 +180,7 @@ func TestAppResolvesPlaceholders(t *testing.T) {
 	expectErr(t, a.authn, "{env.BACKSTAGE_TEST_STATIC_TOKEN}", 401, "Illegal token")
 
 	// An unset variable resolves to nothing: the token is refused as empty.
-	unset := &App{ExternalAccess: []identity.ExternalAccess{{Type: "static", Options: identity.ExternalAccessOptions{Token: "{env.BACKSTAGE_TEST_SURELY_UNSET}", Subject: "s"}}}}
+	unset := &App{ExternalAccess: []identity.ExternalAccess{{Static: &identity.StaticAccess{Token: "{env.BACKSTAGE_TEST_SURELY_UNSET}", Subject: "s"}}}}
 	err := unset.Provision(testContext(t))
 	if err == nil || !strings.Contains(err.Error(), "Illegal token, must be a set of non-space characters") {
 		t.Fatalf("unset variable: error %v", err)

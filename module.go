@@ -7,6 +7,7 @@ package backstageproxy
 
 import (
 	"fmt"
+	"net/http"
 	"regexp"
 	"strings"
 
@@ -17,6 +18,7 @@ import (
 
 func init() {
 	caddy.RegisterModule(Handler{})
+	caddy.RegisterModule(Barrier{})
 }
 
 // Credentials policies, as Backstage spells them.
@@ -32,15 +34,21 @@ const DefaultMountPath = "/api/proxy"
 // Handler is the policy half of one Backstage proxy endpoint. Placed before
 // Caddy's `reverse_proxy`, it:
 //
-//   - checks the caller's Backstage credentials (401/403 with Backstage's JSON
-//     error body) according to the credentials policy;
+//   - checks the caller's Backstage credentials (401/403) according to the
+//     credentials policy;
 //   - refuses path traversal (400 `Bad Request`);
 //   - passes on only the allowed request headers;
 //   - rewrites the upstream path exactly as Backstage does (default: strip the
 //     mount path and route, prepend the target's path);
 //   - passes back only the allowed response headers;
-//   - turns upstream failures into Backstage-shaped JSON errors (502/503/504)
-//     that never name an internal address.
+//   - turns upstream failures into Backstage's errors (502/503/504) that
+//     never name an internal address.
+//
+// Refusals and upstream failures are returned as handler errors
+// (`caddyhttp.Error`) with the status and Backstage's message, so Caddy's
+// error handling sees them (`handle_errors`, `{http.error.*}`, metrics);
+// `backstage_error` (ErrorHandler), in the server's error routes, renders
+// Backstage's bodies. Without it, Caddy answers with the status alone.
 //
 // It never reads the request body. Like Caddy's `rewrite`, it changes the
 // request in place for the handlers after it, so their placeholders read the
@@ -49,10 +57,8 @@ const DefaultMountPath = "/api/proxy"
 // `rewrite`, it puts the request back when they return, so the access log and
 // error routes show what the client sent.
 //
-// With `barrier` set, it is the credentials
-// barrier that Backstage puts in front of all of `/api/proxy`: placed before a
-// 404 response, unknown paths answer 401 to anonymous callers and 404 to
-// authenticated ones.
+// The credentials barrier in front of all of `/api/proxy` is a module of
+// its own, `backstage_barrier` (Barrier).
 //
 // This handler sets these placeholders (the first three after a credential was
 // verified, the route on every request, the error when the handler itself
@@ -103,17 +109,13 @@ type Handler struct {
 	// is passed on unchanged.
 	Rewrite *UpstreamRewrite `json:"rewrite,omitempty"`
 
-	// UnauthenticatedPaths, relative to MountPath, are path prefixes (on a
-	// segment boundary, case-insensitive) for which no credentials are checked.
-	// Used by the barrier in front of all routes: they are the routes whose policy
-	// is `dangerously-allow-unauthenticated`.
-	UnauthenticatedPaths []string `json:"unauthenticated_paths,omitempty"`
-
-	// Barrier makes the handler only check credentials (honouring
-	// UnauthenticatedPaths) and the path, then call the next handler with the
-	// request unchanged. The config adapter puts a barrier in front of a 404 after
-	// all routes, as Backstage does for unknown paths under its mount path.
-	Barrier bool `json:"barrier,omitempty"`
+	// barrier makes the handler only check credentials (honouring
+	// unauthenticatedPaths) and the path, then call the next handler with the
+	// request unchanged: the Barrier module.
+	barrier bool
+	// unauthenticatedPaths, relative to MountPath, are path prefixes for
+	// which the barrier checks no credentials.
+	unauthenticatedPaths []string
 
 	identity *App
 	// routePlaceholders provides {http.backstage_proxy.route}.
@@ -160,7 +162,7 @@ func (h *Handler) setup(identity *App, logger *zap.Logger) error {
 	h.MountPath = strings.TrimRight(h.MountPath, "/")
 	h.setAllowlists()
 	h.openPaths = h.openPaths[:0]
-	for _, p := range h.UnauthenticatedPaths {
+	for _, p := range h.unauthenticatedPaths {
 		h.openPaths = append(h.openPaths, strings.ToLower(normalizeRouteKey(p)))
 	}
 	if h.Rewrite != nil {
@@ -194,6 +196,50 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
+// Barrier is the credentials barrier that Backstage puts in front of its
+// whole proxy mount path. Placed before a 404 response after all endpoints
+// (the config adapter and the Caddyfile's `backstage_proxy` block put it
+// there), it makes unknown paths under the mount path answer 401 with
+// Backstage's JSON error to anonymous callers, and 404 to authenticated ones.
+// It checks the credentials (except under UnauthenticatedPaths) and refuses
+// path traversal, then calls the next handler with the request unchanged.
+// It sets the same placeholders as `backstage_proxy`, and its refusals are
+// handler errors, rendered by `backstage_error`.
+type Barrier struct {
+	// MountPath is where the proxy is mounted. Default: `/api/proxy`.
+	MountPath string `json:"mount_path,omitempty"`
+
+	// UnauthenticatedPaths, relative to MountPath, are the route keys of the
+	// endpoints whose policy is `dangerously-allow-unauthenticated`: path
+	// prefixes (on a segment boundary, case-insensitive, as received) for
+	// which no credentials are checked.
+	UnauthenticatedPaths []string `json:"unauthenticated_paths,omitempty"`
+
+	policy Handler
+}
+
+// CaddyModule returns the Caddy module information.
+func (Barrier) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.backstage_barrier",
+		New: func() caddy.Module { return new(Barrier) },
+	}
+}
+
+// Provision sets up the barrier's credentials check.
+func (b *Barrier) Provision(ctx caddy.Context) error {
+	b.policy = Handler{MountPath: b.MountPath, barrier: true, unauthenticatedPaths: b.UnauthenticatedPaths}
+	return b.policy.Provision(ctx)
+}
+
+// Validate checks the configuration.
+func (b *Barrier) Validate() error { return b.policy.Validate() }
+
+// ServeHTTP implements caddyhttp.MiddlewareHandler.
+func (b *Barrier) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	return b.policy.ServeHTTP(w, r, next)
+}
+
 // normalizeRouteKey gives a route key a leading slash and no trailing slash
 // (divergence D6: Backstage silently ignores keys without a leading slash and
 // demands credentials on most paths under a trailing-slash key).
@@ -212,4 +258,7 @@ var (
 	_ caddy.Provisioner           = (*Handler)(nil)
 	_ caddy.Validator             = (*Handler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddy.Provisioner           = (*Barrier)(nil)
+	_ caddy.Validator             = (*Barrier)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Barrier)(nil)
 )

@@ -1,6 +1,8 @@
 package backstageproxy
 
 import (
+	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/url"
 	"regexp"
@@ -35,13 +37,11 @@ type UpstreamRewrite struct {
 	// case-insensitively on a segment boundary.
 	StripPrefix string `json:"strip_prefix,omitempty"`
 
-	// PathRewrite are Backstage `pathRewrite` rules, in order. When non-null it
-	// replaces the default rewrite; an empty list means no rewriting at all, so
-	// the full original path is appended to the target path.
-	PathRewrite []PathRewriteRule `json:"path_rewrite,omitempty"`
-
-	// CustomRewrite is true when PathRewrite was given (even empty).
-	CustomRewrite bool `json:"custom_rewrite,omitempty"`
+	// PathRewrite are Backstage `pathRewrite` rules, in order (JSON
+	// `path_rewrites`). When non-nil it replaces the default rewrite; an
+	// empty list (`"path_rewrites": []`) means no rewriting at all, so the
+	// full original path is appended to the target path.
+	PathRewrite []PathRewriteRule `json:"-"`
 
 	// TargetPath is the escaped path of the target URL, prepended to the
 	// rewritten path (`/` for a bare origin).
@@ -57,10 +57,49 @@ type UpstreamRewrite struct {
 	// NoPrependPath drops the target path (http-proxy `prependPath: false`).
 	NoPrependPath bool `json:"no_prepend_path,omitempty"`
 
+	// custom is true when PathRewrite was given (even empty).
+	custom   bool
 	stripLen int
 	// targetPrefix is the start of every upstream path: `/` and the target
 	// path (unless NoPrependPath), slashes collapsed, built once.
 	targetPrefix string
+}
+
+// rewriteFields is UpstreamRewrite without its methods, for its JSON form.
+type rewriteFields UpstreamRewrite
+
+// MarshalJSON writes PathRewrite as `path_rewrites`, present (possibly
+// empty) exactly when PathRewrite is non-nil.
+func (u UpstreamRewrite) MarshalJSON() ([]byte, error) {
+	var rules *[]PathRewriteRule
+	if u.PathRewrite != nil {
+		rules = &u.PathRewrite
+	}
+	return json.Marshal(struct {
+		rewriteFields
+		PathRewrites *[]PathRewriteRule `json:"path_rewrites,omitempty"`
+	}{rewriteFields(u), rules})
+}
+
+// UnmarshalJSON reads the form MarshalJSON writes, refusing unknown fields
+// as Caddy does.
+func (u *UpstreamRewrite) UnmarshalJSON(b []byte) error {
+	v := struct {
+		*rewriteFields
+		PathRewrites *[]PathRewriteRule `json:"path_rewrites,omitempty"`
+	}{rewriteFields: (*rewriteFields)(u)}
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil {
+		return err
+	}
+	if v.PathRewrites != nil {
+		u.PathRewrite = *v.PathRewrites
+		if u.PathRewrite == nil {
+			u.PathRewrite = []PathRewriteRule{}
+		}
+	}
+	return nil
 }
 
 // PathRewriteRule is one `pathRewrite` entry: a regular expression (RE2
@@ -81,9 +120,7 @@ func (u *UpstreamRewrite) provision() error {
 		}
 		u.PathRewrite[i].re = re
 	}
-	if len(u.PathRewrite) > 0 {
-		u.CustomRewrite = true
-	}
+	u.custom = u.PathRewrite != nil
 	u.StripPrefix = strings.TrimRight(u.StripPrefix, "/")
 	u.stripLen = len(u.StripPrefix)
 	if u.TargetPath == "" {
@@ -113,7 +150,7 @@ func (u *UpstreamRewrite) applyURI(escapedPath, rawQuery string, hasQuery bool) 
 	switch {
 	case u.IgnorePath:
 		// nothing of the request
-	case u.CustomRewrite:
+	case u.custom:
 		full := escapedPath
 		if hasQuery {
 			full += "?" + rawQuery

@@ -1,6 +1,7 @@
 package backstageproxy
 
 import (
+	"encoding/json"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -50,7 +51,9 @@ func TestUpstreamRewriteApply(t *testing.T) {
 	customBase := func(rules ...string) UpstreamRewrite {
 		u := rwRoute("/rewrite", "/base", "")
 		u.PathRewrite = rwRules(rules...)
-		u.CustomRewrite = true
+		if u.PathRewrite == nil {
+			u.PathRewrite = []PathRewriteRule{}
+		}
 		return u
 	}
 	ordered := customBase(`^/api/proxy/rewrite/old`, "/new", `^/api/proxy/rewrite`, "/other")
@@ -132,7 +135,9 @@ func TestUpstreamRewriteCustomRules(t *testing.T) {
 	rw := func(targetPath string, rules ...string) UpstreamRewrite {
 		u := rwRoute("/r", targetPath, "")
 		u.PathRewrite = rwRules(rules...)
-		u.CustomRewrite = true
+		if u.PathRewrite == nil {
+			u.PathRewrite = []PathRewriteRule{}
+		}
 		return u
 	}
 	cases := []struct {
@@ -183,12 +188,11 @@ func TestUpstreamRewriteCustomRules(t *testing.T) {
 	}
 }
 
-// An explicit `pathRewrite: {}` disables rewriting; with CustomRewrite unset
-// the default rewrite applies.
+// An explicit `pathRewrite: {}` disables rewriting; with no rules (nil) the
+// default rewrite applies.
 func TestUpstreamRewriteEmptyRules(t *testing.T) {
 	u := rwRoute("/r", "/base", "")
 	u.PathRewrite = []PathRewriteRule{}
-	u.CustomRewrite = true
 	if got := rwApply(t, u, "/api/proxy/r/x"); got != "/base/api/proxy/r/x" {
 		t.Errorf("{}: got %q", got)
 	}
@@ -196,11 +200,11 @@ func TestUpstreamRewriteEmptyRules(t *testing.T) {
 	if got := rwApply(t, d, "/api/proxy/r/x"); got != "/base/x" {
 		t.Errorf("default: got %q", got)
 	}
-	// rules given without the flag still count as custom (JSON written by hand)
+	// rules are custom
 	c := rwRoute("/r", "/base", "")
 	c.PathRewrite = rwRules(`^/api/proxy/r`, "/c")
 	if got := rwApply(t, c, "/api/proxy/r/x"); got != "/base/c/x" {
-		t.Errorf("rules without custom_rewrite: got %q", got)
+		t.Errorf("rules: got %q", got)
 	}
 }
 
@@ -248,5 +252,34 @@ func TestJoinCollapseQuery(t *testing.T) {
 		if want := strings.IndexByte(c.want+"?", '?'); end != want {
 			t.Errorf("path end of %q = %d, want %d", got, end, want)
 		}
+	}
+}
+
+// path_rewrites present (even empty) means custom rules, absent means the
+// default rewrite; there is no separate flag in the JSON.
+func TestUpstreamRewriteJSON(t *testing.T) {
+	for in, want := range map[string]string{
+		`{"strip_prefix":"/api/proxy/r"}`: `{"strip_prefix":"/api/proxy/r"}`,
+		`{"path_rewrites":[]}`:            `{"path_rewrites":[]}`,
+		`{"path_rewrites":null}`:          `{}`,
+		`{"path_rewrites":[{"find":"^/a","replace":"/b"}],"target_path":"/t"}`: `{"target_path":"/t","path_rewrites":[{"find":"^/a","replace":"/b"}]}`,
+	} {
+		var u UpstreamRewrite
+		if err := json.Unmarshal([]byte(in), &u); err != nil {
+			t.Fatalf("%s: %v", in, err)
+		}
+		if out, _ := json.Marshal(u); string(out) != want {
+			t.Errorf("%s: marshals as %s, want %s", in, out, want)
+		}
+		if err := u.provision(); err != nil {
+			t.Fatal(err)
+		}
+		if u.custom != strings.Contains(in, "[") {
+			t.Errorf("%s: custom = %v", in, u.custom)
+		}
+	}
+	var u UpstreamRewrite
+	if err := json.Unmarshal([]byte(`{"custom_rewrite":true}`), &u); err == nil {
+		t.Error("custom_rewrite accepted")
 	}
 }

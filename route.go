@@ -80,6 +80,10 @@ type endpointSpec struct {
 	BasicAuth string
 	// LocalAddress is HPM `localAddress`: the local address to dial from.
 	LocalAddress string
+
+	// configureProxy, if set, adjusts each reverse_proxy handler after it is
+	// built (the Caddyfile's reverse_proxy and transport subdirectives).
+	configureProxy func(*reverseproxy.Handler) error
 }
 
 // routerEntry is one HPM `router` entry. Host is matched exactly against the
@@ -120,6 +124,18 @@ type cookieRewrite struct {
 
 type headerValue struct {
 	Name, Value string
+}
+
+// pathRewriteRules are the custom rules (non-nil, possibly empty) or nil
+// for the default rewrite.
+func (s endpointSpec) pathRewriteRules() []PathRewriteRule {
+	if s.CustomRewrite && s.PathRewrite == nil {
+		return []PathRewriteRule{}
+	}
+	if !s.CustomRewrite {
+		return nil
+	}
+	return s.PathRewrite
 }
 
 func (s endpointSpec) routeKey() string { return normalizeRouteKey(s.Route) }
@@ -303,8 +319,7 @@ func buildEndpointHandlers(s endpointSpec, target *url.URL, warnings *[]caddycon
 		AllowUpgrade:   s.WebSocket,
 		Rewrite: &UpstreamRewrite{
 			StripPrefix:   prefix,
-			PathRewrite:   s.PathRewrite,
-			CustomRewrite: s.CustomRewrite,
+			PathRewrite:   s.pathRewriteRules(),
 			TargetPath:    target.EscapedPath(),
 			TargetQuery:   target.RawQuery,
 			IgnorePath:    s.IgnorePath,
@@ -324,6 +339,11 @@ func buildEndpointHandlers(s endpointSpec, target *url.URL, warnings *[]caddycon
 	proxy, err := buildReverseProxy(s, target, warnings)
 	if err != nil {
 		return nil, err
+	}
+	if s.configureProxy != nil {
+		if err := s.configureProxy(proxy); err != nil {
+			return nil, err
+		}
 	}
 	handlers := []json.RawMessage{caddyconfig.JSONModuleObject(policy, "handler", "backstage_proxy", warnings)}
 	if ops := cookieRewriteOps(s.CookieDomainRewrite, s.CookiePathRewrite); ops != nil {
@@ -576,7 +596,7 @@ func regexpReplacementLiteral(s string) string {
 // unauthenticated routes) in front of an empty 404, as Backstage answers
 // unknown paths.
 func buildBarrierRoutes(mount string, openRoutes []string, warnings *[]caddyconfig.Warning) []caddyhttp.Route {
-	barrier := Handler{Barrier: true, UnauthenticatedPaths: openRoutes}
+	barrier := Barrier{UnauthenticatedPaths: openRoutes}
 	if mount != DefaultMountPath {
 		barrier.MountPath = mount
 	}
@@ -585,7 +605,7 @@ func buildBarrierRoutes(mount string, openRoutes []string, warnings *[]caddyconf
 			"backstage_route": caddyconfig.JSON(MatchRoutePath{Paths: []string{mount}}, warnings),
 		}},
 		HandlersRaw: []json.RawMessage{
-			caddyconfig.JSONModuleObject(barrier, "handler", "backstage_proxy", warnings),
+			caddyconfig.JSONModuleObject(barrier, "handler", "backstage_barrier", warnings),
 			caddyconfig.JSONModuleObject(caddyhttp.StaticResponse{StatusCode: caddyhttp.WeakString("404")}, "handler", "static_response", warnings),
 		},
 		Terminal: true,
@@ -610,5 +630,14 @@ func buildPluginJWKSRoute(mount string, warnings *[]caddyconfig.Warning) caddyht
 			}, "handler", "static_response", warnings),
 		},
 		Terminal: true,
+	}
+}
+
+// buildErrorRoute is the server error route that answers the errors of
+// backstage_proxy as Backstage does (ErrorHandler); other errors pass
+// through it untouched.
+func buildErrorRoute(warnings *[]caddyconfig.Warning) caddyhttp.Route {
+	return caddyhttp.Route{
+		HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(ErrorHandler{}, "handler", "backstage_error", warnings)},
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"net"
 	"net/http"
@@ -27,6 +28,7 @@ import (
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddytest"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 // caddytest runs one Caddy per test binary; every integration test shares
@@ -336,4 +338,30 @@ func TestWithTestPorts(t *testing.T) {
 			}
 		}
 	}
+}
+
+// writeError writes the answer to a refusal as the error route does.
+func (h *Handler) writeError(w http.ResponseWriter, r *http.Request, status int, name, message string) error {
+	return (&proxyError{name: name, message: message, mountPath: h.MountPath}).write(w, r, status)
+}
+
+// serveWithErrors runs h as a Caddy server with the generated error route
+// does: an error h returns goes to ErrorHandler, then Caddy's last resort
+// (the status alone).
+func serveWithErrors(h caddyhttp.MiddlewareHandler, w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+	err := h.ServeHTTP(w, r, next)
+	var pe *proxyError
+	if !errors.As(err, &pe) {
+		return err // not ours: as before
+	}
+	r = r.WithContext(context.WithValue(r.Context(), caddyhttp.ErrorCtxKey, err))
+	return ErrorHandler{}.ServeHTTP(w, r, caddyhttp.HandlerFunc(func(w http.ResponseWriter, r *http.Request) error {
+		var he caddyhttp.HandlerError
+		if errors.As(err, &he) {
+			w.WriteHeader(he.StatusCode)
+		} else {
+			w.WriteHeader(http.StatusInternalServerError)
+		}
+		return nil
+	}))
 }

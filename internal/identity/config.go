@@ -55,41 +55,78 @@ type PluginTokens struct {
 	Algorithms []string `json:"algorithms,omitempty"`
 }
 
-// ExternalAccess is one `backend.auth.externalAccess` entry.
+// ExternalAccess is one `backend.auth.externalAccess` entry. Exactly one of
+// Static, Legacy and JWKS is set: the entry's kind (Backstage's `type`), with
+// the options of that kind. String options accept Caddy placeholders such as
+// `{env.STATIC_TOKEN}`, resolved once at provision time, so secrets need not
+// appear in the JSON.
 type ExternalAccess struct {
-	// Type is `static`, `legacy` or `jwks`.
-	Type string `json:"type"`
+	// Static accepts one static token (Backstage `type: static`).
+	Static *StaticAccess `json:"static,omitempty"`
 
-	// Options are the entry's options; which apply depends on Type.
-	Options ExternalAccessOptions `json:"options"`
+	// Legacy accepts HS256 tokens signed with a shared secret (Backstage
+	// `type: legacy`).
+	Legacy *LegacyAccess `json:"legacy,omitempty"`
+
+	// JWKS accepts tokens signed by a key in a JSON Web Key Set (Backstage
+	// `type: jwks`).
+	JWKS *JWKSAccess `json:"jwks,omitempty"`
 
 	// AccessRestrictions limits the entry to some plugins. When set and no
 	// restriction names plugin `proxy`, the proxy answers 403.
 	AccessRestrictions []AccessRestriction `json:"access_restrictions,omitempty"`
 }
 
-// ExternalAccessOptions are the options of an external-access entry.
-// String options accept Caddy placeholders such as `{env.STATIC_TOKEN}`,
-// resolved once at provision time, so secrets need not appear in the JSON.
-type ExternalAccessOptions struct {
-	// Token is the static token (type `static`), at least 8 characters.
+// Kind is the entry's kind: `static`, `legacy` or `jwks`, or "" when not
+// exactly one is set.
+func (e ExternalAccess) Kind() string {
+	kind, n := "", 0
+	if e.Static != nil {
+		kind, n = "static", n+1
+	}
+	if e.Legacy != nil {
+		kind, n = "legacy", n+1
+	}
+	if e.JWKS != nil {
+		kind, n = "jwks", n+1
+	}
+	if n != 1 {
+		return ""
+	}
+	return kind
+}
+
+// StaticAccess is the option set of a `static` external-access entry.
+type StaticAccess struct {
+	// Token is the static token, at least 8 characters, without spaces.
 	Token string `json:"token,omitempty"`
-	// Subject is the subject of the principal (types `static` and `legacy`).
+	// Subject is the subject of the principal, without spaces.
 	Subject string `json:"subject,omitempty"`
-	// Secret is the base64-encoded HMAC secret (type `legacy`).
+}
+
+// LegacyAccess is the option set of a `legacy` external-access entry.
+type LegacyAccess struct {
+	// Secret is the base64-encoded HMAC secret.
 	Secret string `json:"secret,omitempty"`
-	// URL is the JWKS URL (type `jwks`).
+	// Subject is the subject of the principal, without spaces.
+	Subject string `json:"subject,omitempty"`
+}
+
+// JWKSAccess is the option set of a `jwks` external-access entry.
+type JWKSAccess struct {
+	// URL is the key set's URL (http or https).
 	URL string `json:"url,omitempty"`
-	// Issuer lists the accepted `iss` values (type `jwks`); none: not checked.
-	// Items may hold several values separated by spaces or commas, as in Backstage.
-	Issuer []string `json:"issuer,omitempty"`
-	// Audience lists the accepted `aud` values (type `jwks`); none: not checked.
-	Audience []string `json:"audience,omitempty"`
-	// Algorithm lists the accepted signature algorithms (type `jwks`). Default:
-	// every asymmetric algorithm (RS*, PS*, ES256/384/512, EdDSA, Ed25519); HMAC
+	// Issuers lists the accepted `iss` values; none: not checked. Items may
+	// hold several values separated by spaces or commas, as in Backstage.
+	Issuers []string `json:"issuers,omitempty"`
+	// Audiences lists the accepted `aud` values; none: not checked. Items
+	// may hold several values, as Issuers.
+	Audiences []string `json:"audiences,omitempty"`
+	// Algorithms lists the accepted signature algorithms. Default: every
+	// asymmetric algorithm (RS*, PS*, ES256/384/512, EdDSA, Ed25519); HMAC
 	// and `none` are never accepted.
-	Algorithm []string `json:"algorithm,omitempty"`
-	// SubjectPrefix makes the subject `external:<prefix>:<sub>` (type `jwks`).
+	Algorithms []string `json:"algorithms,omitempty"`
+	// SubjectPrefix makes the subject `external:<prefix>:<sub>`.
 	SubjectPrefix string `json:"subject_prefix,omitempty"`
 }
 
@@ -97,12 +134,13 @@ type ExternalAccessOptions struct {
 type AccessRestriction struct {
 	// Plugin is the plugin id the token may be used for.
 	Plugin string `json:"plugin"`
-	// Permission, if set, limits the permissions (not checked by the proxy,
-	// which makes no permission checks).
-	Permission []string `json:"permission,omitempty"`
-	// PermissionAttribute, if set, limits permission attributes (not checked by
-	// the proxy).
-	PermissionAttribute map[string][]string `json:"permission_attribute,omitempty"`
+	// Permissions, if set, limits the permissions (Backstage `permission`;
+	// not checked by the proxy, which makes no permission checks).
+	Permissions []string `json:"permissions,omitempty"`
+	// PermissionAttributes, if set, limits permission attributes (Backstage
+	// `permissionAttribute`, e.g. `{"action": ["read"]}`; not checked by the
+	// proxy).
+	PermissionAttributes map[string][]string `json:"permission_attributes,omitempty"`
 }
 
 // LegacyKey is one deprecated `backend.auth.keys` entry.

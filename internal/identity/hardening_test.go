@@ -405,7 +405,7 @@ func TestSignatureChecksPerTokenBounded(t *testing.T) {
 	for range 4 {
 		srv := testkit.NewJWKSServer(t)
 		srv.SetJWKs(jwks...)
-		entries = append(entries, ExternalAccess{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Issuer: []string{"attacker"}}})
+		entries = append(entries, ExternalAccess{JWKS: &JWKSAccess{URL: srv.KeySetURL(), Issuers: []string{"attacker"}}})
 	}
 	auth := build(t, &Config{ExternalAccess: entries})
 	forger := testkit.NewECKey(t, "")

@@ -59,7 +59,7 @@ func TestProvisionDoesNotFetch(t *testing.T) {
 		auth := build(t, &Config{
 			UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 			PluginTokens:   &PluginTokens{JWKSURL: plugins.Template()},
-			ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.URL + "/ext"}}},
+			ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: srv.URL + "/ext"}}},
 		})
 		// Longer than any refresh interval, and every goroutine idle.
 		time.Sleep(2 * jwksMaxRefresh)

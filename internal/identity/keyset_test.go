@@ -447,7 +447,7 @@ func TestUsagePoolAcrossReload(t *testing.T) {
 		return Config{
 			UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 			PluginTokens:   &PluginTokens{JWKSURL: plugins.Template()},
-			ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}}},
+			ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: srv.KeySetURL()}}},
 		}
 	}
 	userKey := PoolKey{Kind: "jwks", URL: srv.KeySetURL()}
@@ -526,8 +526,8 @@ func TestVerificationCache(t *testing.T) {
 	auth := build(t, &Config{
 		UserTokens: &UserTokens{JWKSURL: srv.KeySetURL()},
 		ExternalAccess: []ExternalAccess{
-			{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.RawURLEncoding.EncodeToString(secret), Subject: "legacy"}},
-			{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+			{Legacy: &LegacyAccess{Secret: base64.RawURLEncoding.EncodeToString(secret), Subject: "legacy"}},
+			{JWKS: &JWKSAccess{URL: srv.KeySetURL()}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
 		},
 	})
 	checks := func() int64 { return signatureChecks.Load() }
@@ -617,7 +617,7 @@ func TestConcurrentAuthenticate(t *testing.T) {
 	srv := testkit.NewJWKSServer(t, k)
 	auth := build(t, &Config{
 		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
-		ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "s"}}},
+		ExternalAccess: []ExternalAccess{{Static: &StaticAccess{Token: "static-token-123", Subject: "s"}}},
 	})
 	tokens := []string{"static-token-123", "garbage"}
 	for i := range 8 {
@@ -653,7 +653,7 @@ func benchAuth(b *testing.B, k *testkit.Key, algs []string) (*Verifier, *testkit
 	srv := testkit.NewJWKSServer(b, k)
 	return build(b, &Config{
 		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL(), Algorithms: algs},
-		ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "s"}}},
+		ExternalAccess: []ExternalAccess{{Static: &StaticAccess{Token: "static-token-123", Subject: "s"}}},
 	}), clk
 }
 
@@ -716,7 +716,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 			clk := useFakeClock(b)
 			secret := []byte("peer-legacy-shared-secret-0123456789")
 			auth := build(b, &Config{ExternalAccess: []ExternalAccess{
-				{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.StdEncoding.EncodeToString(secret), Subject: "legacy-subject"}},
+				{Legacy: &LegacyAccess{Secret: base64.StdEncoding.EncodeToString(secret), Subject: "legacy-subject"}},
 			}})
 			if !cached {
 				auth.cache = newVerifiedCache(0)
@@ -727,7 +727,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 	}
 	// External access through a JWKS (RS256).
 	b.Run("external-jwks-RS256-uncached", func(b *testing.B) {
-		f := newExtFixture(b, ExternalAccessOptions{Issuer: []string{"https://ext.example.com"}, Algorithm: []string{"RS256"}})
+		f := newExtFixture(b, JWKSAccess{Issuers: []string{"https://ext.example.com"}, Algorithms: []string{"RS256"}})
 		f.auth.cache = newVerifiedCache(0)
 		run(b, f.auth, f.key.Sign(b, f.key.Hdr(""), map[string]any{"iss": "https://ext.example.com", "sub": "svc-1", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}))
 	})

@@ -958,7 +958,7 @@ func newAccessRestriction(rs []AccessRestriction) (*accessRestriction, error) {
 			return nil, fmt.Errorf("attempted to declare 'accessRestrictions' twice for plugin '%s', which is not permitted", r.Plugin)
 		}
 		seen[r.Plugin] = true
-		for k, vs := range r.PermissionAttribute {
+		for k, vs := range r.PermissionAttributes {
 			if k != "action" {
 				return nil, fmt.Errorf("invalid key '%s' in 'permissionAttribute' config, expected 'action'", k)
 			}
@@ -1175,15 +1175,19 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 	}
 
 	for i, e := range cfg.ExternalAccess {
-		where := fmt.Sprintf("external_access[%d] (type '%s')", i, e.Type)
+		kind := e.Kind()
+		if kind == "" {
+			return fail("external_access[%d]: exactly one of 'static', 'legacy' and 'jwks' must be set", i)
+		}
+		where := fmt.Sprintf("external_access[%d] (type '%s')", i, kind)
 		restrict, err := newAccessRestriction(e.AccessRestrictions)
 		if err != nil {
 			return fail("%s: %v", where, err)
 		}
-		entry := externalEntry{kind: e.Type, restrict: restrict}
-		switch e.Type {
+		entry := externalEntry{kind: kind, restrict: restrict}
+		switch kind {
 		case "static":
-			token, subject := resolve(e.Options.Token), resolve(e.Options.Subject)
+			token, subject := resolve(e.Static.Token), resolve(e.Static.Subject)
 			switch {
 			case !noSpace(token):
 				return fail("%s: Illegal token, must be a set of non-space characters", where)
@@ -1196,7 +1200,7 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 			entry.token = []byte(token)
 			entry.subject = subject
 		case "legacy":
-			secret, subject := resolve(e.Options.Secret), resolve(e.Options.Subject)
+			secret, subject := resolve(e.Legacy.Secret), resolve(e.Legacy.Subject)
 			if !noSpace(secret) {
 				return fail("%s: Illegal secret, must be a valid base64 string", where)
 			}
@@ -1209,7 +1213,7 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 			}
 			entry.secret, entry.subject, entry.opts = key, subject, baseValidation()
 		case "jwks":
-			raw := resolve(e.Options.URL)
+			raw := resolve(e.JWKS.URL)
 			if raw == "" {
 				return fail("%s: missing required option 'url'", where)
 			}
@@ -1217,14 +1221,14 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 			if err != nil {
 				return fail("%s: Illegal JWKS URL, %v", where, err)
 			}
-			algs, err := parseAlgorithms(e.Options.Algorithm, allAsymmetricAlgNames)
+			algs, err := parseAlgorithms(e.JWKS.Algorithms, allAsymmetricAlgNames)
 			if err != nil {
-				return fail("%s: algorithm: %v", where, err)
+				return fail("%s: algorithms: %v", where, err)
 			}
 			entry.algs = algMap(algs)
-			entry.issuers = SplitList(e.Options.Issuer)
-			entry.audiences = SplitList(e.Options.Audience)
-			entry.prefix = resolve(e.Options.SubjectPrefix)
+			entry.issuers = SplitList(e.JWKS.Issuers)
+			entry.audiences = SplitList(e.JWKS.Audiences)
+			entry.prefix = resolve(e.JWKS.SubjectPrefix)
 			var extra []jwt.ValidateOption
 			if len(entry.issuers) > 0 {
 				extra = append(extra, issuerIn(entry.issuers))
@@ -1239,8 +1243,6 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 			}
 			releases = append(releases, rel)
 			entry.keys = kc
-		default:
-			return fail("%s: Unknown type '%s' in backend.auth.externalAccess, expected one of 'static', 'legacy', 'jwks'", where, e.Type)
 		}
 		auth.external = append(auth.external, entry)
 	}

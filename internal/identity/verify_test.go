@@ -425,12 +425,12 @@ func TestPluginTokensNotConfigured(t *testing.T) {
 func TestStaticTokens(t *testing.T) {
 	useFakeClock(t)
 	auth := build(t, &Config{ExternalAccess: []ExternalAccess{
-		{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "static-subject"}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "restricted-token-123", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "two-plugins-token", Subject: "r2"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}, {Plugin: "search"}}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "with-proxy-token", Subject: "r3"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}, {Plugin: "proxy", Permission: []string{"x"}}}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "empty-restrictions", Subject: "r4"}, AccessRestrictions: []AccessRestriction{}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "shadowed"}},
+		{Static: &StaticAccess{Token: "static-token-123", Subject: "static-subject"}},
+		{Static: &StaticAccess{Token: "restricted-token-123", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+		{Static: &StaticAccess{Token: "two-plugins-token", Subject: "r2"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}, {Plugin: "search"}}},
+		{Static: &StaticAccess{Token: "with-proxy-token", Subject: "r3"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}, {Plugin: "proxy", Permissions: []string{"x"}}}},
+		{Static: &StaticAccess{Token: "empty-restrictions", Subject: "r4"}, AccessRestrictions: []AccessRestriction{}},
+		{Static: &StaticAccess{Token: "static-token-123", Subject: "shadowed"}},
 	}})
 	if p := expectOK(t, auth, "static-token-123"); p != (Principal{Type: "service", Subject: "static-subject", Method: "static"}) {
 		t.Fatalf("case 2: got %+v", p)
@@ -470,8 +470,8 @@ func TestLegacyTokens(t *testing.T) {
 	secretB := []byte("another-secret-for-backend-auth-keys")
 	auth := build(t, &Config{
 		ExternalAccess: []ExternalAccess{
-			{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.StdEncoding.EncodeToString(secretA), Subject: "legacy-subject"}},
-			{Type: "static", Options: ExternalAccessOptions{Token: "static-after-legacy", Subject: "s"}},
+			{Legacy: &LegacyAccess{Secret: base64.StdEncoding.EncodeToString(secretA), Subject: "legacy-subject"}},
+			{Static: &StaticAccess{Token: "static-after-legacy", Subject: "s"}},
 		},
 		Keys: []LegacyKey{
 			{Secret: base64.RawURLEncoding.EncodeToString(secretB)},
@@ -523,21 +523,21 @@ type extFixture struct {
 	auth *Verifier
 }
 
-func newExtFixture(t testing.TB, opts ExternalAccessOptions, more ...ExternalAccess) *extFixture {
+func newExtFixture(t testing.TB, opts JWKSAccess, more ...ExternalAccess) *extFixture {
 	t.Helper()
 	f := &extFixture{clk: useFakeClock(t), key: testkit.NewRSAKey(t, "ext-1")}
 	f.srv = testkit.NewJWKSServer(t, f.key)
 	opts.URL = f.srv.KeySetURL()
-	entries := append([]ExternalAccess{{Type: "jwks", Options: opts}}, more...)
+	entries := append([]ExternalAccess{{JWKS: &opts}}, more...)
 	f.auth = build(t, &Config{ExternalAccess: entries})
 	return f
 }
 
 func TestJWKSExternalAccess(t *testing.T) {
-	f := newExtFixture(t, ExternalAccessOptions{
-		Issuer: []string{"https://ext.example.com"}, Audience: []string{"backstage-proxy"},
-		Algorithm: []string{"RS256"}, SubjectPrefix: "ext",
-	}, ExternalAccess{Type: "static", Options: ExternalAccessOptions{Token: "static-after-jwks", Subject: "s"}})
+	f := newExtFixture(t, JWKSAccess{
+		Issuers: []string{"https://ext.example.com"}, Audiences: []string{"backstage-proxy"},
+		Algorithms: []string{"RS256"}, SubjectPrefix: "ext",
+	}, ExternalAccess{Static: &StaticAccess{Token: "static-after-jwks", Subject: "s"}})
 	k := f.key
 	claims := map[string]any{"iss": "https://ext.example.com", "aud": "backstage-proxy", "sub": "svc-1", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}
 	ec := testkit.NewECKey(t, "ext-1")
@@ -579,12 +579,12 @@ func TestJWKSExternalAccess(t *testing.T) {
 func TestJWKSExternalAccessDefaults(t *testing.T) {
 	// No issuer/audience/algorithm: any asymmetric algorithm, no iss/aud checks,
 	// subject external:<sub>; lists given as one space/comma separated string.
-	f := newExtFixture(t, ExternalAccessOptions{})
+	f := newExtFixture(t, JWKSAccess{})
 	claims := map[string]any{"sub": "svc-2", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour)}
 	if p := expectOK(t, f.auth, f.key.Sign(t, f.key.Hdr(""), claims)); p.Subject != "external:svc-2" {
 		t.Fatalf("got %+v", p)
 	}
-	g := newExtFixture(t, ExternalAccessOptions{Audience: []string{"a, b c"}, Issuer: []string{"i1,i2"}})
+	g := newExtFixture(t, JWKSAccess{Audiences: []string{"a, b c"}, Issuers: []string{"i1,i2"}})
 	claims = map[string]any{"sub": "svc-3", "aud": "c", "iss": "i2", "exp": g.clk.At(time.Hour)}
 	expectOK(t, g.auth, g.key.Sign(t, g.key.Hdr(""), claims))
 	expectErr(t, g.auth, g.key.Sign(t, g.key.Hdr(""), testkit.With(claims, "aud", "a, b c")), 401, "Illegal token")
@@ -595,8 +595,8 @@ func TestJWKSRestricted(t *testing.T) {
 	k := testkit.NewECKey(t, "r")
 	srv := testkit.NewJWKSServer(t, k)
 	auth := build(t, &Config{ExternalAccess: []ExternalAccess{{
-		Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()},
-		AccessRestrictions: []AccessRestriction{{Plugin: "catalog", PermissionAttribute: map[string][]string{"action": {"read"}}}},
+		JWKS:               &JWKSAccess{URL: srv.KeySetURL()},
+		AccessRestrictions: []AccessRestriction{{Plugin: "catalog", PermissionAttributes: map[string][]string{"action": {"read"}}}},
 	}}})
 	tok := k.Sign(t, k.Hdr(""), map[string]any{"sub": "s", "exp": clk.At(time.Hour)})
 	expectErr(t, auth, tok, 403, "This token's access is restricted to plugin(s) 'catalog'")
@@ -609,8 +609,8 @@ func TestJWKSEntryOrder(t *testing.T) {
 	k1, k2 := testkit.NewECKey(t, "one"), testkit.NewECKey(t, "two")
 	s1, s2 := testkit.NewJWKSServer(t, k1), testkit.NewJWKSServer(t, k2)
 	auth := build(t, &Config{ExternalAccess: []ExternalAccess{
-		{Type: "jwks", Options: ExternalAccessOptions{URL: s1.KeySetURL(), Issuer: []string{"one"}, SubjectPrefix: "one"}},
-		{Type: "jwks", Options: ExternalAccessOptions{URL: s2.KeySetURL(), SubjectPrefix: "two"}},
+		{JWKS: &JWKSAccess{URL: s1.KeySetURL(), Issuers: []string{"one"}, SubjectPrefix: "one"}},
+		{JWKS: &JWKSAccess{URL: s2.KeySetURL(), SubjectPrefix: "two"}},
 	}})
 	tok := k2.Sign(t, k2.Hdr(""), map[string]any{"sub": "x", "iss": "two", "exp": clk.At(time.Hour)})
 	if p := expectOK(t, auth, tok); p.Subject != "external:two:x" {
@@ -633,7 +633,7 @@ func TestDispatchOrder(t *testing.T) {
 	ext := testkit.NewJWKSServer(t, userKey) // an external entry that would accept the user key
 	auth := build(t, &Config{
 		UserTokens:     &UserTokens{JWKSURL: users.KeySetURL()},
-		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: ext.KeySetURL()}}},
+		ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: ext.KeySetURL()}}},
 	})
 	// A user token that fails verification is refused by the user handler:
 	// the external entries are not tried.
@@ -659,7 +659,7 @@ func TestMalformedTokens(t *testing.T) {
 	auth := build(t, &Config{
 		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
 		PluginTokens:   &PluginTokens{JWKSURL: srv.PluginTemplate()},
-		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}}, {Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0", Subject: "l"}}},
+		ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: srv.KeySetURL()}}, {Legacy: &LegacyAccess{Secret: "c2VjcmV0", Subject: "l"}}},
 	})
 	good := k.Sign(t, k.Hdr(TypeUser), map[string]any{"sub": "user:default/a", "iat": clk.Unix(), "exp": clk.At(time.Hour)})
 	parts := strings.Split(good, ".")
@@ -709,31 +709,32 @@ func TestMalformedTokens(t *testing.T) {
 
 func TestNewErrors(t *testing.T) {
 	srv := testkit.NewJWKSServer(t)
-	good := ExternalAccess{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123", Subject: "s"}}
+	good := ExternalAccess{Static: &StaticAccess{Token: "good-token-123", Subject: "s"}}
 	tests := []struct {
 		name string
 		app  Config
 		want string
 	}{
-		{"unknown type", Config{ExternalAccess: []ExternalAccess{good, {Type: "magic"}}}, "external_access[1] (type 'magic'): Unknown type 'magic' in backend.auth.externalAccess, expected one of 'static', 'legacy', 'jwks'"},
-		{"short token", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "short", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be at least 8 characters length"},
-		{"token with space", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "a token with spaces", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be a set of non-space characters"},
-		{"empty token", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Subject: "s"}}}}, "Illegal token, must be a set of non-space characters"},
-		{"static subject missing", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123"}}}}, "Illegal subject, must be a set of non-space characters"},
-		{"static subject with space", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: ExternalAccessOptions{Token: "good-token-123", Subject: "a b"}}}}, "Illegal subject, must be a set of non-space characters"},
-		{"legacy bad base64", Config{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Secret: "not*base64!", Subject: "s"}}}}, "external_access[0] (type 'legacy'): Illegal secret, must be a valid base64 string"},
-		{"legacy no secret", Config{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Subject: "s"}}}}, "Illegal secret, must be a valid base64 string"},
-		{"legacy no subject", Config{ExternalAccess: []ExternalAccess{{Type: "legacy", Options: ExternalAccessOptions{Secret: "c2VjcmV0"}}}}, "external_access[0] (type 'legacy'): Illegal subject, must be a set of non-space characters"},
-		{"jwks no url", Config{ExternalAccess: []ExternalAccess{good, good, {Type: "jwks"}}}, "external_access[2] (type 'jwks'): missing required option 'url'"},
-		{"jwks relative url", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "/jwks.json"}}}}, "external_access[0] (type 'jwks'): Illegal JWKS URL, must be an absolute http or https URL"},
-		{"jwks url with space", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: "http://a b/"}}}}, "Illegal JWKS URL, must be a set of non-space characters"},
-		{"jwks unknown algorithm", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"ES256 XS256"}}}}}, "external_access[0] (type 'jwks'): algorithm: unknown algorithm 'XS256'"},
-		{"jwks HMAC algorithm", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"HS256"}}}}}, "algorithm 'HS256' is not allowed"},
-		{"jwks none algorithm", Config{ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL(), Algorithm: []string{"none"}}}}}, "algorithm 'none' is not allowed"},
-		{"restriction without plugin", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{}}}}}, "external_access[0] (type 'static'): accessRestrictions: missing required value 'plugin'"},
-		{"duplicate restriction", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a"}, {Plugin: "a"}}}}}, "attempted to declare 'accessRestrictions' twice for plugin 'a'"},
-		{"bad permission attribute", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttribute: map[string][]string{"action": {"write"}}}}}}}, "invalid value 'write' at 'action'"},
-		{"bad permission attribute key", Config{ExternalAccess: []ExternalAccess{{Type: "static", Options: good.Options, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttribute: map[string][]string{"kind": {"read"}}}}}}}, "invalid key 'kind' in 'permissionAttribute'"},
+		{"no kind", Config{ExternalAccess: []ExternalAccess{good, {}}}, "external_access[1]: exactly one of 'static', 'legacy' and 'jwks' must be set"},
+		{"two kinds", Config{ExternalAccess: []ExternalAccess{{Static: good.Static, Legacy: &LegacyAccess{Secret: "c2VjcmV0", Subject: "l"}}}}, "external_access[0]: exactly one of 'static', 'legacy' and 'jwks' must be set"},
+		{"short token", Config{ExternalAccess: []ExternalAccess{{Static: &StaticAccess{Token: "short", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be at least 8 characters length"},
+		{"token with space", Config{ExternalAccess: []ExternalAccess{{Static: &StaticAccess{Token: "a token with spaces", Subject: "s"}}}}, "external_access[0] (type 'static'): Illegal token, must be a set of non-space characters"},
+		{"empty token", Config{ExternalAccess: []ExternalAccess{{Static: &StaticAccess{Subject: "s"}}}}, "Illegal token, must be a set of non-space characters"},
+		{"static subject missing", Config{ExternalAccess: []ExternalAccess{{Static: &StaticAccess{Token: "good-token-123"}}}}, "Illegal subject, must be a set of non-space characters"},
+		{"static subject with space", Config{ExternalAccess: []ExternalAccess{{Static: &StaticAccess{Token: "good-token-123", Subject: "a b"}}}}, "Illegal subject, must be a set of non-space characters"},
+		{"legacy bad base64", Config{ExternalAccess: []ExternalAccess{{Legacy: &LegacyAccess{Secret: "not*base64!", Subject: "s"}}}}, "external_access[0] (type 'legacy'): Illegal secret, must be a valid base64 string"},
+		{"legacy no secret", Config{ExternalAccess: []ExternalAccess{{Legacy: &LegacyAccess{Subject: "s"}}}}, "Illegal secret, must be a valid base64 string"},
+		{"legacy no subject", Config{ExternalAccess: []ExternalAccess{{Legacy: &LegacyAccess{Secret: "c2VjcmV0"}}}}, "external_access[0] (type 'legacy'): Illegal subject, must be a set of non-space characters"},
+		{"jwks no url", Config{ExternalAccess: []ExternalAccess{good, good, {JWKS: &JWKSAccess{}}}}, "external_access[2] (type 'jwks'): missing required option 'url'"},
+		{"jwks relative url", Config{ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: "/jwks.json"}}}}, "external_access[0] (type 'jwks'): Illegal JWKS URL, must be an absolute http or https URL"},
+		{"jwks url with space", Config{ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: "http://a b/"}}}}, "Illegal JWKS URL, must be a set of non-space characters"},
+		{"jwks unknown algorithm", Config{ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: srv.KeySetURL(), Algorithms: []string{"ES256 XS256"}}}}}, "external_access[0] (type 'jwks'): algorithms: unknown algorithm 'XS256'"},
+		{"jwks HMAC algorithm", Config{ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: srv.KeySetURL(), Algorithms: []string{"HS256"}}}}}, "algorithm 'HS256' is not allowed"},
+		{"jwks none algorithm", Config{ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: srv.KeySetURL(), Algorithms: []string{"none"}}}}}, "algorithm 'none' is not allowed"},
+		{"restriction without plugin", Config{ExternalAccess: []ExternalAccess{{Static: good.Static, AccessRestrictions: []AccessRestriction{{}}}}}, "external_access[0] (type 'static'): accessRestrictions: missing required value 'plugin'"},
+		{"duplicate restriction", Config{ExternalAccess: []ExternalAccess{{Static: good.Static, AccessRestrictions: []AccessRestriction{{Plugin: "a"}, {Plugin: "a"}}}}}, "attempted to declare 'accessRestrictions' twice for plugin 'a'"},
+		{"bad permission attribute", Config{ExternalAccess: []ExternalAccess{{Static: good.Static, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttributes: map[string][]string{"action": {"write"}}}}}}}, "invalid value 'write' at 'action'"},
+		{"bad permission attribute key", Config{ExternalAccess: []ExternalAccess{{Static: good.Static, AccessRestrictions: []AccessRestriction{{Plugin: "a", PermissionAttributes: map[string][]string{"kind": {"read"}}}}}}}, "invalid key 'kind' in 'permissionAttribute'"},
 		{"keys bad secret", Config{Keys: []LegacyKey{{Secret: "c2VjcmV0"}, {Secret: "%%%"}}}, "keys[1] (type 'legacy'): Illegal secret, must be a valid base64 string"},
 		{"keys empty secret", Config{Keys: []LegacyKey{{Secret: ""}}}, "keys[0] (type 'legacy'): Illegal secret"},
 		{"user no url", Config{UserTokens: &UserTokens{}}, "user_tokens: jwks_url: must be a set of non-space characters"},
@@ -762,7 +763,7 @@ func TestBuildFailureReleasesCaches(t *testing.T) {
 	srv := testkit.NewJWKSServer(t)
 	app := &Config{
 		UserTokens:     &UserTokens{JWKSURL: srv.KeySetURL()},
-		ExternalAccess: []ExternalAccess{{Type: "jwks", Options: ExternalAccessOptions{URL: srv.KeySetURL()}}, {Type: "bogus"}},
+		ExternalAccess: []ExternalAccess{{JWKS: &JWKSAccess{URL: srv.KeySetURL()}}, {}},
 	}
 	if _, _, err := newForTest(*app); err == nil {
 		t.Fatal("no error")
@@ -859,10 +860,10 @@ func FuzzBearerAndToken(f *testing.F) {
 		UserTokens:   &UserTokens{JWKSURL: srv.KeySetURL()},
 		PluginTokens: &PluginTokens{JWKSURL: srv.PluginTemplate()},
 		ExternalAccess: []ExternalAccess{
-			{Type: "static", Options: ExternalAccessOptions{Token: "static-token-123", Subject: "static-subject"}},
-			{Type: "static", Options: ExternalAccessOptions{Token: "restricted-token-123", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
-			{Type: "legacy", Options: ExternalAccessOptions{Secret: base64.StdEncoding.EncodeToString(fuzzLegacySecret), Subject: "legacy-subject"}},
-			{Type: "jwks", Options: ExternalAccessOptions{URL: srv.URL + "/ext/jwks.json", Issuer: []string{"fuzz-issuer"}, Audience: []string{"fuzz-aud"}, SubjectPrefix: "ext"}},
+			{Static: &StaticAccess{Token: "static-token-123", Subject: "static-subject"}},
+			{Static: &StaticAccess{Token: "restricted-token-123", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+			{Legacy: &LegacyAccess{Secret: base64.StdEncoding.EncodeToString(fuzzLegacySecret), Subject: "legacy-subject"}},
+			{JWKS: &JWKSAccess{URL: srv.URL + "/ext/jwks.json", Issuers: []string{"fuzz-issuer"}, Audiences: []string{"fuzz-aud"}, SubjectPrefix: "ext"}},
 		},
 		Keys: []LegacyKey{{Secret: base64.StdEncoding.EncodeToString([]byte("fuzz-keys-secret"))}},
 	})
@@ -924,10 +925,10 @@ func FuzzBearerAndToken(f *testing.F) {
 // must give the same principal, and the first matching entry must win.
 func TestStaticTokenShapedLikeJWT(t *testing.T) {
 	auth := build(t, &Config{ExternalAccess: []ExternalAccess{
-		{Type: "static", Options: ExternalAccessOptions{Token: "part1.part2.part3", Subject: "dotted"}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "plain-static-token", Subject: "plain"}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "plain-static-token", Subject: "shadowed"}},
-		{Type: "static", Options: ExternalAccessOptions{Token: "q8w7e6r5.t4y3", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
+		{Static: &StaticAccess{Token: "part1.part2.part3", Subject: "dotted"}},
+		{Static: &StaticAccess{Token: "plain-static-token", Subject: "plain"}},
+		{Static: &StaticAccess{Token: "plain-static-token", Subject: "shadowed"}},
+		{Static: &StaticAccess{Token: "q8w7e6r5.t4y3", Subject: "r"}, AccessRestrictions: []AccessRestriction{{Plugin: "catalog"}}},
 	}})
 	if p := expectOK(t, auth, "part1.part2.part3"); p != (Principal{Type: "service", Subject: "dotted", Method: "static"}) {
 		t.Fatalf("dotted: got %+v", p)
