@@ -250,3 +250,59 @@ func TestIntegrationDuplicateKid(t *testing.T) {
 		t.Fatalf("control: %d %s", status, body)
 	}
 }
+
+// TestIntegrationDiscoveryPerPluginKeySets: a split deployment, with the
+// catalog and search plugins on two different hosts named by
+// discovery.endpoints: each plugin's token keys are fetched from its own
+// host, through the adapter and a real Caddy (#13).
+func TestIntegrationDiscoveryPerPluginKeySets(t *testing.T) {
+	skipIfShort(t)
+	catalogKey, searchKey := testkit.NewECKey(t, "catalog-key"), testkit.NewECKey(t, "search-key")
+	hostA, hostB := testkit.NewPluginServer(t), testkit.NewPluginServer(t)
+	hostA.Set("catalog", catalogKey)
+	hostB.Set("search", searchKey)
+	base := func(s *testkit.PluginServer) string {
+		return strings.TrimSuffix(s.Template(), "/{plugin}/.backstage/auth/v1/jwks.json") + "/{{pluginId}}"
+	}
+	up := newAIUpstream(t)
+	loadTestCaddy(t, `
+caddy:
+  admin: localhost:2999
+backend:
+  listen: {port: 9080}
+discovery:
+  endpoints:
+    - target: '`+base(hostA)+`'
+      plugins: [catalog]
+    - target: {internal: '`+base(hostB)+`', external: 'https://search.example.com/api/{{pluginId}}'}
+      plugins: [search]
+proxy:
+  endpoints:
+    /svc:
+      target: `+up.URL+`
+`, "backstage")
+	now := time.Now().Unix()
+	token := func(k *testkit.Key, sub string) string {
+		return "Bearer " + k.Sign(t, k.Hdr(identity.TypePlugin), map[string]any{"sub": sub, "aud": "proxy", "iat": now, "exp": now + 3600})
+	}
+	for _, tc := range []struct {
+		name, auth string
+		want       int
+	}{
+		{"catalog from host A", token(catalogKey, "catalog"), 200},
+		{"search from host B", token(searchKey, "search"), 200},
+		{"search signed with catalog's key", token(catalogKey, "search"), 401},
+		{"a plugin discovery does not name", token(catalogKey, "scaffolder"), 401},
+	} {
+		status, body := aiGet(t, "/api/proxy/svc/x", tc.auth)
+		if status != tc.want {
+			t.Errorf("%s: %d %s, want %d", tc.name, status, body, tc.want)
+		}
+	}
+	if a, b := hostA.HitsFor("catalog"), hostB.HitsFor("search"); a != 1 || b < 1 {
+		t.Errorf("key set fetches: catalog on host A %d, search on host B %d", a, b)
+	}
+	if n := hostA.HitsFor("search") + hostB.HitsFor("catalog") + hostA.HitsFor("scaffolder") + hostB.HitsFor("scaffolder"); n != 0 {
+		t.Errorf("%d fetches from the wrong host or for an unnamed plugin", n)
+	}
+}
