@@ -254,7 +254,7 @@ func (ad *adaptation) config() (*caddy.Config, error) {
 		Routes: routes,
 		// Refusals and upstream failures are handler errors; this renders
 		// them as Backstage does.
-		Errors:    &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{buildErrorRoute(&ad.warnings)}},
+		Errors:    &caddyhttp.HTTPErrorConfig{Routes: caddyhttp.RouteList{buildErrorRouteFor(ErrorHandler{Backend: opts.backend != nil}, &ad.warnings)}},
 		AutoHTTPS: &caddyhttp.AutoHTTPSConfig{Disabled: true},
 	}
 	if opts.accessLog {

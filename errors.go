@@ -12,6 +12,7 @@ import (
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -64,7 +65,29 @@ func (e *proxyError) Unwrap() error { return e.cause }
 // Without it in the error routes, a refusal is answered by Caddy's default:
 // the status code and an empty body. That fails closed, but is not what
 // Backstage clients expect.
-type ErrorHandler struct{}
+type ErrorHandler struct {
+	// Backend also answers the 502, 503 and 504 of other handlers (the
+	// config adapter's `caddy.backend` route, a `reverse_proxy` to the
+	// Backstage backend) with Backstage's JSON error, with a message about
+	// the backend and no internal address, rather than an empty body. The
+	// cause is logged.
+	Backend bool `json:"backend,omitempty"`
+
+	logger *zap.Logger
+}
+
+// Provision implements caddy.Provisioner.
+func (h *ErrorHandler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	return nil
+}
+
+// backendErrors are the answers to a failed Backstage backend, by status.
+var backendErrors = map[int]*proxyError{
+	http.StatusBadGateway:         {name: "BadGatewayError", message: "The Backstage backend could not be reached"},
+	http.StatusServiceUnavailable: {name: "ServiceUnavailableError", message: "The Backstage backend is not available"},
+	http.StatusGatewayTimeout:     {name: "GatewayTimeoutError", message: "The Backstage backend did not answer in time"},
+}
 
 // CaddyModule returns the Caddy module information.
 func (ErrorHandler) CaddyModule() caddy.ModuleInfo {
@@ -75,12 +98,20 @@ func (ErrorHandler) CaddyModule() caddy.ModuleInfo {
 }
 
 // ServeHTTP implements caddyhttp.MiddlewareHandler.
-func (ErrorHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
+func (h ErrorHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	err, _ := r.Context().Value(caddyhttp.ErrorCtxKey).(error)
 	var he caddyhttp.HandlerError
 	var pe *proxyError
-	if !errors.As(err, &he) || !errors.As(err, &pe) {
+	if !errors.As(err, &he) {
 		return next.ServeHTTP(w, r)
+	}
+	if !errors.As(err, &pe) {
+		if pe = backendErrors[he.StatusCode]; !h.Backend || pe == nil {
+			return next.ServeHTTP(w, r)
+		}
+		if h.logger != nil {
+			h.logger.Error("the Backstage backend failed", zap.Int("status", he.StatusCode), zap.Error(he.Err))
+		}
 	}
 	dw := deferWriters.Get().(*deferWriter)
 	*dw = deferWriter{ResponseWriterWrapper: caddyhttp.ResponseWriterWrapper{ResponseWriter: w}}
@@ -243,6 +274,7 @@ func appendJSONString(buf []byte, s string) []byte {
 // Interface guards
 var (
 	_ caddyhttp.MiddlewareHandler = (*ErrorHandler)(nil)
+	_ caddy.Provisioner           = (*ErrorHandler)(nil)
 	_ error                       = (*proxyError)(nil)
 	_ io.ReaderFrom               = (*deferWriter)(nil)
 )

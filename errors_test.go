@@ -2,6 +2,7 @@ package backstageproxy
 
 import (
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -121,5 +122,43 @@ func TestErrorHandlerDefersToLaterRoutes(t *testing.T) {
 				t.Errorf("got %d %q, want %d %q", w.Code, w.Body, c.status, c.body)
 			}
 		})
+	}
+}
+
+// TestIntegrationBackendDownJSON: with caddy.backend down, a request that
+// is not for the proxy gets Backstage's JSON error shape, as proxy routes
+// do, with no internal address; the proxy's own refusals are unchanged.
+func TestIntegrationBackendDownJSON(t *testing.T) {
+	skipIfShort(t)
+	down := closedLoopbackAddr(t)
+	loadTestCaddy(t, `
+caddy:
+  admin: localhost:2999
+  backend: http://`+down+`
+backend:
+  listen: {port: 9080}
+proxy:
+  endpoints:
+    /a: http://`+down+`
+`, "backstage")
+	for _, tc := range []struct {
+		path, want string
+		status     int
+	}{
+		{"/api/catalog/entities?x=1", backstageErrorBody("BadGatewayError", "The Backstage backend could not be reached", "GET", "/api/catalog/entities?x=1", 502), 502},
+		{"/api/proxy/a/x", backstageErrorBody("AuthenticationError", "Missing credentials", "GET", "/a/x", 401), 401},
+	} {
+		res, err := http.Get("http://" + testListen + tc.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		if res.StatusCode != tc.status || string(body) != tc.want || res.Header.Get("Content-Type") != "application/json; charset=utf-8" {
+			t.Errorf("%s: %d %q %s, want %d %s", tc.path, res.StatusCode, res.Header.Get("Content-Type"), body, tc.status, tc.want)
+		}
+		if strings.Contains(string(body), down) {
+			t.Errorf("%s: the body names the backend's address", tc.path)
+		}
 	}
 }

@@ -637,7 +637,12 @@ func buildPluginJWKSRoute(mount string, warnings *[]caddyconfig.Warning) caddyht
 // backstage_proxy as Backstage does (ErrorHandler); other errors pass
 // through it untouched.
 func buildErrorRoute(warnings *[]caddyconfig.Warning) caddyhttp.Route {
+	return buildErrorRouteFor(ErrorHandler{}, warnings)
+}
+
+// buildErrorRouteFor is buildErrorRoute with the handler's options.
+func buildErrorRouteFor(h ErrorHandler, warnings *[]caddyconfig.Warning) caddyhttp.Route {
 	return caddyhttp.Route{
-		HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(ErrorHandler{}, "handler", "backstage_error", warnings)},
+		HandlersRaw: []json.RawMessage{caddyconfig.JSONModuleObject(h, "handler", "backstage_error", warnings)},
 	}
 }
