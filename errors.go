@@ -23,8 +23,10 @@ func init() {
 type errorBody uint8
 
 const (
-	// bodyJSON is Backstage's JSON error (backstage-proxy.md §1.12).
-	bodyJSON errorBody = iota
+	// bodyJSON is Backstage's JSON error (backend-defaults'
+	// rootHttpRouter/http/MiddlewareFactory.ts, the error handler): the zero
+	// value, so a proxyError answers with it unless it says otherwise.
+	bodyJSON errorBody = iota //lint:ignore U1000 named for the reader; used as the zero value
 	// bodyBadRequest is Express's plain-text `Bad Request` (the path guard).
 	bodyBadRequest
 	// bodyEmpty is a status without a body (a request outside the route).
@@ -209,8 +211,8 @@ func (e *proxyError) write(w http.ResponseWriter, r *http.Request, status int) e
 	return err
 }
 
-// appendErrorJSON appends Backstage's JSON error body (backstage-proxy.md
-// §1.12), where request.url is relative to mountPath.
+// appendErrorJSON appends Backstage's JSON error body (backend-defaults'
+// rootHttpRouter/http/MiddlewareFactory.ts), where request.url is relative to mountPath.
 func appendErrorJSON(buf []byte, r *http.Request, mountPath string, status int, name, message string) []byte {
 	uri := r.RequestURI
 	if uri == "" || uri[0] != '/' {

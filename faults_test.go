@@ -98,18 +98,6 @@ func fltConfig(endpoints string) string {
 	return staticTokenConfig(testStaticToken, "fault-tests", endpoints)
 }
 
-// fltOK is an upstream that answers "ok".
-func fltOK(t *testing.T) *httptest.Server {
-	t.Helper()
-	s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, _ = io.Copy(io.Discard, r.Body)
-		w.Header().Set("Content-Type", "text/plain")
-		_, _ = io.WriteString(w, "ok")
-	}))
-	t.Cleanup(s.Close)
-	return s
-}
-
 // fltCounts are the outcomes of a load loop.
 type fltCounts struct {
 	total, failed atomic.Int64
