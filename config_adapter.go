@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/appconfig"
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
@@ -838,6 +839,9 @@ func (ad *adaptation) identity() (*App, error) {
 				ad.checkInlinedSecret(item.Lookup("options."+key), "backend.auth.externalAccess")
 			}
 			entry, err := externalAccessEntry(item, i)
+			if err == nil {
+				err = ad.checkExternalAccessValues(item, i)
+			}
 			if err != nil {
 				return nil, err
 			}
@@ -1156,6 +1160,52 @@ func (ad *adaptation) endpointCaddyOptions(spec *endpointSpec, n *appconfig.Node
 				spec.RewriteLocation.PublicBase = strings.TrimRight(base.String(), "/")
 			}
 		}
+	}
+	return nil
+}
+
+// checkExternalAccessValues checks, when the config is adapted, the values
+// Backstage checks when it starts (a static token of at least 8
+// non-space characters, non-space subjects and secrets), so that the error
+// names the file, line and key, and the unset variable that removed the
+// value, rather than surfacing at provision time without a position.
+func (ad *adaptation) checkExternalAccessValues(n *appconfig.Node, i int) error {
+	typ, _ := n.Get("type").String()
+	opts := n.Get("options")
+	check := func(key, what string, minLen int) error {
+		path := fmt.Sprintf("backend.auth.externalAccess[%d].options.%s", i, key)
+		v := opts.Get(key)
+		s, ok := v.String()
+		where := v
+		if where == nil {
+			if where = opts; where == nil {
+				where = n
+			}
+		}
+		switch {
+		case !ok || s == "" || strings.IndexFunc(s, unicode.IsSpace) >= 0:
+			msg := fmt.Sprintf("%s: Illegal %s, must be a set of non-space characters", path, what)
+			if why, removed := ad.removed[path]; removed && v == nil {
+				msg += " (" + why + ")"
+			}
+			//lint:ignore ST1005 Backstage's message, after the key it is about
+			return appconfig.ErrorAt(where, "%s", msg)
+		case len(s) < minLen:
+			return appconfig.ErrorAt(where, "%s: Illegal %s, must be at least %d characters length", path, what, minLen)
+		}
+		return nil
+	}
+	switch typ {
+	case "static":
+		if err := check("token", "token", 8); err != nil {
+			return err
+		}
+		return check("subject", "subject", 0)
+	case "legacy":
+		if err := check("secret", "secret", 0); err != nil {
+			return err
+		}
+		return check("subject", "subject", 0)
 	}
 	return nil
 }
