@@ -1188,7 +1188,6 @@ func (ad *adaptation) checkExternalAccessValues(n *appconfig.Node, i int) error 
 			if why, removed := ad.removed[path]; removed && v == nil {
 				msg += " (" + why + ")"
 			}
-			//lint:ignore ST1005 Backstage's message, after the key it is about
 			return appconfig.ErrorAt(where, "%s", msg)
 		case len(s) < minLen:
 			return appconfig.ErrorAt(where, "%s: Illegal %s, must be at least %d characters length", path, what, minLen)
