@@ -825,6 +825,11 @@ type pluginKeySets struct {
 	log       func() *zap.Logger
 	client    *http.Client // nil: jwksHTTPClient
 
+	// confirmedRead mirrors confirmed for lookups without the mutex: a
+	// confirmed plugin's tokens (the common case) take no lock shared by
+	// all plugins. Writes happen under mu, with confirmed.
+	confirmedRead sync.Map // id → *pluginEntry
+
 	mu           sync.Mutex
 	confirmed    map[string]*pluginEntry
 	checks       map[string]*pluginCheck
@@ -895,6 +900,9 @@ var (
 // allowlist): its checks are not charged to those limits. Checks of the same
 // plugin are shared.
 func (p *pluginKeySets) get(ctx context.Context, id string, named bool) (*pluginEntry, error) {
+	if e, ok := p.confirmedRead.Load(id); ok {
+		return e.(*pluginEntry), nil
+	}
 	p.mu.Lock()
 	if e := p.confirmed[id]; e != nil {
 		p.mu.Unlock()
@@ -978,6 +986,7 @@ func (p *pluginKeySets) check(id string, chk *pluginCheck) {
 			evicted = p.evictLocked()
 		}
 		p.confirmed[id] = e
+		p.confirmedRead.Store(id, e)
 	} else if p.ctx.Err() == nil {
 		p.rememberFailureLocked(id, now())
 	}
@@ -1015,6 +1024,7 @@ func (p *pluginKeySets) evictLocked() string {
 	if victim != "" {
 		p.confirmed[victim].cache.cancel()
 		delete(p.confirmed, victim)
+		p.confirmedRead.Delete(victim)
 	}
 	return victim
 }
