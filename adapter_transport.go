@@ -8,6 +8,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+	"go.uber.org/zap"
 )
 
 func init() {
@@ -62,6 +65,10 @@ type UpstreamTransport struct {
 
 	// SetHeaders are set on every upstream request, where no log sees them.
 	SetHeaders http.Header `json:"set_headers,omitempty"`
+
+	// unsetHeaders are SetHeaders names not sent because a variable their
+	// value names is unset: removed from the request instead.
+	unsetHeaders []string
 
 	// BasicAuth is `user:password` for HTTP Basic authentication upstream.
 	BasicAuth string `json:"basic_auth,omitempty"`
@@ -151,11 +158,38 @@ func (t *UpstreamTransport) Provision(ctx caddy.Context) error {
 	if len(t.SetHeaders) > 0 {
 		canon := make(http.Header, len(t.SetHeaders))
 		for name, vals := range t.SetHeaders {
+			// Backstage's rule for a value whose variable is unset: the key
+			// is absent. It is applied here, in the server's environment,
+			// so that where the config was adapted does not matter.
+			if unset := unsetEnvPlaceholders(vals); unset != "" {
+				ctx.Logger().Warn("a header is not sent: its environment variable is not set where Caddy runs",
+					zap.String("header", name), zap.String("variable", unset))
+				// Absent, not the client's: the route lets the name through
+				// only because the config sets it.
+				t.unsetHeaders = append(t.unsetHeaders, http.CanonicalHeaderKey(name))
+				continue
+			}
 			canon[http.CanonicalHeaderKey(name)] = vals
 		}
 		t.SetHeaders = canon
 	}
 	return nil
+}
+
+// envPlaceholderRE finds {env.NAME} placeholders that are not escaped.
+var envPlaceholderRE = regexp.MustCompile(`(^|[^\\])\{env\.([^{}]+)\}`)
+
+// unsetEnvPlaceholders is the first variable an {env.NAME} placeholder in
+// vals names that is not set in the environment, or "".
+func unsetEnvPlaceholders(vals []string) string {
+	for _, v := range vals {
+		for _, m := range envPlaceholderRE.FindAllStringSubmatch(v, -1) {
+			if _, ok := os.LookupEnv(m[2]); !ok {
+				return m[2]
+			}
+		}
+	}
+	return ""
 }
 
 // withHeaders returns a copy of req, with a header map of its own, carrying
@@ -181,6 +215,9 @@ func (t *UpstreamTransport) withHeaders(req *http.Request) *http.Request {
 			r2.Header[name] = []string{strings.Join(out, ",")}
 		}
 	}
+	for _, name := range t.unsetHeaders {
+		delete(r2.Header, name)
+	}
 	if t.authorization != "" && len(r2.Header["Authorization"]) == 0 {
 		r2.Header.Set("Authorization", t.authorization)
 	}
@@ -189,7 +226,7 @@ func (t *UpstreamTransport) withHeaders(req *http.Request) *http.Request {
 
 // RoundTrip implements http.RoundTripper.
 func (t *UpstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if len(t.SetHeaders) > 0 || (t.authorization != "" && len(req.Header["Authorization"]) == 0) {
+	if len(t.SetHeaders) > 0 || len(t.unsetHeaders) > 0 || (t.authorization != "" && len(req.Header["Authorization"]) == 0) {
 		req = t.withHeaders(req)
 	}
 	if !t.FollowRedirects {

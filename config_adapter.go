@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -89,19 +90,27 @@ func adaptFile(body []byte, filename string) (out []byte, warns []caddyconfig.Wa
 	// has dozens of them, and Backstage's own backend reports them.
 	var caddyWarnings []caddyconfig.Warning
 	removed := map[string]string{}
+	templates := map[string]string{}
 	for _, w := range warnings {
 		if top, _, _ := strings.Cut(w.Path, "."); w.Path != "" && !readTopLevelKeys[top] {
 			continue
 		}
 		if w.Path != "" {
 			removed[w.Path] = w.Message
+			if w.Template != "" && isEndpointHeaderPath(w.Path) {
+				// The header is kept as a placeholder: whether its
+				// variable is set is decided where Caddy runs.
+				w.Message = strings.Replace(w.Message, "; the value is removed (as Backstage does)",
+					"; the header is kept as a placeholder, sent only if the variable is set where Caddy runs", 1)
+				templates[w.Path] = w.Template
+			}
 		}
 		caddyWarnings = append(caddyWarnings, caddyconfig.Warning{File: w.File, Line: w.Line, Message: w.Message})
 	}
 	if err != nil {
 		return nil, labelWarnings(caddyWarnings, filename), files, labelError(err, filename)
 	}
-	ad := &adaptation{root: root, warnings: caddyWarnings, file: filename, removed: removed}
+	ad := &adaptation{root: root, warnings: caddyWarnings, file: filename, removed: removed, removedTemplates: templates}
 	if filename != "" {
 		ad.watchFiles = files
 	}
@@ -155,7 +164,13 @@ type adaptation struct {
 	// variable) to its warning, so that an error about the missing key can
 	// say why it is missing.
 	removed map[string]string
-	caddy   *caddyOptions
+	// removedTemplates maps the path of each endpoint header removed for
+	// an unset variable to its template ("Bearer {env.TOKEN}"): the header
+	// stays in the JSON, and the transport sends it only if the variable is
+	// set in the server's environment, so that adapting in a shell without
+	// the secret (caddy reload) runs like adapting in the server (POST /load).
+	removedTemplates map[string]string
+	caddy            *caddyOptions
 	// protected is set when a route needs credentials.
 	protected bool
 }
@@ -616,6 +631,7 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 			}
 		case "headers":
 			spec.Headers, err = headerValues(v)
+			spec.Headers = append(spec.Headers, ad.removedHeaders(route)...)
 			for _, hv := range v.Values {
 				ad.checkInlinedSecret(hv, route+".headers")
 			}
@@ -1207,4 +1223,31 @@ func (ad *adaptation) checkExternalAccessValues(n *appconfig.Node, i int) error 
 		return check("subject", "subject", 0)
 	}
 	return nil
+}
+
+// isEndpointHeaderPath reports whether path is that of an endpoint's
+// `headers:` entry (proxy.endpoints.<route>.headers.<name>, or the old
+// proxy.<route>.headers.<name>).
+func isEndpointHeaderPath(path string) bool {
+	rest, ok := strings.CutPrefix(path, "proxy.")
+	if !ok {
+		return false
+	}
+	rest = strings.TrimPrefix(rest, "endpoints.")
+	return strings.HasPrefix(rest, "/") && strings.Contains(rest, ".headers.")
+}
+
+// removedHeaders are the headers of route removed for an unset variable,
+// as placeholders, in name order.
+func (ad *adaptation) removedHeaders(route string) []headerValue {
+	var out []headerValue
+	for _, prefix := range []string{"proxy.endpoints." + route + ".headers.", "proxy." + route + ".headers."} {
+		for path, tpl := range ad.removedTemplates {
+			if name, ok := strings.CutPrefix(path, prefix); ok && headerNameRE.MatchString(name) {
+				out = append(out, headerValue{Name: name, Value: tpl})
+			}
+		}
+	}
+	slices.SortFunc(out, func(a, b headerValue) int { return strings.Compare(a.Name, b.Name) })
+	return out
 }

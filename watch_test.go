@@ -140,3 +140,57 @@ func TestWatchOff(t *testing.T) {
 		t.Errorf("caddy.watch: sometimes: %v", err)
 	}
 }
+
+// TestIntegrationSecretResolvedWhereCaddyRuns: a config adapted in a shell
+// without the secret (caddy reload --adapter backstage) runs as one adapted
+// in the server: the header stays {env.VAR} in the JSON, and the server
+// sends it if the variable is set where it runs, and else sends neither it
+// nor the client's header of that name (Backstage's "unset means absent").
+func TestIntegrationSecretResolvedWhereCaddyRuns(t *testing.T) {
+	skipIfShort(t)
+	const secret = "secret-where-caddy-runs-0123"
+	got := make(chan string, 4)
+	up := newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got <- strings.Join(r.Header.Values("X-Api-Key"), ",")
+	}))
+	cfg := staticTokenConfig(testStaticToken, "s", "    /pd:\n      target: "+up.URL+"\n      credentials: dangerously-allow-unauthenticated\n      headers:\n        X-Api-Key: ${TEST_PD_TOKEN}\n")
+	adapt := func() string {
+		t.Helper()
+		out, _, err := Adapter{}.Adapt([]byte(cfg), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Contains(string(out), secret) || !strings.Contains(string(out), "{env.TEST_PD_TOKEN}") {
+			t.Fatalf("adapted JSON: want the placeholder and never the secret: %s", out)
+		}
+		return string(out)
+	}
+	send := func() string {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+testListen+"/api/proxy/pd/x", nil)
+		req.Header.Set("X-Api-Key", "from-the-client")
+		res, err := (&http.Client{Timeout: 10 * time.Second}).Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Body.Close()
+		return <-got
+	}
+
+	// Adapted without the variable, run with it.
+	os.Unsetenv("TEST_PD_TOKEN")
+	js := adapt()
+	t.Setenv("TEST_PD_TOKEN", secret)
+	loadTestCaddy(t, js, "json")
+	if v := send(); v != secret {
+		t.Fatalf("adapted without the variable, run with it: upstream X-Api-Key %q", v)
+	}
+
+	// Adapted with the variable, run without it: absent, not the client's.
+	js = adapt()
+	os.Unsetenv("TEST_PD_TOKEN")
+	loadTestCaddy(t, js, "json")
+	if v := send(); v != "" {
+		t.Fatalf("run without the variable: upstream X-Api-Key %q, want none", v)
+	}
+}

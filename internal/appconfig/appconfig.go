@@ -243,6 +243,10 @@ type Warning struct {
 	// (an unset variable) has its key's Path, so a reader can say why a key it
 	// needs is missing, and ignore warnings about keys it never reads.
 	Path string
+	// Template is, for a string removed because a variable is unset, the
+	// Caddy template it would have with the variable set ("Bearer
+	// {env.TOKEN}"), or "" when there is none.
+	Template string
 }
 
 // Error is a configuration loading error that names where it happened.
@@ -1546,6 +1550,11 @@ type substitution struct {
 	template  string   // Caddy template (see Node.EnvTemplate)
 	inlined   bool     // a secret was inlined into template
 	undefined []string // reasons the value is undefined; nil when defined
+	// pending is, for an undefined value, the Caddy template it would have
+	// if every unset variable were set ({env.NAME} in their place), or ""
+	// when that cannot be expressed: a caller that decides at run time
+	// (a header sent only if its variable is set where Caddy runs) uses it.
+	pending string
 }
 
 func (l *configLoader) lookupTrimmed(name string) (raw, trimmed string, ok bool) {
@@ -1564,6 +1573,14 @@ func (l *configLoader) substitute(s string) substitution {
 	}
 	r := substitution{applied: true}
 	var val, tpl strings.Builder
+	pendingOK := true
+	pendingEnv := func(name string) {
+		if safeEnvName(name) && !strings.HasSuffix(tpl.String(), `\`) {
+			tpl.WriteString("{env." + name + "}")
+		} else {
+			pendingOK = false
+		}
+	}
 	literal := func(text string) {
 		val.WriteString(text)
 		tpl.WriteString(EscapeCaddyPlaceholders(text))
@@ -1602,6 +1619,7 @@ func (l *configLoader) substitute(s string) substitution {
 				literal(fallback)
 			default:
 				r.undefined = append(r.undefined, undefinedReason(name, set, true))
+				pendingEnv(name)
 			}
 			continue
 		}
@@ -1609,12 +1627,16 @@ func (l *configLoader) substitute(s string) substitution {
 		raw, trimmed, set := l.lookupTrimmed(name)
 		if !set {
 			r.undefined = append(r.undefined, undefinedReason(name, false, false))
+			pendingEnv(name)
 			continue
 		}
 		envPart(name, raw, trimmed)
 	}
 	literal(s[last:])
 	if r.undefined != nil {
+		if pendingOK && !r.inlined {
+			r.pending = tpl.String()
+		}
 		return r
 	}
 	r.value, r.template = val.String(), tpl.String()
@@ -1643,6 +1665,9 @@ func (l *configLoader) substituteNode(n *Node, path string) (*Node, error) {
 	}
 	if r.undefined != nil {
 		l.warnAt(path, n.File, n.Line, "%s: %s; the value is removed (as Backstage does)", displayPath(path), strings.Join(r.undefined, ", "))
+		if len(l.warnings) > 0 && l.warnings[len(l.warnings)-1].Path == path {
+			l.warnings[len(l.warnings)-1].Template = r.pending
+		}
 		return nil, nil
 	}
 	out := copyNode(KindScalar, n)
