@@ -164,7 +164,7 @@ proxy:
 		if err != nil {
 			t.Fatalf("%s: %v", adapter, err)
 		}
-		return serverRoutes(t, js)
+		return flatRoutes(t, serverRoutes(t, js))
 	}
 	fromYAML := routesOf("backstage", yamlConfig)
 	fromCaddyfile := routesOf("caddyfile", caddyfileConfig)
@@ -469,7 +469,7 @@ proxy:
 		t.Fatal(err)
 	}
 	route := func(js []byte) string {
-		for _, r := range serverRoutes(t, js) {
+		for _, r := range flatRoutes(t, serverRoutes(t, js)) {
 			if bytes.Contains(r, []byte(`"/api/proxy/legacy"`)) {
 				return string(r)
 			}
