@@ -241,21 +241,39 @@ func routeBenchConfig(b *testing.B, n int) (app json.RawMessage, routes caddyhtt
 		raw = srv.Routes
 	}
 	replaced := 0
-	for _, route := range raw {
-		var handle []map[string]json.RawMessage
-		if err := json.Unmarshal(route["handle"], &handle); err != nil {
-			b.Fatal(err)
-		}
-		for i, hd := range handle {
-			if string(hd["handler"]) == `"reverse_proxy"` {
-				handle[i] = map[string]json.RawMessage{"handler": json.RawMessage(`"static_response"`), "status_code": json.RawMessage(`200`)}
-				replaced++
+	var replace func(raw []map[string]json.RawMessage)
+	replace = func(raw []map[string]json.RawMessage) {
+		for _, route := range raw {
+			var handle []map[string]json.RawMessage
+			if err := json.Unmarshal(route["handle"], &handle); err != nil {
+				b.Fatal(err)
+			}
+			for i, hd := range handle {
+				switch string(hd["handler"]) {
+				case `"reverse_proxy"`:
+					handle[i] = map[string]json.RawMessage{"handler": json.RawMessage(`"static_response"`), "status_code": json.RawMessage(`200`)}
+					replaced++
+				case `"backstage_dispatch"`:
+					// the endpoints' routes, inside the mount's route
+					var inner []map[string]json.RawMessage
+					if err := json.Unmarshal(hd["routes"], &inner); err != nil {
+						b.Fatal(err)
+					}
+					replace(inner)
+					body, err := json.Marshal(inner)
+					if err != nil {
+						b.Fatal(err)
+					}
+					hd["routes"] = body
+				}
+			}
+			var err error
+			if route["handle"], err = json.Marshal(handle); err != nil {
+				b.Fatal(err)
 			}
 		}
-		if route["handle"], err = json.Marshal(handle); err != nil {
-			b.Fatal(err)
-		}
 	}
+	replace(raw)
 	if replaced != n {
 		b.Fatalf("replaced %d reverse_proxy handlers, want %d", replaced, n)
 	}
@@ -270,13 +288,17 @@ func routeBenchConfig(b *testing.B, n int) (app json.RawMessage, routes caddyhtt
 }
 
 // BenchmarkRouteMatch: Caddy's routing over the adapted routes of an
-// app-config with 1, 10 or 200 endpoints, plus our handler and a 200
+// app-config with 1 to 1,000 endpoints, plus our handler and a 200
 // static_response in place of reverse_proxy. The request is for the last
-// endpoint, so every earlier route's matchers run: this is how routing cost
-// grows with the number of endpoints.
+// endpoint: with a list of routes, every earlier route's matchers would run.
 //
-// routes=200/miss requests /api/proxy/unknown/x: no endpoint matches, every
-// matcher runs, and the credentials barrier answers. The endpoints are all
+// Since issue #14 the endpoints sit in one backstage_dispatch route that
+// indexes them by first segment: the cost is flat in the number of
+// endpoints. routes=N/outside is a request outside the mount (Backstage's
+// own API), which pays the mount's matcher only.
+//
+// routes=200/miss requests /api/proxy/unknown/x: no endpoint matches, and
+// the credentials barrier answers. The endpoints are all
 // open, but an unknown route is not one of them, so the barrier demands
 // credentials like Backstage's does: 401 with an AuthenticationError body.
 func BenchmarkRouteMatch(b *testing.B) {
@@ -290,6 +312,14 @@ func BenchmarkRouteMatch(b *testing.B) {
 		{"routes=10", 10, "/api/proxy/route-9/x", http.StatusOK},
 		{"routes=200", 200, "/api/proxy/route-199/x", http.StatusOK},
 		{"routes=200/miss", 200, "/api/proxy/unknown/x", http.StatusUnauthorized},
+		{"routes=500", 500, "/api/proxy/route-499/x", http.StatusOK},
+		{"routes=1000", 1000, "/api/proxy/route-999/x", http.StatusOK},
+		{"routes=1000/case", 1000, "/API/Proxy/Route-999/x", http.StatusOK},
+		{"routes=1000/miss", 1000, "/api/proxy/unknown/x", http.StatusUnauthorized},
+		// Backstage's own API, outside the mount: the adapter's last route
+		// (no caddy.backend here: a 404) after the mount's one matcher.
+		{"routes=10/outside", 10, "/api/catalog/entities", http.StatusNotFound},
+		{"routes=1000/outside", 1000, "/api/catalog/entities", http.StatusNotFound},
 	} {
 		b.Run(c.name, func(b *testing.B) {
 			appRaw, routes := routeBenchConfig(b, c.routes)

@@ -145,6 +145,7 @@ func parseEndpointBlock(h httpcaddyfile.Helper, args []string) ([]httpcaddyfile.
 	values := []httpcaddyfile.ConfigValue{{Class: "route", Value: buildPluginJWKSRoute(mount, &warnings)}}
 	open, _ := site[stateOpenRoutes].(map[string][]string)
 	openRoutes := append([]string(nil), open[mount]...)
+	var routes []caddyhttp.Route
 	for nesting := h.Nesting(); h.NextBlock(nesting); {
 		if h.Val() != "endpoint" {
 			return nil, h.Errf("unrecognized subdirective %s (want endpoint <route> <target>)", h.Val())
@@ -170,11 +171,12 @@ func parseEndpointBlock(h httpcaddyfile.Helper, args []string) ([]httpcaddyfile.
 		if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
 			continue
 		}
-		values = append(values, httpcaddyfile.ConfigValue{Class: "route", Value: r})
+		routes = append(routes, r)
 	}
-	for _, r := range buildBarrierRoutes(mount, openRoutes, &warnings) {
-		values = append(values, httpcaddyfile.ConfigValue{Class: "route", Value: r})
-	}
+	// The endpoints and the barrier in one route for the mount, indexed by
+	// backstage_dispatch, as the adapter emits them.
+	routes = append(routes, buildBarrierRoutes(mount, openRoutes, &warnings)...)
+	values = append(values, httpcaddyfile.ConfigValue{Class: "route", Value: buildDispatchRoute(mount, routes, &warnings)})
 	return withErrorRoute(h, values, &warnings), nil
 }
 

@@ -404,7 +404,9 @@ func (ad *adaptation) readProxyConfig() ([]proxyEntry, error) {
 	return entries, nil
 }
 
-// proxyRoutes builds the routes under the mount path, in config order.
+// proxyRoutes builds the routes under the mount path: the plugin JWKS route,
+// then one route holding the endpoints in config order and the barrier
+// (buildDispatchRoute).
 func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 	entries, err := ad.readProxyConfig()
 	if err != nil {
@@ -419,7 +421,7 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 		skipInvalid = v
 	}
 	mount := DefaultMountPath
-	routes := []caddyhttp.Route{buildPluginJWKSRoute(mount, &ad.warnings)}
+	var routes []caddyhttp.Route
 	var open []string
 	seen := map[string]string{}
 	for _, e := range entries {
@@ -459,7 +461,11 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 		}
 		routes = append(routes, route)
 	}
-	return append(routes, buildBarrierRoutes(mount, open, &ad.warnings)...), nil
+	routes = append(routes, buildBarrierRoutes(mount, open, &ad.warnings)...)
+	// One route for the whole mount: requests outside it pay one matcher,
+	// requests under it one lookup (the dispatcher's index), whatever the
+	// number of endpoints.
+	return []caddyhttp.Route{buildPluginJWKSRoute(mount, &ad.warnings), buildDispatchRoute(mount, routes, &ad.warnings)}, nil
 }
 
 // endpointOptions says what the adapter does with each key of an endpoint
