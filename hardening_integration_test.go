@@ -17,19 +17,6 @@ import (
 
 // Issue #15, through a real Caddy with real key-set servers.
 
-// caseVariants returns the 2^len(s) upper/lower case spellings of s.
-func caseVariants(s string) []string {
-	out := []string{""}
-	for _, c := range s {
-		var next []string
-		for _, p := range out {
-			next = append(next, p+strings.ToLower(string(c)), p+strings.ToUpper(string(c)))
-		}
-		out = next
-	}
-	return out
-}
-
 // getAll sends the tokens to path with a few workers and returns how many
 // answers had each status.
 func getAll(t *testing.T, path string, tokens []string) map[int]int {
@@ -73,7 +60,7 @@ func TestIntegrationPluginLockout(t *testing.T) {
 	claims := func(sub string) map[string]any {
 		return map[string]any{"sub": sub, "aud": "proxy", "iat": now, "exp": now + 3600}
 	}
-	variants := caseVariants("scaffolder")
+	variants := testkit.CaseVariants("scaffolder")
 	var unsigned, forged []string
 	forger := testkit.NewECKey(t, "scaffolder-key")
 	for _, id := range variants {

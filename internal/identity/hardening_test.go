@@ -21,19 +21,6 @@ import (
 	"go.uber.org/zap/zapcore"
 )
 
-// caseVariants returns the 2^len(s) upper/lower case spellings of s.
-func caseVariants(s string) []string {
-	out := []string{""}
-	for _, c := range s {
-		var next []string
-		for _, p := range out {
-			next = append(next, p+strings.ToLower(string(c)), p+strings.ToUpper(string(c)))
-		}
-		out = next
-	}
-	return out
-}
-
 // Issue #15 item 1: 1,024 case variants of one plugin id are one plugin: one
 // key set fetch, no table growth, and a genuine token of a new plugin still
 // passes afterwards.
@@ -44,7 +31,7 @@ func TestPluginCaseVariantsAreOnePlugin(t *testing.T) {
 	forger := testkit.NewECKey(t, "scaffolder-key")
 	f.plugins.Set("scaffolder", testkit.NewECKey(t, "scaffolder-key"))
 	f.plugins.Set("search", f.catalog)
-	variants := caseVariants("scaffolder")
+	variants := testkit.CaseVariants("scaffolder")
 	if len(variants) != 1024 {
 		t.Fatalf("%d variants", len(variants))
 	}

@@ -376,3 +376,16 @@ func (s *PluginServer) Plugins() []string {
 	}
 	return out
 }
+
+// CaseVariants returns the 2^len(s) upper/lower case spellings of s.
+func CaseVariants(s string) []string {
+	out := []string{""}
+	for _, c := range s {
+		var next []string
+		for _, p := range out {
+			next = append(next, p+strings.ToLower(string(c)), p+strings.ToUpper(string(c)))
+		}
+		out = next
+	}
+	return out
+}
