@@ -580,7 +580,7 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 			}
 		}
 		if t == nil {
-			for _, p := range []string{"proxy.endpoints." + route + ".target", "proxy." + route + ".target"} {
+			for _, p := range endpointKeyPaths(route, "target") {
 				if why, ok := ad.removed[p]; ok {
 					//lint:ignore ST1005 Backstage's message, word for word (plugins/proxy-backend/src/service/router.ts), then why the value is missing
 					return spec, fmt.Errorf("Proxy target for route \"%s\" must be a string, but is of type undefined: %s", route, why)
@@ -1231,6 +1231,12 @@ func (ad *adaptation) checkExternalAccessValues(n *appconfig.Node, i int) error 
 	return nil
 }
 
+// endpointKeyPaths are the loader's paths of key under endpoint route, in
+// both layouts: proxy.endpoints.<route>.<key>, and the old proxy.<route>.<key>.
+func endpointKeyPaths(route, key string) [2]string {
+	return [2]string{"proxy.endpoints." + route + "." + key, "proxy." + route + "." + key}
+}
+
 // isEndpointHeaderPath reports whether path is that of an endpoint's
 // `headers:` entry (proxy.endpoints.<route>.headers.<name>, or the old
 // proxy.<route>.headers.<name>).
@@ -1247,7 +1253,7 @@ func isEndpointHeaderPath(path string) bool {
 // as placeholders, in name order.
 func (ad *adaptation) removedHeaders(route string) []headerValue {
 	var out []headerValue
-	for _, prefix := range []string{"proxy.endpoints." + route + ".headers.", "proxy." + route + ".headers."} {
+	for _, prefix := range endpointKeyPaths(route, "headers.") {
 		for path, tpl := range ad.removedTemplates {
 			if name, ok := strings.CutPrefix(path, prefix); ok && headerNameRE.MatchString(name) {
 				out = append(out, headerValue{Name: name, Value: tpl})
