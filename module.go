@@ -109,6 +109,42 @@ type Handler struct {
 	// is passed on unchanged.
 	Rewrite *UpstreamRewrite `json:"rewrite,omitempty"`
 
+	// Allow lists who may call this endpoint (app-config `caddy.allow`). A
+	// request passes when its verified principal matches any entry; without
+	// it, any verified principal passes, as in Backstage. Entries: `user`
+	// (any user), `service` (any plugin or external caller), a user entity
+	// ref matched against the token's `sub`, an ownership ref such as
+	// `group:default/sre` matched against a user token's `ent` claim,
+	// `plugin:<id>` (for an on-behalf-of token: the acting plugin), or an
+	// external subject as Backstage names it (`external:<prefix>:<sub>` for
+	// `jwks`, a static or legacy entry's `subject`). A trailing `*` matches
+	// any suffix; entity refs compare case-insensitively. Refused principals
+	// get 403 (NotAllowedError). Not allowed on
+	// `dangerously-allow-unauthenticated` endpoints: there is no principal.
+	Allow []string `json:"allow,omitempty"`
+
+	// UpstreamAuthorization names a request header that carries the caller's
+	// own upstream credential (app-config `caddy.upstreamAuthorization`).
+	// After the Backstage check, its value is sent upstream as
+	// `Authorization`; the named header itself and the Backstage token are
+	// never sent upstream. It cannot be combined with `forward` credentials
+	// or an injected `Authorization` header.
+	UpstreamAuthorization string `json:"upstream_authorization,omitempty"`
+
+	// RateLimit limits how often each principal may call this endpoint
+	// (app-config `caddy.rateLimit`), counted after authentication and keyed
+	// by the verified subject (anonymous callers: the client IP). Over the
+	// limit: 429 with `Retry-After` and Backstage's JSON error, and nothing
+	// is sent upstream.
+	RateLimit *RateLimit `json:"rate_limit,omitempty"`
+
+	// AcknowledgeRisk is the operator's reason for letting anonymous callers
+	// use a credential this endpoint injects (app-config
+	// `caddy.acknowledgeRisk`). Without it, such an endpoint is refused when
+	// the configuration is adapted; with it, the reason is quoted in a
+	// warning and in the route table logged at startup.
+	AcknowledgeRisk string `json:"acknowledge_risk,omitempty"`
+
 	// barrier makes the handler only check credentials (honouring
 	// unauthenticatedPaths) and the path, then call the next handler with the
 	// request unchanged: the Barrier module.
@@ -194,6 +230,14 @@ func (h *Handler) Validate() error {
 		}
 	}
 	return nil
+}
+
+// RateLimit is a per-principal request budget of one endpoint.
+type RateLimit struct {
+	// Requests is the number of requests allowed per Window.
+	Requests int `json:"requests,omitempty"`
+	// Window is the sliding window the requests are counted in.
+	Window caddy.Duration `json:"window,omitempty"`
 }
 
 // Barrier is the credentials barrier that Backstage puts in front of its

@@ -81,6 +81,13 @@ type endpointSpec struct {
 	// LocalAddress is HPM `localAddress`: the local address to dial from.
 	LocalAddress string
 
+	// Allow, UpstreamAuthorization, RateLimit and AcknowledgeRisk are the
+	// access policy (the endpoint's `caddy:` key; Handler has their docs).
+	Allow                 []string
+	UpstreamAuthorization string
+	RateLimit             *RateLimit
+	AcknowledgeRisk       string
+
 	// configureProxy, if set, adjusts each reverse_proxy handler after it is
 	// built (the Caddyfile's reverse_proxy and transport subdirectives).
 	configureProxy func(*reverseproxy.Handler) error
@@ -313,10 +320,14 @@ func buildEndpointHandlers(s endpointSpec, target *url.URL, warnings *[]caddycon
 		credentials = CredentialsRequire
 	}
 	policy := Handler{
-		Credentials:    credentials,
-		Route:          s.routeKey(),
-		AllowedHeaders: s.AllowedHeaders,
-		AllowUpgrade:   s.WebSocket,
+		Credentials:           credentials,
+		Route:                 s.routeKey(),
+		AllowedHeaders:        s.AllowedHeaders,
+		AllowUpgrade:          s.WebSocket,
+		Allow:                 s.Allow,
+		UpstreamAuthorization: s.UpstreamAuthorization,
+		RateLimit:             s.RateLimit,
+		AcknowledgeRisk:       s.AcknowledgeRisk,
 		Rewrite: &UpstreamRewrite{
 			StripPrefix:   prefix,
 			PathRewrite:   s.pathRewriteRules(),
