@@ -22,6 +22,7 @@ import (
 	"unicode"
 	"unsafe"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/policy"
 	"github.com/lestrrat-go/jwx/v3/jwa"
 	"github.com/lestrrat-go/jwx/v3/jws"
 	"github.com/lestrrat-go/jwx/v3/jwt"
@@ -51,6 +52,37 @@ type Principal struct {
 	// built at provision time), so that setting the placeholder on every
 	// request allocates nothing.
 	subjectValue any
+	// view is the principal as allow policies check it, with its entity
+	// refs folded: built once per verified credential (and cached with it),
+	// so that a check allocates nothing.
+	view *policy.Principal
+}
+
+// withView returns p with its policy view; ownership is the user token's
+// `ent` claim (nil for service principals and for tokens without one).
+func (p Principal) withView(ownership []string) Principal {
+	v := &policy.Principal{User: p.Type == PrincipalUser, Subject: p.Subject, Actor: p.Actor}
+	if v.User {
+		v.Ref = policy.FoldRef(p.Subject)
+		if len(ownership) > 0 {
+			v.Ownership = make([]string, len(ownership))
+			for i, ref := range ownership {
+				v.Ownership[i] = policy.FoldRef(ref)
+			}
+		}
+	}
+	p.view = v
+	return p
+}
+
+// PolicyView returns the principal as allow policies check it. Principals
+// from the Verifier carry it ready; for others it is built here (and
+// allocates).
+func (p *Principal) PolicyView() *policy.Principal {
+	if p.view != nil {
+		return p.view
+	}
+	return p.withView(nil).view
 }
 
 // SubjectValue returns the subject for its placeholder, boxed without
@@ -548,6 +580,7 @@ type externalEntry struct {
 	// static tokens), and the token, for the fast path (staticByHash)
 	digest [sha256.Size]byte
 	token  []byte
+	view   *policy.Principal // static: the principal's policy view, built once
 
 	secret []byte // legacy
 	opts   []jwt.ValidateOption
@@ -633,7 +666,7 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 		if !res.hasExp {
 			return Principal{}, errUserMissingExp
 		}
-		p := Principal{Type: PrincipalUser, Subject: res.sub, Method: "user"}
+		p := Principal{Type: PrincipalUser, Subject: res.sub, Method: "user"}.withView(res.ent)
 		a.cache.put(digest, p, res.exp, now())
 		return p, nil
 	}
@@ -672,7 +705,11 @@ func readOnlyBytes(s string) []byte {
 }
 
 type userResult struct {
-	sub     string
+	sub string
+	// ent is the token's ownership entity refs (`ent` claim), nil when the
+	// claim is absent or not a list of strings (a limited user token never
+	// has one: Backstage keeps only sub, iat and exp in it).
+	ent     []string
 	exp     time.Time
 	hasExp  bool
 	limited bool
@@ -727,7 +764,35 @@ func (a *Verifier) verifyUserToken(ctx context.Context, jt *jwtPeek, budget *int
 		return res, true, errNoUserSub
 	}
 	res.exp, res.hasExp = tok.Expiration()
+	res.ent = ownershipClaim(tok)
 	return res, true, nil
+}
+
+// ownershipClaim reads a verified token's `ent` claim: a list of entity
+// refs. Anything else counts as no ownership (Backstage's user info service
+// refuses such a claim, so no ownership pattern may match it); the token
+// itself stays valid, as it is for Backstage's proxy.
+func ownershipClaim(tok jwt.Token) []string {
+	if !tok.Has("ent") {
+		return nil
+	}
+	var raw any
+	if err := tok.Get("ent", &raw); err != nil {
+		return nil
+	}
+	list, ok := raw.([]any)
+	if !ok {
+		return nil
+	}
+	ent := make([]string, 0, len(list))
+	for _, v := range list {
+		s, ok := v.(string)
+		if !ok {
+			return nil
+		}
+		ent = append(ent, s)
+	}
+	return ent
 }
 
 // verifyPluginToken is PluginTokenHandler.verifyToken plus the obo handling of
@@ -801,7 +866,7 @@ func (a *Verifier) verifyPluginToken(ctx context.Context, jt *jwtPeek, budget *i
 		_ = tok.Get("obo", &obo)
 	}
 	if !truthy(obo) {
-		return Principal{Type: PrincipalService, Subject: "plugin:" + id, Method: "plugin"}, exp, nil
+		return Principal{Type: PrincipalService, Subject: "plugin:" + id, Method: "plugin"}.withView(nil), exp, nil
 	}
 	// The obo claim is a (limited) user token, verified as one; limited tokens are fine here.
 	s, ok := obo.(string)
@@ -821,7 +886,7 @@ func (a *Verifier) verifyPluginToken(ctx context.Context, jt *jwtPeek, budget *i
 	if res.exp.Before(exp) {
 		exp = res.exp
 	}
-	return Principal{Type: PrincipalUser, Subject: res.sub, Actor: "plugin:" + id, Method: "plugin"}, exp, nil
+	return Principal{Type: PrincipalUser, Subject: res.sub, Actor: "plugin:" + id, Method: "plugin"}.withView(res.ent), exp, nil
 }
 
 // verifyExternal tries one external-access entry. matched=false means "not
@@ -831,7 +896,7 @@ func (a *Verifier) verifyExternal(ctx context.Context, e *externalEntry, jt *jwt
 	switch e.kind {
 	case "static":
 		if subtle.ConstantTimeCompare(digest[:], e.digest[:]) == 1 {
-			return Principal{Type: PrincipalService, Subject: e.subject, Method: "static"}, exp, true, nil
+			return Principal{Type: PrincipalService, Subject: e.subject, Method: "static", view: e.view}, exp, true, nil
 		}
 	case "legacy":
 		if !jt.headerOK || jt.alg() != "HS256" || !jt.decodeClaims() {
@@ -859,7 +924,7 @@ func (a *Verifier) verifyExternal(ctx context.Context, e *externalEntry, jt *jwt
 			return p, exp, false, errFailedLegacy
 		}
 		exp, _ = tok.Expiration()
-		return Principal{Type: PrincipalService, Subject: e.subject, Method: "legacy"}, exp, true, nil
+		return Principal{Type: PrincipalService, Subject: e.subject, Method: "legacy"}.withView(nil), exp, true, nil
 	case "jwks":
 		if !jt.headerOK {
 			return
@@ -898,7 +963,7 @@ func (a *Verifier) verifyExternal(ctx context.Context, e *externalEntry, jt *jwt
 		if e.prefix != "" {
 			subject = "external:" + e.prefix + ":" + sub
 		}
-		return Principal{Type: PrincipalService, Subject: subject, Method: "jwks"}, exp, true, nil
+		return Principal{Type: PrincipalService, Subject: subject, Method: "jwks"}.withView(nil), exp, true, nil
 	}
 	return
 }
@@ -1268,6 +1333,11 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 			kind: "legacy", subject: keysSubject, restrict: restrict, secret: key, opts: baseValidation(),
 		})
 	}
+	for i := range auth.external {
+		if e := &auth.external[i]; e.kind == "static" {
+			e.view = Principal{Type: PrincipalService, Subject: e.subject}.withView(nil).view
+		}
+	}
 	auth.staticSeed = maphash.MakeSeed()
 	for i := range auth.external {
 		e := &auth.external[i]
@@ -1289,7 +1359,7 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 		}
 		auth.staticByHash[k] = &staticFastEntry{
 			token:    e.token,
-			p:        Principal{Type: PrincipalService, Subject: e.subject, Method: "static", subjectValue: e.subject},
+			p:        Principal{Type: PrincipalService, Subject: e.subject, Method: "static", subjectValue: e.subject, view: e.view},
 			restrict: e.restrict,
 		}
 	}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/policy"
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 )
 
@@ -52,7 +53,25 @@ func expectOK(t testing.TB, a authenticator, token string) Principal {
 		t.Fatalf("boxed subject %v differs from subject %q", p.subjectValue, p.Subject)
 	}
 	p.subjectValue = nil // compared by value in the tests
+	checkView(t, p)
+	p.view = nil
 	return p
+}
+
+// checkView requires p's policy view, which every verified principal
+// carries, to name p.
+func checkView(t testing.TB, p Principal) {
+	t.Helper()
+	v := p.view
+	if v == nil {
+		t.Fatalf("principal %+v has no policy view", p)
+	}
+	if v.User != (p.Type == PrincipalUser) || v.Subject != p.Subject || v.Actor != p.Actor {
+		t.Fatalf("policy view %+v does not name principal %+v", *v, p)
+	}
+	if v.User && v.Ref != policy.FoldRef(p.Subject) {
+		t.Fatalf("policy view ref %q, want %q", v.Ref, policy.FoldRef(p.Subject))
+	}
 }
 
 // expectErr authenticates token and requires the given status and message.
@@ -992,4 +1011,54 @@ func FuzzPluginClaimsImpersonation(f *testing.F) {
 			t.Fatalf("a token signed by evil's key yielded %+v (payload %s)", p, payload)
 		}
 	})
+}
+
+// TestPolicyView: every verified principal carries its policy view, with the
+// user token's `ent` claim folded; a cached principal carries the same view,
+// and the view of a cached principal costs no allocation.
+func TestPolicyView(t *testing.T) {
+	f := newPluginFixture(t, nil)
+	u, c := f.userKey, f.catalog
+	user := func(claims map[string]any) string { return u.Sign(t, u.Hdr(TypeUser), claims) }
+	claims := map[string]any{"sub": "User:Default/Alice", "aud": "backstage", "iat": f.clk.Unix(), "exp": f.clk.At(time.Hour),
+		"ent": []string{"user:default/alice", "Group:SRE", "group:team-a/Dev"}}
+	full := user(claims)
+	for _, tc := range []struct {
+		name      string
+		token     string
+		want      policy.Principal
+		ownership []string
+	}{
+		{"user with ent", full, policy.Principal{User: true, Subject: "User:Default/Alice", Ref: "user:default/alice"},
+			[]string{"user:default/alice", "group:default/sre", "group:team-a/dev"}},
+		{"user without ent", user(testkit.Without(claims, "ent")), policy.Principal{User: true, Subject: "User:Default/Alice", Ref: "user:default/alice"}, nil},
+		{"ent not a list", user(testkit.With(claims, "ent", "group:default/sre")), policy.Principal{User: true, Subject: "User:Default/Alice", Ref: "user:default/alice"}, nil},
+		{"ent with a non-string", user(testkit.With(claims, "ent", []any{"group:default/sre", 7})), policy.Principal{User: true, Subject: "User:Default/Alice", Ref: "user:default/alice"}, nil},
+		{"plugin", c.Sign(t, c.Hdr(TypePlugin), f.claims("catalog")), policy.Principal{Subject: "plugin:catalog"}, nil},
+		{"obo limited (no ent)", c.Sign(t, c.Hdr(TypePlugin), testkit.With(f.claims("catalog"), "obo", f.limitedUserToken(t, "user:default/bob", time.Hour))),
+			policy.Principal{User: true, Subject: "user:default/bob", Actor: "plugin:catalog", Ref: "user:default/bob"}, nil},
+		{"obo full user token", c.Sign(t, c.Hdr(TypePlugin), testkit.With(f.claims("catalog"), "obo", full)),
+			policy.Principal{User: true, Subject: "User:Default/Alice", Actor: "plugin:catalog", Ref: "user:default/alice"},
+			[]string{"user:default/alice", "group:default/sre", "group:team-a/dev"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for round := range 2 { // verified, then cached
+				p, err := f.auth.Authenticate(context.Background(), tc.token)
+				if err != nil {
+					t.Fatal(err)
+				}
+				v := p.PolicyView()
+				if v.User != tc.want.User || v.Subject != tc.want.Subject || v.Actor != tc.want.Actor || v.Ref != tc.want.Ref ||
+					strings.Join(v.Ownership, ",") != strings.Join(tc.ownership, ",") {
+					t.Fatalf("round %d: view %+v, want %+v with ownership %q", round, *v, tc.want, tc.ownership)
+				}
+			}
+			if n := testing.AllocsPerRun(20, func() {
+				p, _ := f.auth.Authenticate(context.Background(), tc.token)
+				_ = p.PolicyView()
+			}); n != 0 {
+				t.Fatalf("a cached principal's view costs %v allocations", n)
+			}
+		})
+	}
 }
