@@ -81,6 +81,8 @@ const (
 //	cookie_domain_rewrite <from>|* <to>
 //	cookie_path_rewrite <from>|* <to>
 //	mount_path <path>            (single form only)
+//	allow <pattern...>
+//	upstream_authorization <header>
 //
 // `transport http|backstage_http { … }` takes the options of those
 // transports, applied on top of the transport derived from the target and
@@ -203,7 +205,8 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 		case "credentials", "allowed_methods", "allowed_headers", "upstream_header", "change_origin", "path_rewrite",
 			"xfwd", "ws", "insecure_skip_verify", "ignore_path", "no_prepend_path", "proxy_timeout", "method",
 			"follow_redirects", "upstream_basic_auth", "ca_file", "local_address", "location_rewrite",
-			"cookie_domain_rewrite", "cookie_path_rewrite", "mount_path":
+			"cookie_domain_rewrite", "cookie_path_rewrite", "mount_path",
+			"allow", "upstream_authorization":
 		case "transport":
 			if transportSegment != nil {
 				return spec, d.Err("transport specified more than once")
@@ -361,6 +364,10 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 			} else {
 				spec.CookiePathRewrite = append(spec.CookiePathRewrite, rule)
 			}
+		case "allow", "upstream_authorization":
+			if err := parseAccessSubdirective(d, &spec, sub, args); err != nil {
+				return spec, err
+			}
 		case "mount_path":
 			if !single {
 				return spec, d.Err("mount_path: in the block form, the mount path is the block's argument")
@@ -370,6 +377,9 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 			}
 			spec.MountPath = args[0]
 		}
+	}
+	if err := checkEndpointAccess(&spec, caddyfileAccessNames); err != nil {
+		return spec, d.Errf("endpoint %s: %v", route, err)
 	}
 	if transportSegment != nil || len(proxySegments) > 0 {
 		spec.configureProxy = func(rp *reverseproxy.Handler) error {

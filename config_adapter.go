@@ -703,6 +703,9 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 			return spec, fmt.Errorf("%s (%s)", err, v.Source)
 		}
 	}
+	if err := ad.checkAccess(&spec, n); err != nil {
+		return spec, err
+	}
 	ad.checkEndpoint(&spec, n)
 	return spec, nil
 }
@@ -1151,7 +1154,7 @@ func backendIsListener(backend *url.URL, listen string) bool {
 }
 
 // endpointCaddyKnownKeys are the settings of an endpoint's `caddy:` key.
-var endpointCaddyKnownKeys = map[string]bool{"rewriteLocation": true}
+var endpointCaddyKnownKeys = map[string]bool{"rewriteLocation": true, "allow": true, "upstreamAuthorization": true}
 
 // endpointCaddyOptions reads an endpoint's `caddy:` key: settings of this
 // proxy that Backstage has no words for (Backstage ignores the key).
@@ -1164,7 +1167,7 @@ func (ad *adaptation) endpointCaddyOptions(spec *endpointSpec, n *appconfig.Node
 	}
 	for i, k := range n.Keys {
 		if !endpointCaddyKnownKeys[k] {
-			ad.warn(n.Values[i], spec.Route+".caddy", "proxy route %s: caddy.%s is not a known setting and is ignored (known: rewriteLocation)", spec.Route, k)
+			ad.warn(n.Values[i], spec.Route+".caddy", "proxy route %s: caddy.%s is not a known setting and is ignored (known: rewriteLocation, allow, upstreamAuthorization)", spec.Route, k)
 		}
 	}
 	if v := n.Get("rewriteLocation"); v != nil {
@@ -1183,7 +1186,7 @@ func (ad *adaptation) endpointCaddyOptions(spec *endpointSpec, n *appconfig.Node
 			}
 		}
 	}
-	return nil
+	return endpointAccessOptions(spec, n)
 }
 
 // checkExternalAccessValues checks, when the config is adapted, the values

@@ -553,6 +553,12 @@ proxy:
       credentials: forward
       headers: {Authorization: "Bearer ${CATALOG_TOKEN}"}
       pathRewrite: {}
+    /pagerduty:
+      target: https://api.pagerduty.com
+      allowedMethods: [GET]
+      caddy:
+        allow: [group:default/sre, user:alice, plugin:catalog, 'external:ci-*', static-subject]
+        upstreamAuthorization: Backstage-Upstream-Authorization
 `
 	caddyfileConfig := `:9080 {
 	backstage_proxy {
@@ -564,6 +570,11 @@ proxy:
 			credentials forward
 			upstream_header Authorization "Bearer {env.CATALOG_TOKEN}"
 			path_rewrite off
+		}
+		endpoint /pagerduty https://api.pagerduty.com {
+			allowed_methods GET
+			allow group:default/sre user:alice plugin:catalog external:ci-* static-subject
+			upstream_authorization Backstage-Upstream-Authorization
 		}
 	}
 }
@@ -583,6 +594,11 @@ proxy:
 	for i := range c {
 		if string(y[i]) != string(c[i]) {
 			t.Errorf("route %d differs:\nyaml:      %s\ncaddyfile: %s", i, y[i], c[i])
+		}
+	}
+	for _, want := range []string{`"allow":["group:default/sre","user:alice","plugin:catalog","external:ci-*","static-subject"]`, `"upstream_authorization":"Backstage-Upstream-Authorization"`} {
+		if !bytes.Contains(cfJSON, []byte(want)) {
+			t.Errorf("the Caddyfile JSON lacks %s", want)
 		}
 	}
 }

@@ -43,6 +43,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			repl.Set(placeholderUserID, p.SubjectValue())
 			repl.Map(principalPlaceholders(p.Type, p.Method))
 		}
+		if h.allow != nil {
+			if err := h.checkAllow(repl, &p); err != nil {
+				return err
+			}
+		}
 	}
 
 	// 2. Path guard (Backstage's router.ts guard; README Differences D10).

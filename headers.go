@@ -112,6 +112,9 @@ func (h *Handler) filterRequestHeaders(in http.Header) http.Header {
 			}
 		}
 	}
+	if h.upstreamAuthorization != "" {
+		h.setUpstreamAuthorization(in, out)
+	}
 	if h.AllowUpgrade {
 		// Divergence D11: never forward an h2c (or other non-WebSocket) upgrade.
 		if up, ok := out["Upgrade"]; ok && (len(up) != 1 || !strings.EqualFold(up[0], "websocket")) {

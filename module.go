@@ -11,6 +11,7 @@ import (
 	"regexp"
 	"strings"
 
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/policy"
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
@@ -154,6 +155,10 @@ type Handler struct {
 	unauthenticatedPaths []string
 
 	identity *App
+	// allow is the compiled Allow; nil: any verified principal.
+	allow *policy.Allow
+	// upstreamAuthorization is UpstreamAuthorization, canonical; "": none.
+	upstreamAuthorization string
 	// routePlaceholders provides {http.backstage_proxy.route}.
 	routePlaceholders caddy.ReplacerFunc
 	reqAllow          map[string]struct{}
@@ -206,7 +211,7 @@ func (h *Handler) setup(identity *App, logger *zap.Logger) error {
 			return fmt.Errorf("route %s: %v", h.Route, err)
 		}
 	}
-	return nil
+	return h.provisionAccess()
 }
 
 var headerNameRE = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -229,7 +234,7 @@ func (h *Handler) Validate() error {
 			}
 		}
 	}
-	return nil
+	return h.validateAccess()
 }
 
 // RateLimit is a per-principal request budget of one endpoint.

@@ -139,7 +139,7 @@ func Parse(entries []string) (*Allow, error) {
 	a := &Allow{}
 	for i, e := range entries {
 		if err := a.add(e); err != nil {
-			return nil, fmt.Errorf("allow[%d] %q: %v", i, e, err)
+			return nil, fmt.Errorf("entry %d %q: %v", i, e, err)
 		}
 	}
 	for _, s := range []*stringSet{&a.subjects, &a.plugins, &a.users, &a.owners} {

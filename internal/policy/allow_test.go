@@ -69,7 +69,7 @@ func TestParseErrors(t *testing.T) {
 			t.Errorf("Parse(%q): no error", tc.entry)
 			continue
 		}
-		if !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), fmt.Sprintf("allow[1] %q: ", tc.entry)) {
+		if !strings.Contains(err.Error(), tc.want) || !strings.HasPrefix(err.Error(), fmt.Sprintf("entry 1 %q: ", tc.entry)) {
 			t.Errorf("Parse(%q): %v, want it to name the entry and say %q", tc.entry, err, tc.want)
 		}
 	}
