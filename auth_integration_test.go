@@ -100,16 +100,42 @@ func (f *aiFixture) app(disableDefaultPolicy bool) map[string]any {
 // config is the whole Caddy JSON config: one route per credentials policy.
 func (f *aiFixture) config(t *testing.T, app map[string]any, routes ...string) string {
 	t.Helper()
-	var rs []any
+	var rs []aiRoute
 	for _, r := range routes {
 		name, creds, _ := strings.Cut(r, "=")
+		rs = append(rs, aiRoute{name: name, handler: map[string]any{"credentials": creds}})
+	}
+	return f.configRoutes(t, app, rs...)
+}
+
+// aiRoute is one route of configRoutes: /api/proxy/<name>, with the
+// backstage_proxy handler's settings, to upstream (default: the fixture's).
+type aiRoute struct {
+	name     string
+	handler  map[string]any
+	upstream string
+}
+
+// configRoutes is the whole Caddy JSON config for routes.
+func (f *aiFixture) configRoutes(t *testing.T, app map[string]any, routes ...aiRoute) string {
+	t.Helper()
+	var rs []any
+	for _, r := range routes {
+		handler := map[string]any{"handler": "backstage_proxy", "route": "/" + r.name}
+		for k, v := range r.handler {
+			handler[k] = v
+		}
+		upstream := r.upstream
+		if upstream == "" {
+			upstream = f.upstream.Listener.Addr().String()
+		}
 		rs = append(rs, map[string]any{
-			"match": []any{map[string]any{"path": []string{"/api/proxy/" + name, "/api/proxy/" + name + "/*"}}},
+			"match": []any{map[string]any{"path": []string{"/api/proxy/" + r.name, "/api/proxy/" + r.name + "/*"}}},
 			"handle": []any{
-				map[string]any{"handler": "backstage_proxy", "route": "/" + name, "credentials": creds},
+				handler,
 				map[string]any{
 					"handler":   "reverse_proxy",
-					"upstreams": []any{map[string]any{"dial": f.upstream.Listener.Addr().String()}},
+					"upstreams": []any{map[string]any{"dial": upstream}},
 					"headers": map[string]any{"request": map[string]any{"set": map[string]any{
 						"X-Principal":        []string{"{http.auth.user.id}"},
 						"X-Principal-Type":   []string{"{http.backstage_proxy.principal.type}"},
@@ -180,13 +206,22 @@ func aiLoad(t *testing.T, cfg string) {
 // aiGet sends GET <path> with the given Authorization header ("" = none).
 func aiGet(t *testing.T, path, authorization string) (int, []byte) {
 	t.Helper()
+	header := http.Header{}
+	if authorization != "" {
+		header.Set("Authorization", authorization)
+	}
+	status, _, body := aiDo(t, path, header)
+	return status, body
+}
+
+// aiDo sends GET <path> with header, and returns the answer.
+func aiDo(t *testing.T, path string, header http.Header) (int, http.Header, []byte) {
+	t.Helper()
 	req, err := http.NewRequest(http.MethodGet, "http://"+testListen+path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if authorization != "" {
-		req.Header.Set("Authorization", authorization)
-	}
+	req.Header = header
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	res, err := client.Do(req)
 	if err != nil {
@@ -197,7 +232,7 @@ func aiGet(t *testing.T, path, authorization string) (int, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return res.StatusCode, body
+	return res.StatusCode, res.Header, body
 }
 
 // aiCase is one credential and what a protected route makes of it.

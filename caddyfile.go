@@ -2,6 +2,7 @@ package backstageproxy
 
 import (
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strconv"
 	"strings"
@@ -193,6 +194,7 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 	spec := endpointSpec{Route: route, Target: target, Credentials: CredentialsRequire, ChangeOrigin: true}
 	seen := map[string]bool{}
 	rewriteOff, rewriteRules := false, 0
+	accessAt := "" // where the last access-policy subdirective is
 	var proxySegments []caddyfile.Segment
 	var transportSegment caddyfile.Segment
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
@@ -368,6 +370,7 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 			if err := parseAccessSubdirective(d, &spec, sub, args); err != nil {
 				return spec, err
 			}
+			accessAt = d.File() + ":" + strconv.Itoa(d.Line())
 		case "mount_path":
 			if !single {
 				return spec, d.Err("mount_path: in the block form, the mount path is the block's argument")
@@ -379,7 +382,7 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 		}
 	}
 	if err := checkEndpointAccess(&spec, caddyfileAccessNames); err != nil {
-		return spec, d.Errf("endpoint %s: %v", route, err)
+		return spec, fmt.Errorf("endpoint %s: %v, at %s", route, err, accessAt)
 	}
 	if transportSegment != nil || len(proxySegments) > 0 {
 		spec.configureProxy = func(rp *reverseproxy.Handler) error {
