@@ -61,7 +61,9 @@ func TestIntegrationAllow(t *testing.T) {
 		}
 		return claims
 	}
-	user := func(sub string, ent ...string) string { return u.Sign(t, u.Hdr(identity.TypeUser), userClaims(sub, ent...)) }
+	user := func(sub string, ent ...string) string {
+		return u.Sign(t, u.Hdr(identity.TypeUser), userClaims(sub, ent...))
+	}
 	limited := u.Sign(t, u.Hdr(identity.TypeLimitedUser), map[string]any{"sub": "user:default/alice", "iat": now, "exp": now + 3600})
 	plugin := func(id string, obo string) string {
 		claims := map[string]any{"sub": id, "aud": "proxy", "iat": now, "exp": now + 3600}
