@@ -186,9 +186,20 @@ func newUserTokenFixture(b *testing.B) *userTokenFixture {
 
 func (f *userTokenFixture) token(b *testing.B, sub string) string {
 	b.Helper()
+	return f.tokenWithOwnership(b, sub, nil)
+}
+
+// tokenWithOwnership is a user token for sub with the `ent` claim ent (none
+// if nil).
+func (f *userTokenFixture) tokenWithOwnership(b *testing.B, sub string, ent []string) string {
+	b.Helper()
 	now := time.Now()
-	tok, err := jwt.NewBuilder().Subject(sub).Audience([]string{"backstage"}).IssuedAt(now).
-		Expiration(now.Add(time.Hour)).Issuer("http://localhost:7007/api/auth").Build()
+	builder := jwt.NewBuilder().Subject(sub).Audience([]string{"backstage"}).IssuedAt(now).
+		Expiration(now.Add(time.Hour)).Issuer("http://localhost:7007/api/auth")
+	if ent != nil {
+		builder = builder.Claim("ent", ent)
+	}
+	tok, err := builder.Build()
 	if err != nil {
 		b.Fatal(err)
 	}
