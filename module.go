@@ -119,17 +119,24 @@ type Handler struct {
 	// `plugin:<id>` (for an on-behalf-of token: the acting plugin), or an
 	// external subject as Backstage names it (`external:<prefix>:<sub>` for
 	// `jwks`, a static or legacy entry's `subject`). A trailing `*` matches
-	// any suffix; entity refs compare case-insensitively. Refused principals
-	// get 403 (NotAllowedError). Not allowed on
-	// `dangerously-allow-unauthenticated` endpoints: there is no principal.
+	// any suffix; entity refs compare case-insensitively, and one without a
+	// namespace is in `default` (`group:sre` is `group:default/sre`); any
+	// other word is a static or legacy entry's subject, compared exactly.
+	// Refused principals get 403 (NotAllowedError) and nothing goes
+	// upstream. Not allowed on `dangerously-allow-unauthenticated`
+	// endpoints, nor with the app's `dangerously_disable_default_auth_policy`:
+	// there is no principal to check.
 	Allow []string `json:"allow,omitempty"`
 
 	// UpstreamAuthorization names a request header that carries the caller's
 	// own upstream credential (app-config `caddy.upstreamAuthorization`).
 	// After the Backstage check, its value is sent upstream as
 	// `Authorization`; the named header itself and the Backstage token are
-	// never sent upstream. It cannot be combined with `forward` credentials
-	// or an injected `Authorization` header.
+	// never sent upstream. Without the header (or with several values of
+	// it), no Authorization is sent. It also works on
+	// `dangerously-allow-unauthenticated` endpoints. It cannot be combined
+	// with `forward` credentials, an injected `Authorization` header, or
+	// `Authorization` or the named header in AllowedHeaders.
 	UpstreamAuthorization string `json:"upstream_authorization,omitempty"`
 
 	// RateLimit limits how often each principal may call this endpoint
