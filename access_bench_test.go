@@ -15,10 +15,7 @@ import (
 // BenchmarkHandlerStaticToken).
 func BenchmarkHandlerAllow(b *testing.B) {
 	f := newUserTokenFixture(b)
-	app := benchProvisionApp(b, &App{
-		UserTokens:     &identity.UserTokens{JWKSURL: f.jwks.URL},
-		ExternalAccess: []identity.ExternalAccess{{Static: &identity.StaticAccess{Token: "static-token-0123456789", Subject: "ci"}}},
-	})
+	app := benchUserAndStaticApp(b, f)
 	var allow []string
 	for i := range 4 {
 		allow = append(allow, fmt.Sprintf("user:default/user-%d", i), fmt.Sprintf("group:default/team-%d", i),
@@ -26,11 +23,8 @@ func BenchmarkHandlerAllow(b *testing.B) {
 	}
 	// the matching entries last
 	allow = append(allow, "group:team-x/*", "external:ci-*", "group:default/oncall", "ci")
-	h := &Handler{
-		Credentials: CredentialsRequire, Route: "/catalog", Allow: allow,
-		AllowedHeaders: []string{"X-Request-Id"}, UpstreamHeaders: []string{"Authorization"},
-		Rewrite: &UpstreamRewrite{StripPrefix: "/api/proxy/catalog", TargetPath: "/api/catalog"},
-	}
+	h := benchHandler(b, CredentialsRequire, app)
+	h.Allow = allow
 	if err := h.setup(app, zap.NewNop()); err != nil {
 		b.Fatal(err)
 	}
@@ -43,5 +37,15 @@ func BenchmarkHandlerAllow(b *testing.B) {
 	})
 	b.Run("static", func(b *testing.B) {
 		runHandlerBench(b, h, benchRequest("Bearer static-token-0123456789"))
+	})
+}
+
+// benchUserAndStaticApp is an identity app that verifies f's user tokens
+// and the static token `static-token-0123456789` (subject `ci`).
+func benchUserAndStaticApp(b *testing.B, f *userTokenFixture) *App {
+	b.Helper()
+	return benchProvisionApp(b, &App{
+		UserTokens:     &identity.UserTokens{JWKSURL: f.jwks.URL},
+		ExternalAccess: []identity.ExternalAccess{{Static: &identity.StaticAccess{Token: "static-token-0123456789", Subject: "ci"}}},
 	})
 }

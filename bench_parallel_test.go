@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 	"testing"
 
-	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
@@ -23,10 +22,7 @@ import (
 //	user-tokens-cached: each goroutine its own token.
 func BenchmarkHandlerParallel(b *testing.B) {
 	f := newUserTokenFixture(b)
-	app := benchProvisionApp(b, &App{
-		UserTokens:     &identity.UserTokens{JWKSURL: f.jwks.URL},
-		ExternalAccess: []identity.ExternalAccess{{Static: &identity.StaticAccess{Token: "static-token-0123456789", Subject: "ci"}}},
-	})
+	app := benchUserAndStaticApp(b, f)
 	shared := "Bearer " + f.token(b, "user:default/alice")
 	var tokens []string
 	for i := range 64 {

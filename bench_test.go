@@ -231,10 +231,7 @@ var noopNext = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) er
 // token with a next handler that does nothing.
 func BenchmarkHandlerNoopNext(b *testing.B) {
 	f := newUserTokenFixture(b)
-	app := benchProvisionApp(b, &App{
-		UserTokens:     &identity.UserTokens{JWKSURL: f.jwks.URL},
-		ExternalAccess: []identity.ExternalAccess{{Static: &identity.StaticAccess{Token: "static-token-0123456789", Subject: "ci"}}},
-	})
+	app := benchUserAndStaticApp(b, f)
 	for _, c := range []struct {
 		name string
 		h    caddyhttp.MiddlewareHandler

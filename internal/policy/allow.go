@@ -249,25 +249,23 @@ func validKind(k string) bool {
 // validRefPart checks a namespace or name: letters, digits, `-`, `_`, `.`;
 // empty only as a prefix (`group:default/*`).
 func validRefPart(s string, prefix bool) bool {
-	if s == "" {
-		return prefix
-	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; !isLetter(c) && !isDigit(c) && c != '-' && c != '_' && c != '.' {
-			return false
-		}
-	}
-	return true
+	return validWord(s, prefix, func(c byte) bool { return isLetter(c) || isDigit(c) || c == '-' || c == '_' || c == '.' })
 }
 
 // validPluginIDPart is identity's plugin id syntax (lower-cased); empty
 // only as a prefix (`plugin:*`).
 func validPluginIDPart(s string, prefix bool) bool {
+	return validWord(s, prefix, func(c byte) bool { return c >= 'a' && c <= 'z' || isDigit(c) || c == '-' || c == '_' })
+}
+
+// validWord reports whether every byte of s is allowed; empty only as a
+// prefix.
+func validWord(s string, prefix bool, allowed func(byte) bool) bool {
 	if s == "" {
 		return prefix
 	}
 	for i := 0; i < len(s); i++ {
-		if c := s[i]; !(c >= 'a' && c <= 'z') && !isDigit(c) && c != '-' && c != '_' {
+		if !allowed(s[i]) {
 			return false
 		}
 	}
