@@ -1,11 +1,20 @@
 package backstageproxy
 
 import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 )
 
 // TestAccessConfigErrors: every form of configuration refuses the same
@@ -93,6 +102,45 @@ func TestAccessAdapterTypeErrors(t *testing.T) {
 		_, _, err := caddyconfig.GetAdapter("backstage").Adapt([]byte(cfg), nil)
 		if err == nil || !strings.Contains(err.Error(), "proxy route /r: "+tc.want) || !strings.Contains(err.Error(), "(line 5)") {
 			t.Errorf("%s: got %v, want %q at line 5", tc.caddy, err, tc.want)
+		}
+	}
+}
+
+// TestAllowRefusalLog: a refusal by allow is logged at debug level with the
+// route and the principal, never the token, and sets
+// {http.backstage_proxy.error}; the next handler is not called.
+func TestAllowRefusalLog(t *testing.T) {
+	core, logs := observer.New(zapcore.DebugLevel)
+	auth := &htAuth{}
+	h := Handler{Route: "/r", Allow: []string{"user", "plugin:catalog"}}
+	if err := h.setup(&App{authn: auth}, zap.New(core)); err != nil {
+		t.Fatal(err)
+	}
+	repl := caddy.NewReplacer()
+	r := httptest.NewRequest("GET", "/api/proxy/r/x", nil)
+	r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+	r.Header.Set("Authorization", "Bearer good")
+	called := false
+	next := caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { called = true; return nil })
+	err := h.ServeHTTP(httptest.NewRecorder(), r, next)
+	var he caddyhttp.HandlerError
+	if !errors.As(err, &he) || he.StatusCode != 403 || called {
+		t.Fatalf("got %v (next called: %v), want a 403 handler error", err, called)
+	}
+	if v, _ := repl.Get(placeholderError); v != notAllowedMessage {
+		t.Errorf("{%s} = %v", placeholderError, v)
+	}
+	entries := logs.FilterMessage("principal not allowed").All()
+	if len(entries) != 1 {
+		t.Fatalf("%d log entries: %v", len(entries), logs.All())
+	}
+	fields := entries[0].ContextMap()
+	if fields["route"] != "/r" || fields["principal"] != "external:ci" {
+		t.Errorf("log fields %v", fields)
+	}
+	for _, e := range logs.All() {
+		if strings.Contains(e.Message+fmt.Sprint(e.ContextMap()), "good") {
+			t.Errorf("the token is in the log: %v", e)
 		}
 	}
 }

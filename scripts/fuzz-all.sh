@@ -10,7 +10,8 @@ cd "$(dirname "$0")/.."
 # package:target, one per fuzz target
 for entry in .:FuzzAdapt .:FuzzPathGuard .:FuzzUpstreamRewrite .:FuzzRequestFilter \
 	./internal/appconfig:FuzzLoadBackstageConfig \
-	./internal/identity:FuzzBearerAndToken ./internal/identity:FuzzPluginClaimsImpersonation; do
+	./internal/identity:FuzzBearerAndToken ./internal/identity:FuzzPluginClaimsImpersonation \
+	./internal/policy:FuzzAllowPatterns; do
 	pkg=${entry%%:*} target=${entry#*:}
 	echo "== $pkg $target (${FUZZTIME:-2m})"
 	go test -run '^$' -fuzz "^${target}\$" -fuzztime "${FUZZTIME:-2m}" "$pkg"
