@@ -74,6 +74,9 @@ type routeChain struct {
 	// compiled ends in fellThrough; nil when the list must be compiled per
 	// request, with the request's next handler.
 	compiled caddyhttp.Handler
+	// methodRoutes are the routes with allowedMethods, for counting the
+	// requests that fell through because of their method.
+	methodRoutes []methodRoute
 }
 
 // errFellThrough is returned by a compiled list when no route ended the
@@ -90,6 +93,7 @@ func newRouteChain(routes caddyhttp.RouteList) *routeChain {
 		}
 	}
 	c.compiled = routes.Compile(fellThrough)
+	c.methodRoutes = methodRoutes(routes)
 	return c
 }
 
@@ -100,6 +104,9 @@ func (c *routeChain) serve(w http.ResponseWriter, r *http.Request, next caddyhtt
 	}
 	err := c.compiled.ServeHTTP(w, r)
 	if err == errFellThrough {
+		if c.methodRoutes != nil {
+			c.countMethodNotAllowed(r)
+		}
 		return next.ServeHTTP(w, r)
 	}
 	return err
