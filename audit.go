@@ -40,11 +40,14 @@ type observability struct {
 	// injectedNames is the `injectedHeaders` field of the audit events,
 	// made once.
 	injectedNames zap.Field
+	// passed, on a barrier in a dispatcher, counts the requests the
+	// barrier lets through that an endpoint refused for their method.
+	passed func(*http.Request)
 }
 
 // setupObservability resolves the route's counters and the audit log.
 func (h *Handler) setupObservability(app *App) {
-	h.observability = observability{}
+	h.observability = observability{passed: h.passed}
 	if app == nil {
 		return
 	}

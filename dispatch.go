@@ -86,14 +86,13 @@ var errFellThrough = errors.New("backstage_dispatch: no route ended the request"
 var fellThrough = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return errFellThrough })
 
 func newRouteChain(routes caddyhttp.RouteList) *routeChain {
-	c := &routeChain{routes: routes}
+	c := &routeChain{routes: routes, methodRoutes: methodRoutes(routes)}
 	for _, r := range routes {
 		if !r.Terminal && len(r.Handlers) > 0 {
 			return c
 		}
 	}
 	c.compiled = routes.Compile(fellThrough)
-	c.methodRoutes = methodRoutes(routes)
 	return c
 }
 
@@ -104,9 +103,6 @@ func (c *routeChain) serve(w http.ResponseWriter, r *http.Request, next caddyhtt
 	}
 	err := c.compiled.ServeHTTP(w, r)
 	if err == errFellThrough {
-		if c.methodRoutes != nil {
-			c.countMethodNotAllowed(r)
-		}
 		return next.ServeHTTP(w, r)
 	}
 	return err
@@ -166,6 +162,7 @@ func (d *Dispatch) Provision(ctx caddy.Context) error {
 		}
 	}
 	d.all = newRouteChain(d.Routes)
+	d.attachBarriers()
 	d.catchAll = newRouteChain(catchAll)
 	d.bySegment = make(map[string]*routeChain, len(lists))
 	for k, l := range lists {

@@ -57,6 +57,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// The barrier just decides; the next handler answers.
 	if h.barrier {
+		if h.passed != nil {
+			h.passed(r)
+		}
 		return next.ServeHTTP(w, r)
 	}
 

@@ -3,7 +3,6 @@ package backstageproxy
 import (
 	"errors"
 	"net/http"
-	"time"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/identity"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -30,9 +29,10 @@ const (
 	outcomeRateLimited
 	// outcomeBadPath: 400, path traversal.
 	outcomeBadPath
-	// outcomeMethodNotAllowed: the path is under a route whose `allowedMethods`
-	// excludes the method, so the request fell through to a later route or
-	// the 404 (counted by the dispatcher; see Dispatch.countMethodNotAllowed).
+	// outcomeMethodNotAllowed: the path is under a route whose
+	// `allowedMethods` excludes the method, so the request went on to the
+	// barrier (and its 404), with valid credentials (counted when the
+	// barrier lets it through; see Dispatch.countMethodNotAllowed).
 	outcomeMethodNotAllowed
 	// outcomeUpstreamError: 502/503/504, the upstream could not be reached
 	// or did not answer in time.
@@ -200,23 +200,36 @@ func (c keySetCollector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c keySetCollector) Collect(ch chan<- prometheus.Metric) {
-	t := time.Now()
 	c.v.KeySets(func(s identity.KeySetStats) {
 		ch <- prometheus.MustNewConstMetric(keySetFetchesDesc, prometheus.CounterValue, float64(s.Fetches-s.Failures), s.Name, "ok")
 		ch <- prometheus.MustNewConstMetric(keySetFetchesDesc, prometheus.CounterValue, float64(s.Failures), s.Name, "error")
-		if !s.FetchedAt.IsZero() {
-			ch <- prometheus.MustNewConstMetric(keySetAgeDesc, prometheus.GaugeValue, t.Sub(s.FetchedAt).Seconds(), s.Name)
+		if age, ok := s.Age(); ok {
+			ch <- prometheus.MustNewConstMetric(keySetAgeDesc, prometheus.GaugeValue, age.Seconds(), s.Name)
 		}
 	})
 }
 
-// countMethodNotAllowed counts a request that no route of c ended, under
-// the first route whose path matched but whose method matcher did not: the
-// request fell through because of its method (to the 404, or to a later
-// overlapping route that answered; then nothing is counted here). It runs
-// only after a fall-through, so it costs the other requests nothing.
-func (c *routeChain) countMethodNotAllowed(r *http.Request) {
-	for _, mr := range c.methodRoutes {
+// attachBarriers lets the barriers among the dispatcher's routes count
+// the requests that reach them because of their method
+// (countMethodNotAllowed).
+func (d *Dispatch) attachBarriers() {
+	for _, rt := range d.Routes {
+		for _, h := range rt.Handlers {
+			if b, ok := h.(*Barrier); ok && b.policy.requests != nil {
+				b.policy.passed = d.countMethodNotAllowed
+			}
+		}
+	}
+}
+
+// countMethodNotAllowed counts a request that the barrier let through (to
+// the 404, or to a route after the dispatcher), under the first endpoint
+// route for its path whose `method` matcher refused it: the request reached
+// the barrier because of its method. Only such requests pay for it: one
+// index lookup, and the path matchers of the routes with allowedMethods
+// for the request's first segment.
+func (d *Dispatch) countMethodNotAllowed(r *http.Request) {
+	for _, mr := range d.chain(r).methodRoutes {
 		if ok, _ := mr.path.MatchWithError(r); ok {
 			if ok, _ := mr.methods.MatchWithError(r); !ok {
 				mr.handler.count(outcomeMethodNotAllowed)

@@ -73,6 +73,15 @@ type KeySetStats struct {
 	FetchedAt time.Time
 }
 
+// Age is how long ago the current keys of s were fetched, on the
+// verifier's clock, and false if none ever was.
+func (s KeySetStats) Age() (time.Duration, bool) {
+	if s.FetchedAt.IsZero() {
+		return 0, false
+	}
+	return now().Sub(s.FetchedAt), true
+}
+
 // KeySets calls visit with the statistics of each key set the verifier
 // uses, once per distinct Name.
 func (a *Verifier) KeySets(visit func(KeySetStats)) {
