@@ -51,7 +51,7 @@ func (h *Handler) setupObservability(app *App) {
 	if app == nil {
 		return
 	}
-	h.requests = app.metrics.routeCounters(h.Route)
+	h.requests = app.metrics.routeCounters(h.Route, h.barrier)
 	h.audit = app.audit
 	if len(h.UpstreamHeaders) > 0 {
 		h.auditInjected = true

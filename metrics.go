@@ -149,17 +149,24 @@ func (m *proxyMetrics) VerificationCacheLookup(hit bool) {
 }
 
 // routeCounters resolves the request counters of one route, once, at
-// provision.
-func (m *proxyMetrics) routeCounters(route string) *[numOutcomes]prometheus.Counter {
+// provision; a barrier's are labelled barrierRouteLabel, and only for the
+// outcomes it has.
+func (m *proxyMetrics) routeCounters(route string, barrier bool) *[numOutcomes]prometheus.Counter {
 	if m == nil {
 		return nil
 	}
-	if route == "" {
-		route = barrierRouteLabel
-	}
 	var c [numOutcomes]prometheus.Counter
 	for o := range numOutcomes {
-		c[o] = m.requests.WithLabelValues(route, o.String())
+		if barrier && o != outcomeUnauthenticated && o != outcomeForbidden && o != outcomeBadPath {
+			// not the barrier's: no series that stays at 0
+			c[o] = prometheus.NewCounter(prometheus.CounterOpts{Name: "unused"})
+			continue
+		}
+		label := route
+		if barrier || label == "" {
+			label = barrierRouteLabel
+		}
+		c[o] = m.requests.WithLabelValues(label, o.String())
 	}
 	return &c
 }
