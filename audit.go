@@ -1,6 +1,7 @@
 package backstageproxy
 
 import (
+	"net"
 	"net/http"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/urlpath"
@@ -105,18 +106,22 @@ func (h *Handler) writeAudit(r *http.Request, o outcome, status int, subject, re
 		return
 	}
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	hostname := r.Host // as Express's req.hostname: without the port
+	if h, _, err := net.SplitHostPort(hostname); err == nil {
+		hostname = h
+	}
 	ev := auditEvent{
-		actor:    auditActor{actorID: subject, ip: ip, hostname: r.Host, userAgent: r.UserAgent()},
+		actor:    auditActor{actorID: subject, ip: ip, hostname: hostname, userAgent: r.UserAgent()},
 		request:  auditRequest{url: urlpath.Escaped(r.URL), method: r.Method},
 		meta:     auditMeta{route: h.Route, outcome: o, status: status},
 		severity: "low",
 		status:   "succeeded",
 	}
+	if h.auditInjected && (o == outcomeProxied || o == outcomeUpstreamError) {
+		ev.severity = "medium" // a credential of the proxy's was used
+	}
 	switch o {
 	case outcomeProxied:
-		if h.auditInjected {
-			ev.severity = "medium" // a credential of the proxy's was used
-		}
 	case outcomeBadPath:
 		ev.severity, ev.status = "high", "failed"
 	case outcomeForbidden:

@@ -234,6 +234,7 @@ func TestAuditEvents(t *testing.T) {
 	t.Setenv("AUDIT_TEST_UPSTREAM_KEY", upstreamKey)
 	skipIfShort(t)
 	up := newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	down := closedLoopbackAddr(t)
 	logFile := filepath.Join(t.TempDir(), "audit.log")
 	secLoad(t, `
 caddy:
@@ -256,6 +257,9 @@ proxy:
       target: `+up.URL+`
       headers: {X-Api-Key: '${AUDIT_TEST_UPSTREAM_KEY}'}
     /au-plain: `+up.URL+`
+    /au-down:
+      target: http://`+down+`
+      headers: {X-Api-Key: '${AUDIT_TEST_UPSTREAM_KEY}'}
 `)
 	type event struct {
 		Msg           string `json:"msg"`
@@ -290,6 +294,9 @@ proxy:
 	}{
 		{"injected credential", "GET", "/api/proxy/au-inject/a?api_key=query-secret", testStaticToken, 200, &event{
 			SeverityLevel: "medium", Status: "succeeded",
+		}},
+		{"injected credential, upstream down", "GET", "/api/proxy/au-down/a", testStaticToken, 502, &event{
+			SeverityLevel: "medium", Status: "failed", Error: "Bad Gateway",
 		}},
 		{"plain route, proxied: not audited", "GET", "/api/proxy/au-plain/a", testStaticToken, 200, nil},
 		{"wrong token", "GET", "/api/proxy/au-plain/a", wrongToken, 401, &event{
@@ -334,7 +341,7 @@ proxy:
 			path, _, _ := strings.Cut(tc.target, "?")
 			want := *tc.want
 			want.Msg, want.Logger, want.IsAuditEvent, want.Plugin, want.EventID = "proxy.proxy-request", AuditLoggerName, true, "proxy", "proxy-request"
-			want.Actor.IP, want.Actor.Hostname, want.Actor.UserAgent = "127.0.0.1", "localhost:7007", "observe-test/1"
+			want.Actor.IP, want.Actor.Hostname, want.Actor.UserAgent = "127.0.0.1", "localhost", "observe-test/1"
 			want.Request.URL, want.Request.Method = path, tc.method
 			want.Meta.Status = tc.status
 			switch {
@@ -342,6 +349,8 @@ proxy:
 				want.Meta.Outcome = "proxied"
 			case tc.status == 400:
 				want.Meta.Outcome = "bad_path"
+			case tc.status == 502:
+				want.Meta.Outcome = "upstream_error"
 			default:
 				want.Meta.Outcome = "unauthenticated"
 			}
@@ -350,6 +359,9 @@ proxy:
 			}
 			if strings.HasPrefix(path, "/api/proxy/au-inject") {
 				want.Meta.Route = "/au-inject"
+				want.Meta.InjectedHeaders = []string{"X-Api-Key"}
+			} else if strings.HasPrefix(path, "/api/proxy/au-down") {
+				want.Meta.Route = "/au-down"
 				want.Meta.InjectedHeaders = []string{"X-Api-Key"}
 			} else if strings.HasPrefix(path, "/api/proxy/au-plain") {
 				want.Meta.Route = "/au-plain"
