@@ -47,6 +47,19 @@ func scrapeMetrics(t *testing.T) map[string]float64 {
 	return out
 }
 
+// expectSeries requires each series of want in the scrape m, with its value.
+func expectSeries(t *testing.T, m, want map[string]float64) {
+	t.Helper()
+	for s, v := range want {
+		got, ok := m[s]
+		if !ok {
+			t.Errorf("/metrics has no %s", s)
+		} else if got != v {
+			t.Errorf("%s = %v, want %v", s, got, v)
+		}
+	}
+}
+
 // series spells a series as scrapeMetrics keys it; labels are name, value
 // pairs in name order.
 func series(name string, labels ...string) string {
@@ -145,14 +158,7 @@ func TestMetricsRequestOutcomes(t *testing.T) {
 		series("caddy_backstage_proxy_verification_cache_lookups_total", "result", "miss"): 1,
 		series("caddy_backstage_proxy_verification_cache_lookups_total", "result", "hit"):  0,
 	}
-	for s, v := range want {
-		got, ok := m[s]
-		if !ok {
-			t.Errorf("/metrics has no %s", s)
-		} else if got != v {
-			t.Errorf("%s = %v, want %v", s, got, v)
-		}
-	}
+	expectSeries(t, m, want)
 	// Label values come from the config only.
 	for s := range m {
 		if strings.HasPrefix(s, "caddy_backstage_proxy_requests_total{") &&
@@ -206,14 +212,7 @@ proxy:
 		series("caddy_backstage_proxy_key_set_fetches_total", "key_set", keySetURL, "result", "error"): 0,
 		series("caddy_backstage_proxy_key_set_age_seconds", "key_set", keySetURL):                      90,
 	}
-	for s, v := range want {
-		got, ok := m[s]
-		if !ok {
-			t.Errorf("/metrics has no %s", s)
-		} else if got != v {
-			t.Errorf("%s = %v, want %v", s, got, v)
-		}
-	}
+	expectSeries(t, m, want)
 	var caddyHTTP bool
 	for s := range m {
 		caddyHTTP = caddyHTTP || strings.HasPrefix(s, "caddy_http_requests_total{")
