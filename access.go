@@ -129,7 +129,7 @@ func checkEndpointAccess(s *endpointSpec, names accessNames) error {
 
 // checkAllow refuses a verified principal that the endpoint's allow list
 // does not name: 403 NotAllowedError, and nothing goes upstream.
-func (h *Handler) checkAllow(repl *caddy.Replacer, p *identity.Principal) error {
+func (h *Handler) checkAllow(r *http.Request, repl *caddy.Replacer, p *identity.Principal) error {
 	if h.allow.Allows(p.PolicyView()) {
 		return nil
 	}
@@ -139,6 +139,7 @@ func (h *Handler) checkAllow(repl *caddy.Replacer, p *identity.Principal) error 
 	if repl != nil {
 		repl.Set(placeholderError, notAllowedMessage)
 	}
+	h.record(r, outcomeForbidden, http.StatusForbidden, p.Subject, notAllowedMessage)
 	return h.refuse(http.StatusForbidden, "NotAllowedError", notAllowedMessage)
 }
 

@@ -53,6 +53,9 @@ import (
 //	    internal: false                 # true: Caddy's own CA (no ACME)
 //	  # Access logs for every request (Authorization and cookies redacted).
 //	  accessLog: true
+//	  # Caddy's own HTTP metrics (caddy_http_*) on the admin API's /metrics,
+//	  # besides the proxy's (caddy_backstage_proxy_*), which are always on.
+//	  metrics: true
 //	  # Raw Caddy JSON, deep-merged into the generated config last: objects
 //	  # merge key by key, anything else (lists too) replaces. Strings from
 //	  # ${VAR} become {env.VAR}. (null cannot delete a key: Backstage's config
@@ -70,6 +73,7 @@ type caddyOptions struct {
 	keySetCAs   []string
 	https       *autoHTTPS
 	accessLog   bool
+	metrics     bool
 	json        *appconfig.Node
 	// noWatch is caddy.watch: false: the running server does not reload
 	// when the config files change.
@@ -87,6 +91,7 @@ type autoHTTPS struct {
 var caddyKnownKeys = map[string]bool{
 	"admin": true, "listen": true, "backend": true, "authBaseUrl": true,
 	"https": true, "accessLog": true, "json": true, "keySetCaFiles": true, "watch": true,
+	"metrics": true,
 }
 
 // readCaddyOptions reads and checks the `caddy:` key.
@@ -102,7 +107,7 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 	o.node = n
 	for i, k := range n.Keys {
 		if !caddyKnownKeys[k] {
-			ad.warn(n.Values[i], "caddy", "caddy.%s is not a known setting and is ignored (known: accessLog, admin, authBaseUrl, backend, https, json, keySetCaFiles, listen, watch)", k)
+			ad.warn(n.Values[i], "caddy", "caddy.%s is not a known setting and is ignored (known: accessLog, admin, authBaseUrl, backend, https, json, keySetCaFiles, listen, metrics, watch)", k)
 		}
 	}
 	if b := n.Get("backend"); b != nil && !jsFalsy(b) {
@@ -161,6 +166,13 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 			return nil, appconfig.ErrorAt(l, "caddy.accessLog must be a boolean, got %s", l.TypeName())
 		}
 		o.accessLog = v
+	}
+	if m := n.Get("metrics"); m != nil {
+		v, ok := m.Bool()
+		if !ok {
+			return nil, appconfig.ErrorAt(m, "caddy.metrics must be a boolean, got %s", m.TypeName())
+		}
+		o.metrics = v
 	}
 	if j := n.Get("json"); j != nil && !j.IsNull() {
 		if j.Kind != appconfig.KindMap {

@@ -3,6 +3,7 @@ package backstageproxy
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/lestrrat-go/jwx/v3/jws"
 	"github.com/lestrrat-go/jwx/v3/jwt"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 )
 
 // The benchmarks measure the request path of the handler alone, with a next
@@ -114,6 +116,10 @@ func benchHandler(b *testing.B, credentials string, app *App) *Handler {
 	if err := h.setup(app, zap.NewNop()); err != nil {
 		b.Fatal(err)
 	}
+	// Logging is off, as for the handler's own logger: the audit log of
+	// a provisioned app is a development logger here (no Caddy config).
+	// BenchmarkHandlerAudited measures an audit event.
+	h.audit = nil
 	return h
 }
 
@@ -430,4 +436,16 @@ func BenchmarkAdapt200Routes(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkHandlerAudited: BenchmarkHandlerStaticToken with the audit log
+// on (JSON, to io.Discard), so every request (the route injects a header)
+// writes its audit event: the cost of one event.
+func BenchmarkHandlerAudited(b *testing.B) {
+	app := benchProvisionApp(b, &App{ExternalAccess: []identity.ExternalAccess{
+		{Static: &identity.StaticAccess{Token: "static-token-0123456789", Subject: "ci"}},
+	}})
+	h := benchHandler(b, CredentialsRequire, app)
+	h.audit = zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()), zapcore.AddSync(io.Discard), zap.InfoLevel)).Named(AuditLoggerName)
+	runHandlerBench(b, h, benchRequest("Bearer static-token-0123456789"))
 }

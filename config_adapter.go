@@ -281,6 +281,10 @@ func (ad *adaptation) config() (*caddy.Config, error) {
 		return nil, err
 	}
 	httpApp := caddyhttp.App{Servers: map[string]*caddyhttp.Server{"backstage": server}}
+	if opts.metrics {
+		// Caddy's HTTP metrics (caddy_http_*), for every server.
+		httpApp.Metrics = &caddyhttp.Metrics{}
+	}
 	if ad.watchFiles != nil && !opts.noWatch {
 		identity.Watch = &WatchConfig{ConfigFile: ad.watchFiles[0], Files: ad.watchFiles}
 	}

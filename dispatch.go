@@ -74,6 +74,9 @@ type routeChain struct {
 	// compiled ends in fellThrough; nil when the list must be compiled per
 	// request, with the request's next handler.
 	compiled caddyhttp.Handler
+	// methodRoutes are the routes with allowedMethods, for counting the
+	// requests that fell through because of their method.
+	methodRoutes []methodRoute
 }
 
 // errFellThrough is returned by a compiled list when no route ended the
@@ -83,7 +86,7 @@ var errFellThrough = errors.New("backstage_dispatch: no route ended the request"
 var fellThrough = caddyhttp.HandlerFunc(func(http.ResponseWriter, *http.Request) error { return errFellThrough })
 
 func newRouteChain(routes caddyhttp.RouteList) *routeChain {
-	c := &routeChain{routes: routes}
+	c := &routeChain{routes: routes, methodRoutes: methodRoutes(routes)}
 	for _, r := range routes {
 		if !r.Terminal && len(r.Handlers) > 0 {
 			return c
@@ -159,6 +162,7 @@ func (d *Dispatch) Provision(ctx caddy.Context) error {
 		}
 	}
 	d.all = newRouteChain(d.Routes)
+	d.attachBarriers()
 	d.catchAll = newRouteChain(catchAll)
 	d.bySegment = make(map[string]*routeChain, len(lists))
 	for k, l := range lists {

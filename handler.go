@@ -24,9 +24,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 
 	// 1. Credentials, before the path guard: Backstage's barrier runs first, so
 	// anonymous traversal attempts on protected routes get 401.
+	var p identity.Principal
 	if h.needsCredentials(escapedPath) {
 		token, authErr := identity.BearerToken(r.Header)
-		var p identity.Principal
 		if authErr == nil {
 			p, authErr = h.identity.authn.Authenticate(r.Context(), token)
 		}
@@ -37,6 +37,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			if repl != nil {
 				repl.Set(placeholderError, authErr.Message)
 			}
+			h.record(r, outcomeOfStatus(authErr.Status), authErr.Status, "", authErr.Message)
 			return h.refuse(authErr.Status, authErr.Name, authErr.Message)
 		}
 		if repl != nil {
@@ -44,7 +45,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 			repl.Map(principalPlaceholders(p.Type, p.Method))
 		}
 		if h.allow != nil {
-			if err := h.checkAllow(repl, &p); err != nil {
+			if err := h.checkAllow(r, repl, &p); err != nil {
 				return err
 			}
 		}
@@ -55,11 +56,15 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		if repl != nil {
 			repl.Set(placeholderError, "path traversal")
 		}
+		h.record(r, outcomeBadPath, http.StatusBadRequest, p.Subject, "path traversal")
 		return caddyhttp.Error(http.StatusBadRequest, &proxyError{message: "Bad Request", body: bodyBadRequest})
 	}
 
 	// The barrier just decides; the next handler answers.
 	if h.barrier {
+		if h.passed != nil {
+			h.passed(r)
+		}
 		return next.ServeHTTP(w, r)
 	}
 
@@ -81,6 +86,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 	} else if err != nil {
 		err = h.upstreamError(err)
 	}
+	h.recordUpstream(r, rf, err, p.Subject)
 	rf.release(r.Method)
 	return err
 }

@@ -53,7 +53,11 @@ type App struct {
 	// The `backstage` adapter sets it for a config loaded from files.
 	Watch *WatchConfig `json:"watch,omitempty"`
 
-	authn   authenticator
+	authn authenticator
+	// metrics are the collectors in this config's metrics registry; audit
+	// is the audit log (AuditLoggerName). Nil until provisioned.
+	metrics *proxyMetrics
+	audit   *zap.Logger
 	watcher *watcher
 	release func()
 	logger  *zap.Logger
@@ -71,6 +75,19 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // fetched in the background and on demand.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
+	a.audit = a.logger.Named(auditLoggerSuffix)
+	reg := ctx.GetMetricsRegistry()
+	if reg != nil {
+		m, err := newProxyMetrics(reg)
+		if err != nil {
+			return fmt.Errorf("backstage metrics: %v", err)
+		}
+		a.metrics = m
+	}
+	var observer identity.Observer
+	if a.metrics != nil {
+		observer = a.metrics
+	}
 	repl := caddy.NewReplacer()
 	authn, release, err := identity.New(identity.Config{
 		UserTokens:     a.UserTokens,
@@ -84,12 +101,20 @@ func (a *App) Provision(ctx caddy.Context) error {
 		KeySetLogger: func() *zap.Logger { return caddy.Log().Named("backstage.jwks") },
 		// Placeholders ({env.STATIC_TOKEN}) are resolved once, here, so that
 		// secrets need not appear in the JSON.
-		Resolve: func(s string) string { return repl.ReplaceKnown(s, "") },
+		Resolve:  func(s string) string { return repl.ReplaceKnown(s, "") },
+		Observer: observer,
 	})
 	if err != nil {
 		return fmt.Errorf("backstage identity: %v", err)
 	}
 	a.authn, a.release = authn, release
+	if reg != nil {
+		if err := registerKeySets(reg, authn); err != nil {
+			release()
+			a.release = nil
+			return fmt.Errorf("backstage metrics: %v", err)
+		}
+	}
 	return nil
 }
 

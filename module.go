@@ -176,6 +176,7 @@ type Handler struct {
 	respAllow      map[string]struct{}
 	logger         *zap.Logger
 	openPaths      []string
+	observability
 }
 
 // CaddyModule returns the Caddy module information.
@@ -209,6 +210,7 @@ func (h *Handler) setup(identity *App, logger *zap.Logger) error {
 	}
 	h.MountPath = strings.TrimRight(h.MountPath, "/")
 	h.setAllowlists()
+	h.setupObservability(identity)
 	h.openPaths = h.openPaths[:0]
 	for _, p := range h.unauthenticatedPaths {
 		h.openPaths = append(h.openPaths, strings.ToLower(normalizeRouteKey(p)))

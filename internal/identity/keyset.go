@@ -527,6 +527,7 @@ type keyCache struct {
 
 	keys    atomic.Pointer[keySet] // last good key set, nil until the first success
 	fetches atomic.Int64           // completed fetch attempts (counted once their outcome is recorded and logged)
+	failed  atomic.Int64           // the failed ones among them
 	// refreshGate is the earliest time (UnixNano) at which a request that
 	// finds the keys due for a refresh may try to start one: math.MaxInt64
 	// while a fetch is in flight, retryAt after a failure, 0 otherwise.
@@ -616,6 +617,7 @@ func (c *keyCache) finish(call *fetchCall, keys []verifyKey, maxAge time.Duratio
 			go c.refreshLoop()
 		}
 	} else {
+		c.failed.Add(1)
 		c.failures++
 		backoff := jwksRetryMin << min(c.failures-1, 5)
 		c.retryAt = now().Add(min(backoff, jwksRetryMax))
@@ -840,7 +842,11 @@ type pluginKeySets struct {
 	evictWarned  bool
 	budgetWarned bool
 
-	fetches atomic.Int64 // checks started (for tests)
+	fetches atomic.Int64 // checks started (for tests and KeySets)
+	// checkFailures counts the failed checks; retiredFetches and
+	// retiredFailures the refreshes and failures of evicted plugins' caches
+	// (KeySets' counts never go down). Guarded by mu.
+	checkFailures, retiredFetches, retiredFailures int64
 }
 
 // pluginEntry is a confirmed plugin's key cache, with when a token last
@@ -987,8 +993,11 @@ func (p *pluginKeySets) check(id string, chk *pluginCheck) {
 		}
 		p.confirmed[id] = e
 		p.confirmedRead.Store(id, e)
-	} else if p.ctx.Err() == nil {
-		p.rememberFailureLocked(id, now())
+	} else {
+		p.checkFailures++
+		if p.ctx.Err() == nil {
+			p.rememberFailureLocked(id, now())
+		}
 	}
 	warn := evicted != "" && !p.evictWarned
 	if warn {
@@ -1022,6 +1031,9 @@ func (p *pluginKeySets) evictLocked() string {
 		}
 	}
 	if victim != "" {
+		cs := p.confirmed[victim].cache.stats()
+		p.retiredFetches += cs.Fetches - 1
+		p.retiredFailures += cs.Failures
 		p.confirmed[victim].cache.cancel()
 		delete(p.confirmed, victim)
 		p.confirmedRead.Delete(victim)

@@ -599,6 +599,7 @@ type Verifier struct {
 	external []externalEntry
 	cache    *verifiedCache
 	logger   *zap.Logger
+	observer Observer // nil: nothing is reported
 
 	// staticByHash maps a keyed hash of each static token to the first
 	// static entry with that token. A token that is not shaped like a JWT can
@@ -623,7 +624,22 @@ func (a *Verifier) debug(msg string, fields ...zap.Field) {
 	}
 }
 
+// Authenticate verifies token and returns its principal, or Backstage's
+// error. With an Observer, the check and its cache lookup are reported.
 func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *Error) {
+	if a.observer == nil {
+		return a.authenticate(ctx, token, nil)
+	}
+	method := CheckNone
+	p, err := a.authenticate(ctx, token, &method)
+	a.observer.CredentialChecked(method, err == nil)
+	return p, err
+}
+
+// authenticate is Authenticate. When method is not nil, it is set to the
+// kind of credential that decided the check (left alone when none did),
+// and cache lookups are reported to the observer.
+func (a *Verifier) authenticate(ctx context.Context, token string, method *CheckMethod) (Principal, *Error) {
 	if token == "" || len(token) > maxTokenBytes {
 		return Principal{}, ErrIllegalToken
 	}
@@ -632,6 +648,9 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 	// up first.
 	if a.staticByHash != nil && strings.Count(token, ".") != 2 {
 		if e := a.staticByHash[maphash.String(a.staticSeed, token)]; e != nil && subtle.ConstantTimeCompare(tokenBytes, e.token) == 1 {
+			if method != nil {
+				*method = CheckStatic
+			}
 			if err := e.restrict.check(); err != nil {
 				return Principal{}, err
 			}
@@ -639,7 +658,14 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 		}
 	}
 	digest := sha256.Sum256(tokenBytes)
-	if p, ok := a.cache.get(digest, now()); ok {
+	p, hit := a.cache.get(digest, now())
+	if method != nil {
+		a.observer.VerificationCacheLookup(hit)
+		if hit {
+			*method = checkMethodOf(p.Method)
+		}
+	}
+	if hit {
 		return p, nil
 	}
 	jt := peekJWT(token)
@@ -647,6 +673,9 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 
 	// 1. Plugin tokens.
 	if jt.headerOK && jt.typ() == TypePlugin {
+		if method != nil {
+			*method = CheckPlugin
+		}
 		p, exp, err := a.verifyPluginToken(ctx, jt, &budget)
 		if err != nil {
 			return Principal{}, err
@@ -657,6 +686,9 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 
 	// 2. User tokens.
 	if res, applies, err := a.verifyUserToken(ctx, jt, &budget); applies {
+		if method != nil {
+			*method = CheckUser
+		}
 		if err != nil {
 			return Principal{}, err
 		}
@@ -675,6 +707,9 @@ func (a *Verifier) Authenticate(ctx context.Context, token string) (Principal, *
 	for i := range a.external {
 		e := &a.external[i]
 		p, exp, matched, err := a.verifyExternal(ctx, e, jt, &digest, &budget)
+		if method != nil && (err != nil || matched) {
+			*method = checkMethodOf(e.kind)
+		}
 		if err != nil {
 			return Principal{}, err
 		}
@@ -1101,6 +1136,9 @@ type Options struct {
 	// Resolve expands placeholders in the config's strings (Caddy's
 	// {env.VAR}), once. Nil: strings are used as written.
 	Resolve func(string) string
+	// Observer is told about every credential check, for metrics. Nil:
+	// nothing is reported, at the cost of a nil check.
+	Observer Observer
 }
 
 // Destructor is what Pool holds: a value with a Destruct method, called
@@ -1150,7 +1188,7 @@ func New(cfg Config, opts Options) (*Verifier, func(), error) {
 		}
 		pool.client, pool.caID = newKeySetClient(tlsConf), caID
 	}
-	auth := &Verifier{cache: newVerifiedCache(verifiedCacheSize), logger: logger}
+	auth := &Verifier{cache: newVerifiedCache(verifiedCacheSize), logger: logger, observer: opts.Observer}
 
 	var releases []func()
 	var once sync.Once
