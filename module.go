@@ -70,7 +70,8 @@ const DefaultMountPath = "/api/proxy"
 // `{http.backstage_proxy.principal.type}` | `user` or `service`
 // `{http.backstage_proxy.principal.method}` | How it was verified: `user`, `plugin`, `static`, `legacy`, `jwks`
 // `{http.backstage_proxy.route}` | The route key of this endpoint
-// `{http.backstage_proxy.error}` | Why this handler refused the request: the message of its 401/403 JSON error (never the token), or `path traversal` (400); unset when the request reached the next handler
+// `{http.backstage_proxy.error}` | Why this handler refused the request: the message of its 401/403/429 JSON error (never the token), or `path traversal` (400); unset when the request reached the next handler
+// `{http.backstage_proxy.rate_limit_key}` | On an endpoint with `rate_limit` and no credentials check: the client address its budget is counted under (IPv6: the /64)
 //
 // The principal and route placeholders come from value providers, which answer
 // after values set by other handlers under the same names.
@@ -164,6 +165,8 @@ type Handler struct {
 	respAllow      map[string]struct{}
 	logger         *zap.Logger
 	openPaths      []string
+	// rateLimiter counts requests per principal (RateLimit); nil without.
+	rateLimiter *rateLimiter
 }
 
 // CaddyModule returns the Caddy module information.
@@ -181,7 +184,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading backstage identity app: %v", err)
 	}
-	return h.setup(app.(*App), ctx.Logger())
+	if err := h.setup(app.(*App), ctx.Logger()); err != nil {
+		return err
+	}
+	return h.provisionRateLimit(ctx)
 }
 
 // setup derives the handler's request-time state from its configuration.
