@@ -553,6 +553,8 @@ proxy:
       credentials: forward
       headers: {Authorization: "Bearer ${CATALOG_TOKEN}"}
       pathRewrite: {}
+      caddy:
+        rateLimit: {requests: 60, window: 1m}
 `
 	caddyfileConfig := `:9080 {
 	backstage_proxy {
@@ -564,6 +566,7 @@ proxy:
 			credentials forward
 			upstream_header Authorization "Bearer {env.CATALOG_TOKEN}"
 			path_rewrite off
+			rate_limit 60 1m
 		}
 	}
 }
