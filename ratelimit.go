@@ -176,19 +176,22 @@ var nextNothing caddyhttp.Handler = caddyhttp.HandlerFunc(func(http.ResponseWrit
 // a proxy in the server's `trusted_proxies`), with an IPv6 address cut to
 // its /64, which a single host commonly holds whole: otherwise one host
 // could open a fresh budget, and make the limiter keep a fresh counter, per
-// request.
-func clientAddressKey(r *http.Request) string {
-	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+// request. An IPv4 address is returned as the value Caddy stored, so that
+// giving it to the replacer allocates nothing.
+func clientAddressKey(r *http.Request) any {
+	v := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey)
+	ip, _ := v.(string)
 	if ip == "" {
 		ip, _, _ = net.SplitHostPort(r.RemoteAddr)
+		v = ip
 	}
 	addr, err := netip.ParseAddr(ip)
 	if err != nil || addr.Is4() || addr.Is4In6() {
-		return ip
+		return v
 	}
 	p, err := addr.WithZone("").Prefix(64)
 	if err != nil {
-		return ip
+		return v
 	}
 	return p.String()
 }
