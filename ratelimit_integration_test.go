@@ -11,12 +11,17 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
 // rlResponse is what a client saw.
@@ -263,4 +268,139 @@ func TestIntegrationRateLimitCaddyfile(t *testing.T) {
 		t.Fatalf("status %d (body %s), want 200", got.status, got.body)
 	}
 	wantRateLimited(t, rlGet(t, "", "/api/proxy/cf-limited/x", "rate-token-a", ""), "/cf-limited/x", 60)
+}
+
+// peerConfigEnv carries the app-config.yaml of the peer Caddy process that
+// TestIntegrationRateLimitDistributed starts (TestRateLimitPeerProcess).
+const peerConfigEnv = "BACKSTAGE_PROXY_TEST_PEER_CONFIG"
+
+// TestRateLimitPeerProcess is not a test: it is the second Caddy instance of
+// TestIntegrationRateLimitDistributed, run in a process of its own (this
+// test binary, started again), because caddy-ratelimit's distributed mode
+// tells instances apart by Caddy's instance ID, one per process (data
+// directory). It adapts the config in peerConfigEnv, runs it, says "ready"
+// and stops when its standard input closes.
+func TestRateLimitPeerProcess(t *testing.T) {
+	cfg := os.Getenv(peerConfigEnv)
+	if cfg == "" {
+		t.Skip("only run by TestIntegrationRateLimitDistributed")
+	}
+	adapted, warnings, err := caddyconfig.GetAdapter("backstage").Adapt([]byte(cfg), nil)
+	if err != nil {
+		t.Fatalf("adapt: %v (%v)", err, warnings)
+	}
+	if err := caddy.Load(adapted, true); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("ready")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	if err := caddy.Stop(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// startPeerCaddy runs TestRateLimitPeerProcess with cfg and waits until its
+// Caddy runs. It is stopped at the end of the test.
+func startPeerCaddy(t *testing.T, cfg string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^TestRateLimitPeerProcess$", "-test.count=1", "-test.v")
+	home := t.TempDir()
+	// a data directory of its own: another instance ID
+	cmd.Env = append(os.Environ(), peerConfigEnv+"="+cfg, "XDG_DATA_HOME="+home+"/data", "XDG_CONFIG_HOME="+home+"/config")
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	t.Cleanup(func() {
+		stdin.Close()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			<-done
+		}
+	})
+	ready := make(chan string, 1)
+	go func() {
+		out, _ := io.ReadAll(io.TeeReader(stdout, readyWriter(ready)))
+		done <- cmd.Wait()
+		ready <- string(out)
+	}()
+	select {
+	case got := <-ready:
+		if got != "ready" {
+			t.Fatalf("peer Caddy did not start: %s\n%s", got, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("peer Caddy did not start in 30s:\n%s", stderr.String())
+	}
+}
+
+// readyWriter sends "ready" to ch when a line "ready" is written.
+type readyWriter chan string
+
+func (w readyWriter) Write(b []byte) (int, error) {
+	for _, line := range strings.Split(string(b), "\n") {
+		if line == "ready" {
+			select {
+			case w <- "ready":
+			default:
+			}
+		}
+	}
+	return len(b), nil
+}
+
+// TestIntegrationRateLimitDistributed: two Caddy instances (the test Caddy
+// and a peer process) with caddy.rateLimit.distributed and one
+// file_system storage share a principal's budget: what it spent on the
+// peer is refused here once the instances have synced; another principal
+// is unaffected.
+func TestIntegrationRateLimitDistributed(t *testing.T) {
+	skipIfShort(t)
+	storage := t.TempDir()
+	up := newAIUpstream(t)
+	users := testkit.NewJWKSServer(t, testkit.NewECKey(t, "rl-dist-key"))
+	peer := closedLoopbackAddr(t)
+	top := `  storage: {module: file_system, root: ` + storage + `}
+  rateLimit:
+    distributed: {readInterval: 100ms, writeInterval: 100ms}`
+	endpoints := `    /dist:
+      target: ` + up.URL + `
+      caddy:
+        rateLimit: {requests: 3, window: 1m}
+`
+	peerCfg := strings.Replace(rlConfig(users, top+"\n  listen: "+peer, endpoints), "admin: localhost:2999", "admin: 'off'", 1)
+	startPeerCaddy(t, peerCfg)
+	loadTestCaddy(t, rlConfig(users, top, endpoints), "backstage")
+
+	for i := range 3 {
+		if got := rlGet(t, peer, "/api/proxy/dist/x", "rate-token-a", ""); got.status != http.StatusOK {
+			t.Fatalf("request %d to the peer: status %d (body %s)", i+1, got.status, got.body)
+		}
+	}
+	up.reset()
+	// the peer writes its counts, this instance reads them: every 100ms;
+	// wait for both, with margin
+	time.Sleep(time.Second)
+	wantRateLimited(t, rlGet(t, "", "/api/proxy/dist/x", "rate-token-a", ""), "/dist/x", 60)
+	if _, seen := up.seen(); seen != 0 {
+		t.Errorf("upstream saw %d requests after the refusal", seen)
+	}
+	if got := rlGet(t, "", "/api/proxy/dist/x", "rate-token-b", ""); got.status != http.StatusOK {
+		t.Errorf("another principal: status %d (body %s), want 200", got.status, got.body)
+	}
+	if entries, err := os.ReadDir(filepath.Join(storage, "rate_limit", "instances")); err != nil || len(entries) != 2 {
+		t.Errorf("storage holds %d instance states (%v), want 2", len(entries), err)
+	}
 }
