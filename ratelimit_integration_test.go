@@ -163,8 +163,11 @@ func TestIntegrationRateLimit(t *testing.T) {
 		return got
 	}
 
-	t.Run("unauthenticated requests spend nothing", func(t *testing.T) {
+	t.Run("refused requests spend nothing", func(t *testing.T) {
 		for range 5 {
+			if got := rlGet(t, "", "/api/proxy/limited/%2e%2e/x", "rate-token-a", ""); got.status != http.StatusBadRequest {
+				t.Fatalf("traversal: status %d, want 400", got.status)
+			}
 			if got := rlGet(t, "", "/api/proxy/limited/x", "", ""); got.status != http.StatusUnauthorized {
 				t.Fatalf("anonymous: status %d, want 401", got.status)
 			}
