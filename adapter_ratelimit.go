@@ -32,12 +32,12 @@ func endpointRateLimit(n *appconfig.Node) (*RateLimit, error) {
 		return nil, appconfig.ErrorAt(n, "caddy.rateLimit.requests is missing: the number of requests allowed per window")
 	}
 	f, ok := req.Number()
-	if !ok || req.Tag != "!!int" || f <= 0 || f > 1e6 {
+	if !ok || req.Tag != "!!int" || f <= 0 || f > maxRateLimitRequests {
 		got := req.TypeName()
 		if req.Kind == appconfig.KindScalar {
 			got = strconvQuote(req)
 		}
-		return nil, appconfig.ErrorAt(req, "caddy.rateLimit.requests must be a whole number from 1 to 1000000, got %s", got)
+		return nil, appconfig.ErrorAt(req, "caddy.rateLimit.requests must be a whole number from 1 to %d, got %s", maxRateLimitRequests, got)
 	}
 	rl.Requests = int(f)
 	win := n.Get("window")

@@ -238,9 +238,14 @@ func (h *Handler) Validate() error {
 	return nil
 }
 
-// RateLimit is a per-principal request budget of one endpoint.
+// RateLimit is a per-principal request budget of one endpoint, counted by
+// caddy-ratelimit in a zone named `backstage_proxy <mount_path><route>`
+// (so `route` is required), keyed by `{http.auth.user.id}`, or on
+// endpoints that check no credentials by
+// `{http.backstage_proxy.rate_limit_key}`. The `backstage` app's
+// `rate_limit` makes it distributed.
 type RateLimit struct {
-	// Requests is the number of requests allowed per Window.
+	// Requests is the number of requests allowed per Window: 1 to 10000.
 	Requests int `json:"requests,omitempty"`
 	// Window is the sliding window the requests are counted in.
 	Window caddy.Duration `json:"window,omitempty"`

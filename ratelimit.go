@@ -108,11 +108,18 @@ func (h *Handler) provisionRateLimit(ctx caddy.Context) error {
 	return nil
 }
 
+// maxRateLimitRequests bounds RateLimit.Requests: caddy-ratelimit gives
+// every caller (every client address, on open routes) a counter of that
+// many timestamps, allocated at once: 24 bytes each, 240 KB at the bound.
+const maxRateLimitRequests = 10000
+
 // validate checks a rate limit's values.
 func (rl *RateLimit) validate() error {
 	switch {
 	case rl.Requests <= 0:
 		return fmt.Errorf("requests must be a positive number, got %d", rl.Requests)
+	case rl.Requests > maxRateLimitRequests:
+		return fmt.Errorf("requests must be at most %d (each caller's counter holds one timestamp per request), got %d", maxRateLimitRequests, rl.Requests)
 	case rl.Window <= 0:
 		return fmt.Errorf("window must be a positive duration, got %s", time.Duration(rl.Window))
 	}
@@ -206,8 +213,8 @@ func parseRateLimitArgs(args []string) (*RateLimit, error) {
 		return nil, fmt.Errorf("rate_limit takes <requests> <window>, such as rate_limit 60 1m")
 	}
 	n, err := strconv.Atoi(args[0])
-	if err != nil || n <= 0 || n > 1e6 {
-		return nil, fmt.Errorf("rate_limit: requests must be a whole number from 1 to 1000000, got %q", args[0])
+	if err != nil || n <= 0 || n > maxRateLimitRequests {
+		return nil, fmt.Errorf("rate_limit: requests must be a whole number from 1 to %d, got %q", maxRateLimitRequests, args[0])
 	}
 	d, err := caddy.ParseDuration(args[1])
 	if err != nil || d <= 0 {

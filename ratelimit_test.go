@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -81,6 +82,7 @@ func TestRateLimitProvisionErrors(t *testing.T) {
 	for _, c := range []struct{ handler, want string }{
 		{`{"route":"/a","rate_limit":{"requests":0,"window":1000000000}}`, "route /a: rate_limit: requests must be a positive number, got 0"},
 		{`{"route":"/a","rate_limit":{"requests":-1,"window":1000000000}}`, "requests must be a positive number, got -1"},
+		{`{"route":"/a","rate_limit":{"requests":10001,"window":1000000000}}`, "requests must be at most 10000"},
 		{`{"route":"/a","rate_limit":{"requests":5}}`, "route /a: rate_limit: window must be a positive duration, got 0s"},
 		{`{"route":"/a","rate_limit":{"requests":5,"window":"-1s"}}`, "window must be a positive duration, got -1s"},
 		{`{"rate_limit":{"requests":5,"window":"1s"}}`, "rate_limit needs the route"},
@@ -118,21 +120,25 @@ func TestClientAddressKey(t *testing.T) {
 }
 
 // BenchmarkHandlerRateLimit: the handler of BenchmarkHandlerUserTokenCached
-// and BenchmarkHandlerOpen with a rate limit the requests stay under.
+// and BenchmarkHandlerOpen with a rate limit the requests stay under, and
+// without (the same JSON, provisioned the same way), for a paired
+// comparison in one run.
 func BenchmarkHandlerRateLimit(b *testing.B) {
 	f := newUserTokenFixture(b)
 	app := &App{UserTokens: &identity.UserTokens{JWKSURL: f.jwks.URL}}
-	const handler = `{"route":"/catalog","credentials":%q,"allowed_headers":["X-Request-Id"],"upstream_headers":["Authorization"],
-		"rewrite":{"strip_prefix":"/api/proxy/catalog","target_path":"/api/catalog"},
-		"rate_limit":{"requests":100000,"window":10000000}}`
+	const handler = `{"route":"/catalog","credentials":"%s","allowed_headers":["X-Request-Id"],"upstream_headers":["Authorization"],
+		"rewrite":{"strip_prefix":"/api/proxy/catalog","target_path":"/api/catalog"}%s}`
+	const limit = `,"rate_limit":{"requests":10000,"window":1000000}`
 	for _, c := range []struct {
-		name, credentials, authorization string
+		name, credentials, authorization, limit string
 	}{
-		{"user-token-cached", CredentialsRequire, "Bearer " + f.token(b, "user:default/alice")},
-		{"open-ipv4", CredentialsDangerouslyAllowUnauthenticated, ""},
+		{"user-token-cached", CredentialsRequire, "Bearer " + f.token(b, "user:default/alice"), ""},
+		{"user-token-cached+rate-limit", CredentialsRequire, "Bearer " + f.token(b, "user:default/alice"), limit},
+		{"open", CredentialsDangerouslyAllowUnauthenticated, "", ""},
+		{"open+rate-limit", CredentialsDangerouslyAllowUnauthenticated, "", limit},
 	} {
 		b.Run(c.name, func(b *testing.B) {
-			h, err := provisionHandlerJSON(b, app, strings.Replace(handler, "%q", `"`+c.credentials+`"`, 1))
+			h, err := provisionHandlerJSON(b, app, fmt.Sprintf(handler, c.credentials, c.limit))
 			if err != nil {
 				b.Fatal(err)
 			}
@@ -141,5 +147,25 @@ func BenchmarkHandlerRateLimit(b *testing.B) {
 			r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "192.0.2.1"}))
 			runHandlerBench(b, h, r)
 		})
+	}
+}
+
+// BenchmarkRateLimitCount: the rate limit alone (caddy-ratelimit's zone
+// lookup and counter), for a principal under its limit.
+func BenchmarkRateLimitCount(b *testing.B) {
+	h, err := provisionHandlerJSON(b, &App{}, `{"route":"/catalog","rate_limit":{"requests":10000,"window":1000000}}`)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r := benchRequest("")
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	repl.Set(placeholderUserID, "user:default/alice")
+	w := &benchWriter{hdr: make(http.Header, 16)}
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if err := h.limitRate(w, r, repl); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
