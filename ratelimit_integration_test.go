@@ -306,7 +306,11 @@ func TestRateLimitPeerProcess(t *testing.T) {
 // Caddy runs. It is stopped at the end of the test.
 func startPeerCaddy(t *testing.T, cfg string) {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^TestRateLimitPeerProcess$", "-test.count=1", "-test.v")
+	self, err := os.Executable() // not os.Args[0]: tests of the caddy command change it
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run=^TestRateLimitPeerProcess$", "-test.count=1", "-test.v")
 	home := t.TempDir()
 	// a data directory of its own: another instance ID
 	cmd.Env = append(os.Environ(), peerConfigEnv+"="+cfg, "XDG_DATA_HOME="+home+"/data", "XDG_CONFIG_HOME="+home+"/config")
@@ -371,7 +375,13 @@ func (w readyWriter) Write(b []byte) (int, error) {
 // is unaffected.
 func TestIntegrationRateLimitDistributed(t *testing.T) {
 	skipIfShort(t)
-	storage := t.TempDir()
+	// not t.TempDir: the instances may still be writing to it when the
+	// test ends, and TempDir's removal fails on a file created meanwhile
+	storage, err := os.MkdirTemp("", "rate-limit-storage-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = os.RemoveAll(storage) })
 	up := newAIUpstream(t)
 	users := testkit.NewJWKSServer(t, testkit.NewECKey(t, "rl-dist-key"))
 	peer := closedLoopbackAddr(t)
@@ -386,6 +396,8 @@ func TestIntegrationRateLimitDistributed(t *testing.T) {
 	peerCfg := strings.Replace(rlConfig(users, top+"\n  listen: "+peer, endpoints), "admin: localhost:2999", "admin: 'off'", 1)
 	startPeerCaddy(t, peerCfg)
 	loadTestCaddy(t, rlConfig(users, top, endpoints), "backstage")
+	// stop this instance's syncing before the storage is removed
+	t.Cleanup(func() { loadTestCaddy(t, rlConfig(users, "", "    /unlimited: "+up.URL+"\n"), "backstage") })
 
 	for i := range 3 {
 		if got := rlGet(t, peer, "/api/proxy/dist/x", "rate-token-a", ""); got.status != http.StatusOK {
@@ -403,7 +415,15 @@ func TestIntegrationRateLimitDistributed(t *testing.T) {
 	if got := rlGet(t, "", "/api/proxy/dist/x", "rate-token-b", ""); got.status != http.StatusOK {
 		t.Errorf("another principal: status %d (body %s), want 200", got.status, got.body)
 	}
-	if entries, err := os.ReadDir(filepath.Join(storage, "rate_limit", "instances")); err != nil || len(entries) != 2 {
-		t.Errorf("storage holds %d instance states (%v), want 2", len(entries), err)
+	// one state per instance (and, while one is written, its temporary file)
+	entries, err := os.ReadDir(filepath.Join(storage, "rate_limit", "instances"))
+	states := 0
+	for _, e := range entries {
+		if strings.HasSuffix(e.Name(), ".rlstate") {
+			states++
+		}
+	}
+	if err != nil || states != 2 {
+		t.Errorf("storage holds %d instance states (%v), want 2", states, err)
 	}
 }
