@@ -90,6 +90,16 @@ proxy:
 ` + endpoints
 }
 
+// rlEndpoint is the app-config.yaml lines of an endpoint with a rate limit
+// (and credentials, unless "").
+func rlEndpoint(route, target, credentials string, requests int, window string) string {
+	s := "    " + route + ":\n      target: " + target + "\n"
+	if credentials != "" {
+		s += "      credentials: " + credentials + "\n"
+	}
+	return s + fmt.Sprintf("      caddy:\n        rateLimit: {requests: %d, window: %s}\n", requests, window)
+}
+
 // wantRateLimited checks a 429 refusal: Retry-After a whole number of
 // seconds in (0, maxWait], and Backstage's JSON error.
 func wantRateLimited(t *testing.T, got rlResponse, path string, maxWait int) {
@@ -115,26 +125,12 @@ func TestIntegrationRateLimit(t *testing.T) {
 	userKey := testkit.NewECKey(t, "rl-user-key")
 	users := testkit.NewJWKSServer(t, userKey)
 	up := newAIUpstream(t)
-	loadTestCaddy(t, rlConfig(users, "", `    /limited:
-      target: `+up.URL+`
-      caddy:
-        rateLimit: {requests: 2, window: 1m}
-    /other:
-      target: `+up.URL+`
-      caddy:
-        rateLimit: {requests: 2, window: 1m}
-    /short:
-      target: `+up.URL+`
-      caddy:
-        rateLimit: {requests: 1, window: 1s}
-    /open:
-      target: `+up.URL+`
-      credentials: dangerously-allow-unauthenticated
-      caddy:
-        rateLimit: {requests: 2, window: 1m}
-    /unlimited:
-      target: `+up.URL+`
-`), "backstage")
+	unlimited := "    /unlimited: " + up.URL + "\n"
+	loadTestCaddy(t, rlConfig(users, "", rlEndpoint("/limited", up.URL, "", 2, "1m")+
+		rlEndpoint("/other", up.URL, "", 2, "1m")+
+		rlEndpoint("/short", up.URL, "", 1, "1s")+
+		rlEndpoint("/open", up.URL, CredentialsDangerouslyAllowUnauthenticated, 2, "1m")+
+		unlimited), "backstage")
 	alice := userToken(t, clk, userKey, "user:default/alice")
 	bob := userToken(t, clk, userKey, "user:default/bob")
 
@@ -211,36 +207,21 @@ func TestIntegrationRateLimit(t *testing.T) {
 	})
 	t.Run("a reload keeps the counts", func(t *testing.T) {
 		// the same endpoint in a new config: its budget is not reset
-		loadTestCaddy(t, rlConfig(users, "", `    /limited:
-      target: `+up.URL+`
-      caddy:
-        rateLimit: {requests: 2, window: 1m}
-    /unlimited:
-      target: `+up.URL+`
-`), "backstage")
+		loadTestCaddy(t, rlConfig(users, "", rlEndpoint("/limited", up.URL, "", 2, "1m")+unlimited), "backstage")
 		refused(t, "/api/proxy/limited/x", "rate-token-a", "", 60)
 	})
 	t.Run("a reload with a lower limit applies at once", func(t *testing.T) {
 		// bob spent 2 of 2 above; the same config with 1 of 1 refuses him,
 		// and a principal that has not called yet gets 1
-		cfg := rlConfig(users, "", `    /limited:
-      target: `+up.URL+`
-      caddy:
-        rateLimit: {requests: 1, window: 1m}
-`)
-		loadTestCaddy(t, cfg, "backstage")
+		loadTestCaddy(t, rlConfig(users, "", rlEndpoint("/limited", up.URL, "", 1, "1m")), "backstage")
 		refused(t, "/api/proxy/limited/x", bob, "", 60)
 		carol := userToken(t, clk, userKey, "user:default/carol")
 		spend(t, 1, "/api/proxy/limited/x", carol, "")
 		refused(t, "/api/proxy/limited/x", carol, "", 60)
 	})
 	t.Run("a route removed and added again starts afresh", func(t *testing.T) {
-		loadTestCaddy(t, rlConfig(users, "", "    /unlimited: "+up.URL+"\n"), "backstage")
-		loadTestCaddy(t, rlConfig(users, "", `    /limited:
-      target: `+up.URL+`
-      caddy:
-        rateLimit: {requests: 2, window: 1m}
-`), "backstage")
+		loadTestCaddy(t, rlConfig(users, "", unlimited), "backstage")
+		loadTestCaddy(t, rlConfig(users, "", rlEndpoint("/limited", up.URL, "", 2, "1m")), "backstage")
 		spend(t, 2, "/api/proxy/limited/x", "rate-token-a", "")
 		refused(t, "/api/proxy/limited/x", "rate-token-a", "", 60)
 	})
@@ -388,11 +369,7 @@ func TestIntegrationRateLimitDistributed(t *testing.T) {
 	top := `  storage: {module: file_system, root: ` + storage + `}
   rateLimit:
     distributed: {readInterval: 100ms, writeInterval: 100ms}`
-	endpoints := `    /dist:
-      target: ` + up.URL + `
-      caddy:
-        rateLimit: {requests: 3, window: 1m}
-`
+	endpoints := rlEndpoint("/dist", up.URL, "", 3, "1m")
 	peerCfg := strings.Replace(rlConfig(users, top+"\n  listen: "+peer, endpoints), "admin: localhost:2999", "admin: 'off'", 1)
 	startPeerCaddy(t, peerCfg)
 	loadTestCaddy(t, rlConfig(users, top, endpoints), "backstage")
