@@ -56,6 +56,16 @@ import (
 //	  # Caddy's own HTTP metrics (caddy_http_*) on the admin API's /metrics,
 //	  # besides the proxy's (caddy_backstage_proxy_*), which are always on.
 //	  metrics: true
+//	  # Settings of the endpoints' rate limits (each endpoint's own limit is
+//	  # its caddy.rateLimit). distributed: the Caddy instances that share
+//	  # caddy.storage share their counts (true, or the intervals; default:
+//	  # each instance counts alone).
+//	  rateLimit:
+//	    distributed: {readInterval: 5s, writeInterval: 5s, purgeAge: 1h}
+//	  # Caddy's storage (its top-level `storage`, as in Caddy JSON): where
+//	  # the distributed rate-limit counts (and certificates) are kept.
+//	  # Default: Caddy's data directory on this machine.
+//	  storage: {module: file_system, root: /var/lib/caddy-shared}
 //	  # Raw Caddy JSON, deep-merged into the generated config last: objects
 //	  # merge key by key, anything else (lists too) replaces. Strings from
 //	  # ${VAR} become {env.VAR}. (null cannot delete a key: Backstage's config
@@ -78,6 +88,10 @@ type caddyOptions struct {
 	// noWatch is caddy.watch: false: the running server does not reload
 	// when the config files change.
 	noWatch bool
+	// rateLimit is caddy.rateLimit (distributed mode), storage is
+	// caddy.storage (Caddy's storage module, JSON).
+	rateLimit *RateLimitSettings
+	storage   json.RawMessage
 }
 
 // autoHTTPS is caddy.https.
@@ -91,7 +105,8 @@ type autoHTTPS struct {
 var caddyKnownKeys = map[string]bool{
 	"admin": true, "listen": true, "backend": true, "authBaseUrl": true,
 	"https": true, "accessLog": true, "json": true, "keySetCaFiles": true, "watch": true,
-	"metrics": true,
+	"metrics":   true,
+	"rateLimit": true, "storage": true,
 }
 
 // readCaddyOptions reads and checks the `caddy:` key.
@@ -107,7 +122,7 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 	o.node = n
 	for i, k := range n.Keys {
 		if !caddyKnownKeys[k] {
-			ad.warn(n.Values[i], "caddy", "caddy.%s is not a known setting and is ignored (known: accessLog, admin, authBaseUrl, backend, https, json, keySetCaFiles, listen, metrics, watch)", k)
+			ad.warn(n.Values[i], "caddy", "caddy.%s is not a known setting and is ignored (known: accessLog, admin, authBaseUrl, backend, https, json, keySetCaFiles, listen, metrics, rateLimit, storage, watch)", k)
 		}
 	}
 	if b := n.Get("backend"); b != nil && !jsFalsy(b) {
@@ -173,6 +188,20 @@ func (ad *adaptation) readCaddyOptions() (*caddyOptions, error) {
 			return nil, appconfig.ErrorAt(m, "caddy.metrics must be a boolean, got %s", m.TypeName())
 		}
 		o.metrics = v
+	}
+	if r := n.Get("rateLimit"); r != nil && !r.IsNull() {
+		s, err := ad.readRateLimitSettings(r)
+		if err != nil {
+			return nil, err
+		}
+		o.rateLimit = s
+	}
+	if st := n.Get("storage"); st != nil && !st.IsNull() {
+		raw, err := ad.readStorage(st)
+		if err != nil {
+			return nil, err
+		}
+		o.storage = raw
 	}
 	if j := n.Get("json"); j != nil && !j.IsNull() {
 		if j.Kind != appconfig.KindMap {

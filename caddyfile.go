@@ -81,6 +81,7 @@ const (
 //	location_rewrite auto | host <host> | protocol http|https
 //	cookie_domain_rewrite <from>|* <to>
 //	cookie_path_rewrite <from>|* <to>
+//	rate_limit <requests> <window>
 //	mount_path <path>            (single form only)
 //	allow <pattern...>
 //	upstream_authorization <header>
@@ -208,7 +209,7 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 			"xfwd", "ws", "insecure_skip_verify", "ignore_path", "no_prepend_path", "proxy_timeout", "method",
 			"follow_redirects", "upstream_basic_auth", "ca_file", "local_address", "location_rewrite",
 			"cookie_domain_rewrite", "cookie_path_rewrite", "mount_path",
-			"allow", "upstream_authorization":
+			"allow", "upstream_authorization", "rate_limit":
 		case "transport":
 			if transportSegment != nil {
 				return spec, d.Err("transport specified more than once")
@@ -371,6 +372,12 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 				return spec, err
 			}
 			accessAt = d.File() + ":" + strconv.Itoa(d.Line())
+		case "rate_limit":
+			rl, err := parseRateLimitArgs(args)
+			if err != nil {
+				return spec, d.Errf("%v", err)
+			}
+			spec.RateLimit = rl
 		case "mount_path":
 			if !single {
 				return spec, d.Err("mount_path: in the block form, the mount path is the block's argument")
@@ -591,6 +598,11 @@ func parseBarrierDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue,
 //			restrict <plugin...>
 //		}
 //		legacy_key <base64 secret>
+//		rate_limit_distributed [{
+//			read_interval <duration>
+//			write_interval <duration>
+//			purge_age <duration>
+//		}]
 //		dangerously_disable_default_auth_policy
 //	}
 //
@@ -692,6 +704,15 @@ func parseIdentityOption(d *caddyfile.Dispenser, existing any) (any, error) {
 				return nil, d.ArgErr()
 			}
 			app.KeySetCAFiles = append(app.KeySetCAFiles, args...)
+		case "rate_limit_distributed":
+			if len(args) != 0 {
+				return nil, d.ArgErr()
+			}
+			dist, err := parseRateLimitDistributed(d)
+			if err != nil {
+				return nil, err
+			}
+			app.RateLimit = &RateLimitSettings{Distributed: dist}
 		case "dangerously_disable_default_auth_policy":
 			if len(args) != 0 {
 				return nil, d.ArgErr()

@@ -173,6 +173,8 @@ type adaptation struct {
 	caddy            *caddyOptions
 	// protected is set when a route needs credentials.
 	protected bool
+	// rateLimited is set when an endpoint has caddy.rateLimit.
+	rateLimited bool
 }
 
 func (ad *adaptation) warn(n *appconfig.Node, directive, format string, args ...any) {
@@ -288,9 +290,10 @@ func (ad *adaptation) config() (*caddy.Config, error) {
 	if ad.watchFiles != nil && !opts.noWatch {
 		identity.Watch = &WatchConfig{ConfigFile: ad.watchFiles[0], Files: ad.watchFiles}
 	}
+	ad.applyRateLimitSettings(opts, identity)
 	apps["backstage"] = caddyconfig.JSON(identity, &ad.warnings)
 	apps["http"] = caddyconfig.JSON(httpApp, &ad.warnings)
-	cfg := &caddy.Config{AppsRaw: apps}
+	cfg := &caddy.Config{AppsRaw: apps, StorageRaw: opts.storage}
 	if err := ad.adminConfig(cfg); err != nil {
 		return nil, err
 	}
@@ -704,7 +707,12 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 			spec.LocalAddress = s
 		}
 		if err != nil {
-			return spec, fmt.Errorf("%s (%s)", err, v.Source)
+			// an error at a value inside this option names that value's line
+			src := v.Source
+			if at := (*appconfig.Error)(nil); errors.As(err, &at) && at.Source != "" {
+				src, err = at.Source, errors.New(at.Msg)
+			}
+			return spec, fmt.Errorf("%s (%s)", err, src)
 		}
 	}
 	if err := ad.checkAccess(&spec, n); err != nil {
@@ -1158,7 +1166,7 @@ func backendIsListener(backend *url.URL, listen string) bool {
 }
 
 // endpointCaddyKnownKeys are the settings of an endpoint's `caddy:` key.
-var endpointCaddyKnownKeys = map[string]bool{"rewriteLocation": true, "allow": true, "upstreamAuthorization": true}
+var endpointCaddyKnownKeys = map[string]bool{"rewriteLocation": true, "allow": true, "upstreamAuthorization": true, "rateLimit": true}
 
 // endpointCaddyOptions reads an endpoint's `caddy:` key: settings of this
 // proxy that Backstage has no words for (Backstage ignores the key).
@@ -1171,8 +1179,16 @@ func (ad *adaptation) endpointCaddyOptions(spec *endpointSpec, n *appconfig.Node
 	}
 	for i, k := range n.Keys {
 		if !endpointCaddyKnownKeys[k] {
-			ad.warn(n.Values[i], spec.Route+".caddy", "proxy route %s: caddy.%s is not a known setting and is ignored (known: rewriteLocation, allow, upstreamAuthorization)", spec.Route, k)
+			ad.warn(n.Values[i], spec.Route+".caddy", "proxy route %s: caddy.%s is not a known setting and is ignored (known: allow, rateLimit, rewriteLocation, upstreamAuthorization)", spec.Route, k)
 		}
+	}
+	if v := n.Get("rateLimit"); v != nil {
+		rl, err := endpointRateLimit(v)
+		if err != nil {
+			return err
+		}
+		spec.RateLimit = rl
+		ad.rateLimited = true
 	}
 	if v := n.Get("rewriteLocation"); v != nil {
 		on, err := boolOption(v, "caddy.rewriteLocation")

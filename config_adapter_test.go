@@ -553,6 +553,8 @@ proxy:
       credentials: forward
       headers: {Authorization: "Bearer ${CATALOG_TOKEN}"}
       pathRewrite: {}
+      caddy:
+        rateLimit: {requests: 60, window: 1m}
     /pagerduty:
       target: https://api.pagerduty.com
       allowedMethods: [GET]
@@ -570,6 +572,7 @@ proxy:
 			credentials forward
 			upstream_header Authorization "Bearer {env.CATALOG_TOKEN}"
 			path_rewrite off
+			rate_limit 60 1m
 		}
 		endpoint /pagerduty https://api.pagerduty.com {
 			allowed_methods GET

@@ -60,6 +60,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyht
 		return caddyhttp.Error(http.StatusBadRequest, &proxyError{message: "Bad Request", body: bodyBadRequest})
 	}
 
+	// Rate limit (ratelimit.go): after the credentials, so refused callers
+	// spend no budget, and after the path guard, so only requests that can
+	// reach the upstream are counted.
+	if err := h.limitRate(w, r, repl, p.Subject); err != nil {
+		return err
+	}
+
 	// The barrier just decides; the next handler answers.
 	if h.barrier {
 		if h.passed != nil {

@@ -49,6 +49,10 @@ type App struct {
 	// forwarding still follows each route's policy.
 	DangerouslyDisableDefaultAuthPolicy bool `json:"dangerously_disable_default_auth_policy,omitempty"`
 
+	// RateLimit holds the settings shared by every endpoint's `rate_limit`:
+	// distributed mode.
+	RateLimit *RateLimitSettings `json:"rate_limit,omitempty"`
+
 	// Watch reloads the config when the files it was adapted from change.
 	// The `backstage` adapter sets it for a config loaded from files.
 	Watch *WatchConfig `json:"watch,omitempty"`

@@ -26,7 +26,6 @@ const (
 	// (`allow`, or a Backstage access restriction).
 	outcomeForbidden
 	// outcomeRateLimited: 429, over the route's `rate_limit`.
-	//lint:ignore U1000 counted by the rate_limit refusal (issue #12), which calls record with it
 	outcomeRateLimited
 	// outcomeBadPath: 400, path traversal.
 	outcomeBadPath

@@ -71,7 +71,8 @@ const DefaultMountPath = "/api/proxy"
 // `{http.backstage_proxy.principal.type}` | `user` or `service`
 // `{http.backstage_proxy.principal.method}` | How it was verified: `user`, `plugin`, `static`, `legacy`, `jwks`
 // `{http.backstage_proxy.route}` | The route key of this endpoint
-// `{http.backstage_proxy.error}` | Why this handler refused the request: the message of its 401/403 JSON error (never the token), or `path traversal` (400); unset when the request reached the next handler
+// `{http.backstage_proxy.error}` | Why this handler refused the request: the message of its 401/403/429 JSON error (never the token), or `path traversal` (400); unset when the request reached the next handler
+// `{http.backstage_proxy.rate_limit_key}` | On an endpoint with `rate_limit` and no credentials check: the client address its budget is counted under (IPv6: the /64)
 //
 // The principal and route placeholders come from value providers, which answer
 // after values set by other handlers under the same names.
@@ -177,6 +178,8 @@ type Handler struct {
 	logger         *zap.Logger
 	openPaths      []string
 	observability
+	// rateLimiter counts requests per principal (RateLimit); nil without.
+	rateLimiter *rateLimiter
 }
 
 // CaddyModule returns the Caddy module information.
@@ -194,7 +197,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err != nil {
 		return fmt.Errorf("loading backstage identity app: %v", err)
 	}
-	return h.setup(app.(*App), ctx.Logger())
+	if err := h.setup(app.(*App), ctx.Logger()); err != nil {
+		return err
+	}
+	return h.provisionRateLimit(ctx)
 }
 
 // setup derives the handler's request-time state from its configuration.
@@ -246,9 +252,14 @@ func (h *Handler) Validate() error {
 	return h.validateAccess()
 }
 
-// RateLimit is a per-principal request budget of one endpoint.
+// RateLimit is a per-principal request budget of one endpoint, counted by
+// caddy-ratelimit in a zone named `backstage_proxy <mount_path><route>`
+// (so `route` is required), keyed by `{http.auth.user.id}`, or on
+// endpoints that check no credentials by
+// `{http.backstage_proxy.rate_limit_key}`. The `backstage` app's
+// `rate_limit` makes it distributed.
 type RateLimit struct {
-	// Requests is the number of requests allowed per Window.
+	// Requests is the number of requests allowed per Window: 1 to 10000.
 	Requests int `json:"requests,omitempty"`
 	// Window is the sliding window the requests are counted in.
 	Window caddy.Duration `json:"window,omitempty"`

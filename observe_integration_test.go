@@ -121,6 +121,10 @@ func TestMetricsRequestOutcomes(t *testing.T) {
       target: `+up.URL+`
       caddy:
         allow: [user]
+    /mx-limited:
+      target: `+up.URL+`
+      caddy:
+        rateLimit: {requests: 1, window: 1h}
 `))
 	for _, tc := range []struct {
 		name, method, target, token string
@@ -137,6 +141,8 @@ func TestMetricsRequestOutcomes(t *testing.T) {
 		{"no such route", "GET", "/api/proxy/mx-nothing", "", 401},
 		{"open", "GET", "/api/proxy/mx-open/a", "", 200},
 		{"not allowed: a service on a users-only route", "GET", "/api/proxy/mx-allow/a", testStaticToken, 403},
+		{"within the rate limit", "GET", "/api/proxy/mx-limited/a", testStaticToken, 200},
+		{"over the rate limit", "GET", "/api/proxy/mx-limited/a", testStaticToken, 429},
 	} {
 		if got := obsRequest(t, tc.method, tc.target, tc.token); got != tc.status {
 			t.Errorf("%s: %s %s: status %d, want %d", tc.name, tc.method, tc.target, got, tc.status)
@@ -156,9 +162,11 @@ func TestMetricsRequestOutcomes(t *testing.T) {
 		requestsSeries(barrierRouteLabel, "unauthenticated"): 2,
 		requestsSeries("/mx-allow", "forbidden"):             1,
 		requestsSeries("/mx-allow", "proxied"):               0,
+		requestsSeries("/mx-limited", "proxied"):             1,
+		requestsSeries("/mx-limited", "rate_limited"):        1,
 		// valid static tokens: two proxied, the POST (checked by the
-		// barrier), the 502, the 403
-		series("caddy_backstage_proxy_credential_checks_total", "method", "static", "result", "ok"):     5,
+		// barrier), the 502, the 403, the two to the limited route
+		series("caddy_backstage_proxy_credential_checks_total", "method", "static", "result", "ok"):     7,
 		series("caddy_backstage_proxy_credential_checks_total", "method", "none", "result", "rejected"): 1,
 		series("caddy_backstage_proxy_credential_checks_total", "method", "user", "result", "ok"):       0,
 		// static tokens are not cached; the wrong one was looked up
