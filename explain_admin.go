@@ -88,7 +88,9 @@ func (a *ExplainAdmin) serveExplain(w http.ResponseWriter, r *http.Request) erro
 		return caddy.APIError{HTTPStatus: http.StatusUnprocessableEntity, Err: err}
 	}
 	w.Header().Set("Content-Type", "application/json")
-	return json.NewEncoder(w).Encode(ex)
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	return enc.Encode(ex)
 }
 
 // Interface guards

@@ -88,6 +88,7 @@ func runExplainCommand(cmd *cobra.Command, args []string) error {
 	if asJSON {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
+		enc.SetEscapeHTML(false)
 		return enc.Encode(ex)
 	}
 	_, err = fmt.Fprint(out, ex.text())
@@ -101,6 +102,10 @@ func runExplainCommand(cmd *cobra.Command, args []string) error {
 func explainConfig(ctx context.Context, cfgJSON []byte, in explainInput) (*explanation, error) {
 	if ctx == nil {
 		ctx = context.Background()
+	}
+	cfgJSON, err := withoutActiveHealthChecks(cfgJSON)
+	if err != nil {
+		return nil, fmt.Errorf("decoding config: %v", err)
 	}
 	var cfg caddy.Config
 	if err := caddy.StrictUnmarshalJSON(cfgJSON, &cfg); err != nil {
@@ -118,4 +123,39 @@ func explainConfig(ctx context.Context, cfgJSON []byte, in explainInput) (*expla
 		return nil, fmt.Errorf("loading config: %v", err)
 	}
 	return explainer{app: app.(*caddyhttp.App)}.explain(ctx, in)
+}
+
+// withoutActiveHealthChecks removes the active health checks of every
+// reverse_proxy in cfgJSON: reverse_proxy starts them when provisioned, and
+// they would reach the upstreams.
+func withoutActiveHealthChecks(cfgJSON []byte) ([]byte, error) {
+	var cfg any
+	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
+		return nil, err
+	}
+	changed := false
+	var walk func(v any)
+	walk = func(v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			if v["handler"] == "reverse_proxy" {
+				if hc, ok := v["health_checks"].(map[string]any); ok && hc["active"] != nil {
+					delete(hc, "active")
+					changed = true
+				}
+			}
+			for _, e := range v {
+				walk(e)
+			}
+		case []any:
+			for _, e := range v {
+				walk(e)
+			}
+		}
+	}
+	walk(cfg)
+	if !changed {
+		return cfgJSON, nil
+	}
+	return json.Marshal(cfg)
 }

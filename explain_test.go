@@ -16,6 +16,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // explainSecret is an injected header's value; it must never be printed.
@@ -499,13 +500,14 @@ func TestExplainAdminRefusesForeignTransport(t *testing.T) {
 }
 
 // TestExplainCommandSealsForeignTransport: the command explains a
-// hand-written reverse_proxy with Caddy's http transport without sending
-// anything.
+// hand-written reverse_proxy with Caddy's http transport and active health
+// checks without sending anything.
 func TestExplainCommandSealsForeignTransport(t *testing.T) {
 	up := newExplainUpstream(t)
 	path := filepath.Join(t.TempDir(), "caddy.json")
 	cfg := `{"apps": {"http": {"servers": {"s": {"listen": [":1"], "routes": [
-		{"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": "` + strings.TrimPrefix(up.URL, "http://") + `"}]}]}
+		{"handle": [{"handler": "reverse_proxy", "upstreams": [{"dial": "` + strings.TrimPrefix(up.URL, "http://") + `"}],
+			"health_checks": {"active": {"uri": "/health", "interval": "10ms"}}}]}
 	]}}}}}`
 	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -514,6 +516,7 @@ func TestExplainCommandSealsForeignTransport(t *testing.T) {
 	if ex.Decision != "proxy" || ex.Upstream == nil || ex.Upstream.URL != up.URL+"/x?y=1" || ex.Route != nil {
 		t.Errorf("got %s", out)
 	}
+	time.Sleep(50 * time.Millisecond) // time for health checks, if any had started
 	if n := len(up.requests()); n != 0 {
 		t.Errorf("explain sent %d requests upstream", n)
 	}
