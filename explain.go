@@ -382,35 +382,22 @@ func (e explainer) explain(ctx context.Context, in explainInput) (*explanation, 
 // server picks the server that would receive a request for u, and the Host
 // and scheme of the request.
 func (e explainer) server(u *url.URL) (name string, srv *caddyhttp.Server, host, scheme string, err error) {
-	names := make([]string, 0, len(e.app.Servers))
-	for n := range e.app.Servers {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	if len(names) == 0 {
-		return "", nil, "", "", errors.New("the config has no HTTP server")
-	}
+	listeners := e.listeners()
 	if u.Host == "" {
 		// A path: the first server with a listener, on its first address.
-		for _, n := range names {
-			s := e.app.Servers[n]
-			for _, l := range s.Listen {
-				na, err := caddy.ParseNetworkAddress(l)
-				if err != nil || na.IsUnixNetwork() {
-					continue
-				}
-				scheme = "http"
-				if len(s.TLSConnPolicies) > 0 {
-					scheme = "https"
-				}
-				h := na.Host
-				if h == "" {
-					h = "localhost"
-				}
-				return n, s, net.JoinHostPort(h, strconv.FormatUint(uint64(na.StartPort), 10)), scheme, nil
-			}
+		if len(listeners) == 0 {
+			return "", nil, "", "", errors.New("no HTTP server of the config listens on a TCP port")
 		}
-		return "", nil, "", "", errors.New("no HTTP server of the config listens on a TCP port")
+		l := listeners[0]
+		scheme = "http"
+		if len(l.srv.TLSConnPolicies) > 0 {
+			scheme = "https"
+		}
+		h := l.addr.Host
+		if h == "" {
+			h = "localhost"
+		}
+		return l.name, l.srv, net.JoinHostPort(h, strconv.FormatUint(uint64(l.addr.StartPort), 10)), scheme, nil
 	}
 	scheme = strings.ToLower(u.Scheme)
 	port := u.Port()
@@ -421,19 +408,39 @@ func (e explainer) server(u *url.URL) (name string, srv *caddyhttp.Server, host,
 		}
 	}
 	p, _ := strconv.ParseUint(port, 10, 16)
-	for _, n := range names {
-		s := e.app.Servers[n]
-		for _, l := range s.Listen {
-			na, err := caddy.ParseNetworkAddress(l)
-			if err != nil || na.IsUnixNetwork() {
-				continue
-			}
-			if uint(p) >= na.StartPort && uint(p) <= na.EndPort {
-				return n, s, u.Host, scheme, nil
-			}
+	for _, l := range listeners {
+		if uint(p) >= l.addr.StartPort && uint(p) <= l.addr.EndPort {
+			return l.name, l.srv, u.Host, scheme, nil
 		}
 	}
 	return "", nil, "", "", fmt.Errorf("no HTTP server of the config listens on port %s", port)
+}
+
+// explainListener is one TCP listen address of a server.
+type explainListener struct {
+	name string
+	srv  *caddyhttp.Server
+	addr caddy.NetworkAddress
+}
+
+// listeners are the TCP listen addresses of the app's servers, by server
+// name, then in the order of their `listen`.
+func (e explainer) listeners() []explainListener {
+	names := make([]string, 0, len(e.app.Servers))
+	for n := range e.app.Servers {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	var out []explainListener
+	for _, n := range names {
+		for _, l := range e.app.Servers[n].Listen {
+			na, err := caddy.ParseNetworkAddress(l)
+			if err == nil && !na.IsUnixNetwork() {
+				out = append(out, explainListener{n, e.app.Servers[n], na})
+			}
+		}
+	}
+	return out
 }
 
 func hostOnly(hostport string) string {
