@@ -17,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/caddy-backstage/caddy-backstage-proxy/internal/testkit"
 )
 
 // explainSecret is an injected header's value; it must never be printed.
@@ -519,5 +521,43 @@ func TestExplainCommandSealsForeignTransport(t *testing.T) {
 	time.Sleep(50 * time.Millisecond) // time for health checks, if any had started
 	if n := len(up.requests()); n != 0 {
 		t.Errorf("explain sent %d requests upstream", n)
+	}
+}
+
+// TestExplainUserToken: a user token is verified against its key set, over
+// the network, as the server does; a token signed by another key is not.
+func TestExplainUserToken(t *testing.T) {
+	clk := useFakeClock(t)
+	key, other := testkit.NewECKey(t, "user-key"), testkit.NewECKey(t, "other-key")
+	users := testkit.NewJWKSServer(t, key)
+	path := filepath.Join(t.TempDir(), "caddy.json")
+	cfg := `{"apps": {
+	"backstage": {"user_tokens": {"jwks_url": "` + users.KeySetURL() + `"}},
+	"http": {"servers": {"s": {"listen": [":1"],
+		"routes": [{"match": [{"backstage_route": {"paths": ["/api/proxy/u"]}}], "terminal": true, "handle": [
+			{"handler": "backstage_proxy", "route": "/u", "rewrite": {"strip_prefix": "/api/proxy/u", "target_path": "/t"}},
+			{"handler": "reverse_proxy", "transport": {"protocol": "backstage_http"}, "upstreams": [{"dial": "127.0.0.1:1"}]}]}],
+		"errors": {"routes": [{"handle": [{"handler": "backstage_error"}]}]}}}}}}`
+	if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	good, forged := userToken(t, clk, key, "user:default/jane"), userToken(t, clk, other, "user:default/jane")
+
+	ex, out := explainJSON(t, path, []string{"Authorization: Bearer " + good}, "GET", "/api/proxy/u/x")
+	if ex.Decision != "proxy" || ex.Principal == nil || *ex.Principal != (explainedPrincipal{"user:default/jane", "user", "user"}) ||
+		ex.Upstream == nil || ex.Upstream.URL != "http://127.0.0.1:1/t/x" {
+		t.Errorf("valid user token: %s", out)
+	}
+	if len(users.RequestPaths()) == 0 {
+		t.Error("the key set was not fetched")
+	}
+	ex, out = explainJSON(t, path, []string{"Authorization: Bearer " + forged}, "GET", "/api/proxy/u/x")
+	if ex.Decision != "deny" || ex.Status == nil || *ex.Status != http.StatusUnauthorized || ex.Principal != nil {
+		t.Errorf("token from another key: %s", out)
+	}
+	for _, tok := range []string{good, forged} {
+		if strings.Contains(out, tok) {
+			t.Error("the output shows the token")
+		}
 	}
 }
