@@ -380,40 +380,41 @@ func (e explainer) explain(ctx context.Context, in explainInput) (*explanation, 
 }
 
 // server picks the server that would receive a request for u, and the Host
-// and scheme of the request.
+// and scheme of the request: for an absolute URL, the server listening on
+// its port, or else (a public URL in front of a load balancer) the first
+// server; for a path, the first server, on its first address.
 func (e explainer) server(u *url.URL) (name string, srv *caddyhttp.Server, host, scheme string, err error) {
 	listeners := e.listeners()
-	if u.Host == "" {
-		// A path: the first server with a listener, on its first address.
-		if len(listeners) == 0 {
-			return "", nil, "", "", errors.New("no HTTP server of the config listens on a TCP port")
-		}
-		l := listeners[0]
-		scheme = "http"
-		if len(l.srv.TLSConnPolicies) > 0 {
-			scheme = "https"
-		}
-		h := l.addr.Host
-		if h == "" {
-			h = "localhost"
-		}
-		return l.name, l.srv, net.JoinHostPort(h, strconv.FormatUint(uint64(l.addr.StartPort), 10)), scheme, nil
+	if len(listeners) == 0 {
+		return "", nil, "", "", errors.New("no HTTP server of the config listens on a TCP port")
 	}
-	scheme = strings.ToLower(u.Scheme)
-	port := u.Port()
-	if port == "" {
-		port = "80"
-		if scheme == "https" {
-			port = "443"
+	if u.Host != "" {
+		scheme = strings.ToLower(u.Scheme)
+		port := u.Port()
+		if port == "" {
+			port = "80"
+			if scheme == "https" {
+				port = "443"
+			}
 		}
-	}
-	p, _ := strconv.ParseUint(port, 10, 16)
-	for _, l := range listeners {
-		if uint(p) >= l.addr.StartPort && uint(p) <= l.addr.EndPort {
-			return l.name, l.srv, u.Host, scheme, nil
+		p, _ := strconv.ParseUint(port, 10, 16)
+		for _, l := range listeners {
+			if uint(p) >= l.addr.StartPort && uint(p) <= l.addr.EndPort {
+				return l.name, l.srv, u.Host, scheme, nil
+			}
 		}
+		return listeners[0].name, listeners[0].srv, u.Host, scheme, nil
 	}
-	return "", nil, "", "", fmt.Errorf("no HTTP server of the config listens on port %s", port)
+	l := listeners[0]
+	scheme = "http"
+	if len(l.srv.TLSConnPolicies) > 0 {
+		scheme = "https"
+	}
+	h := l.addr.Host
+	if h == "" {
+		h = "localhost"
+	}
+	return l.name, l.srv, net.JoinHostPort(h, strconv.FormatUint(uint64(l.addr.StartPort), 10)), scheme, nil
 }
 
 // explainListener is one TCP listen address of a server.

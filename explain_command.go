@@ -36,8 +36,9 @@ rewrite, the request header names forwarded, dropped and injected, the
 response header names allowed back, and the reason. Header values, tokens
 and secrets are never printed.
 
-URL is absolute (http://localhost:7007/api/proxy/x?y=1) or a path
-(/api/proxy/x), sent to the config's first listener.
+URL is absolute (http://localhost:7007/api/proxy/x?y=1: the server
+listening on its port, else the first one, gets it with that Host) or a
+path (/api/proxy/x), sent to the config's first listener.
 
 The adapter defaults to 'backstage' for .yaml and .yml files.`,
 		Args: cobra.ExactArgs(2),

@@ -139,6 +139,8 @@ func TestExplainDecisions(t *testing.T) {
 				forwarded: []string{"accept"}, dropped: []string{"cookie"}, reason: "allows unauthenticated"}},
 		{"open route, any letter case", "GET", "http://localhost:" + testListenPort + "/API/proxy/OPEN/a", nil,
 			want{route: "/open", decision: "proxy", upstream: "GET " + up + "/open-base/a"}},
+		{"public URL on another port", "GET", "https://backstage.example.com/api/proxy/open/a", nil,
+			want{route: "/open", decision: "proxy", upstream: "GET " + up + "/open-base/a"}},
 		{"required without a token", "GET", "/api/proxy/catalog/entities", nil,
 			want{route: "/catalog", decision: "deny", status: 401, reason: "refuses the request with 401"}},
 		{"required with a wrong token", "GET", "/api/proxy/catalog/entities", []string{"Authorization: Bearer wrong-token-value"},
@@ -275,7 +277,7 @@ func TestExplainCommandErrors(t *testing.T) {
 		{"no config", []string{"GET", "/x"}, "--config is required"},
 		{"one argument", []string{"--config", config, "GET"}, "accepts 2 arg(s)"},
 		{"bad header", []string{"--config", config, "--header", "Bearer " + testStaticToken, "GET", "/x"}, "--header wants 'Name: value'"},
-		{"no server on the port", []string{"--config", config, "GET", "http://localhost:1/api/proxy/open"}, "no HTTP server of the config listens on port 1"},
+		{"not a URL", []string{"--config", config, "GET", "api/proxy/open"}, "want an absolute URL or a path starting with /"},
 		{"missing file", []string{"--config", filepath.Join(t.TempDir(), "none.yaml"), "GET", "/x"}, "none.yaml"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
