@@ -668,19 +668,19 @@ func nearestCandidates(endpoints []explainEndpoint, r *http.Request) string {
 				switch {
 				case m.Match(r):
 					if ep.methods != nil && !slices.Contains(ep.methods, r.Method) {
-						cands = append(cands, candidate{1 << 20, fmt.Sprintf("route %s does not allow %s, only %s", route, r.Method, strings.Join(ep.methods, ", "))})
+						cands = append(cands, candidate{1 << 20, fmt.Sprintf("route %s matches the path but not the method %s (allowed methods: %s)", route, r.Method, strings.Join(ep.methods, ", "))})
 					}
 				case urlpath.HasSegmentPrefixFold(r.URL.Path, prefix):
-					cands = append(cands, candidate{1 << 19, fmt.Sprintf("route %s matches %s only after percent-decoding, and routes match the path as received", route, escaped)})
+					cands = append(cands, candidate{1 << 19, fmt.Sprintf("route %s: %s is under its prefix %s only after percent-decoding, and routes match the path as received (letter case does not matter)", route, escaped, prefix)})
 				case strings.HasPrefix(strings.ToLower(escaped), strings.ToLower(prefix)):
-					cands = append(cands, candidate{1 << 18, fmt.Sprintf("route %s covers %s and the paths under it, not %s (a route key ends at a /)", route, prefix, escaped)})
+					cands = append(cands, candidate{1 << 18, fmt.Sprintf("route %s: %s is not under its prefix %s (a prefix ends at a /)", route, escaped, prefix)})
 				default:
 					// only routes that share more than the mount path
 					score := commonSegments(strings.ToLower(escaped), strings.ToLower(prefix))
 					if score <= commonSegments(ep.handler.MountPath, ep.handler.MountPath) {
 						continue
 					}
-					cands = append(cands, candidate{score, fmt.Sprintf("route %s covers %s and the paths under it", route, prefix)})
+					cands = append(cands, candidate{score, fmt.Sprintf("route %s: the path is not under its prefix %s", route, prefix)})
 				}
 			}
 		}
