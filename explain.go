@@ -668,7 +668,7 @@ func nearestCandidates(endpoints []explainEndpoint, r *http.Request) string {
 				switch {
 				case m.Match(r):
 					if ep.methods != nil && !slices.Contains(ep.methods, r.Method) {
-						cands = append(cands, candidate{1 << 20, fmt.Sprintf("route %s matches the path but not the method %s (allowed methods: %s)", route, r.Method, strings.Join(ep.methods, ", "))})
+						cands = append(cands, candidate{1 << 20, fmt.Sprintf("route %s matches the path but not the method %s: it allows %s", route, r.Method, strings.Join(ep.methods, ", "))})
 					}
 				case urlpath.HasSegmentPrefixFold(r.URL.Path, prefix):
 					cands = append(cands, candidate{1 << 19, fmt.Sprintf("route %s: %s is under its prefix %s only after percent-decoding, and routes match the path as received (letter case does not matter)", route, escaped, prefix)})

@@ -156,7 +156,7 @@ func TestExplainDecisions(t *testing.T) {
 		{"allowed method on the first route", "GET", "/api/proxy/ro/rw/x", []string{bearerStatic},
 			want{route: "/ro", decision: "proxy", upstream: "GET " + up + "/ro-base/rw/x"}},
 		{"disallowed method, nothing to fall to", "POST", "/api/proxy/ro/x", []string{bearerStatic},
-			want{decision: "deny", status: 404, subject: "ci-bot", reason: "route /ro matches the path but not the method POST (allowed methods: GET)"}},
+			want{decision: "deny", status: 404, subject: "ci-bot", reason: "route /ro matches the path but not the method POST: it allows GET"}},
 		{"unknown path, authenticated", "GET", "/api/proxy/nothing/here", []string{bearerStatic},
 			want{decision: "deny", status: 404, reason: "no endpoint covers this path"}},
 		{"unknown path, anonymous", "GET", "/api/proxy/nothing/here", nil,
