@@ -33,8 +33,10 @@ const (
 
 // UpstreamTransport is Caddy's `http` transport for `reverse_proxy` plus two
 // upstream behaviours of Backstage's proxy (http-proxy) that the standard
-// transport lacks. The config adapter uses it only for endpoints that need
-// them; every `http` transport option applies as well.
+// transport lacks. The config adapter and the `backstage_proxy` Caddyfile
+// directive use it for every endpoint: it is also what lets `caddy backstage
+// explain` record the upstream request instead of sending it. Every `http`
+// transport option applies as well.
 //
 //   - `set_headers` (Backstage `headers:`): set on the upstream request,
 //     overriding any the request has, by the transport itself on a copy of
@@ -226,6 +228,13 @@ func (t *UpstreamTransport) withHeaders(req *http.Request) *http.Request {
 
 // RoundTrip implements http.RoundTripper.
 func (t *UpstreamTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if explainsRunning.Load() != 0 {
+		if rec := explainRecordingFrom(req.Context()); rec != nil {
+			req2 := t.withHeaders(req)
+			t.SetScheme(req2)
+			return rec.answer(req2, t.routeSetHeaders(req))
+		}
+	}
 	if len(t.SetHeaders) > 0 || len(t.unsetHeaders) > 0 || (t.authorization != "" && len(req.Header["Authorization"]) == 0) {
 		req = t.withHeaders(req)
 	}
@@ -233,6 +242,19 @@ func (t *UpstreamTransport) RoundTrip(req *http.Request) (*http.Response, error)
 		return t.HTTPTransport.RoundTrip(req)
 	}
 	return t.follow(req, t.HTTPTransport.RoundTrip)
+}
+
+// routeSetHeaders are the names of the headers this transport sets on
+// req: the route's headers and the Basic credentials (for explain).
+func (t *UpstreamTransport) routeSetHeaders(req *http.Request) []string {
+	names := make([]string, 0, len(t.SetHeaders)+1)
+	for name := range t.SetHeaders {
+		names = append(names, name)
+	}
+	if t.authorization != "" && len(req.Header["Authorization"]) == 0 {
+		names = append(names, "Authorization")
+	}
+	return names
 }
 
 // follow sends req with roundTrip and follows the redirects to be followed.

@@ -65,6 +65,9 @@ func (h *Handler) setupObservability(app *App) {
 // the refusal's message. Features that refuse requests (403, 429) call it
 // once per refused request, before returning their error.
 func (h *Handler) record(r *http.Request, o outcome, status int, subject, reason string) {
+	if isExplain(r) {
+		return
+	}
 	h.count(o)
 	if h.audit != nil && (o != outcomeProxied && o != outcomeUpstreamError || h.auditInjected) {
 		h.writeAudit(r, o, status, subject, reason)
@@ -75,6 +78,9 @@ func (h *Handler) record(r *http.Request, o outcome, status int, subject, reason
 // upstream error when nothing was written and next failed. It runs before
 // rf is released.
 func (h *Handler) recordUpstream(r *http.Request, rf *responseFilter, err error, subject string) {
+	if isExplain(r) {
+		return
+	}
 	o, status := outcomeProxied, rf.status
 	if !rf.wroteHeader {
 		status = http.StatusOK

@@ -433,11 +433,9 @@ func applyTransportSegment(rp *reverseproxy.Handler, seg caddyfile.Segment) erro
 	if err := t.UnmarshalCaddyfile(caddyfile.NewDispenser(seg[1:])); err != nil {
 		return err
 	}
-	if t.BasicAuth != "" || t.FollowRedirects || t.MaxRedirects != 0 {
-		rp.TransportRaw = caddyconfig.JSONModuleObject(t, "protocol", "backstage_http", nil)
-	} else {
-		rp.TransportRaw = caddyconfig.JSONModuleObject(t.HTTPTransport, "protocol", "http", nil)
-	}
+	// backstage_http either way, as buildReverseProxy writes it (explain
+	// needs it).
+	rp.TransportRaw = caddyconfig.JSONModuleObject(t, "protocol", "backstage_http", nil)
 	return nil
 }
 

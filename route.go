@@ -404,17 +404,15 @@ func buildReverseProxy(s endpointSpec, target *url.URL, warnings *[]caddyconfig.
 		}
 		injected[name] = []string{hv.Value}
 	}
-	var transportRaw json.RawMessage
-	if s.FollowRedirects || s.BasicAuth != "" || len(injected) > 0 {
-		transportRaw = caddyconfig.JSONModuleObject(UpstreamTransport{
-			HTTPTransport:   transport,
-			BasicAuth:       s.BasicAuth,
-			FollowRedirects: s.FollowRedirects,
-			SetHeaders:      injected,
-		}, "protocol", "backstage_http", warnings)
-	} else {
-		transportRaw = caddyconfig.JSONModuleObject(transport, "protocol", "http", warnings)
-	}
+	// Always ours, even when it adds nothing to Caddy's `http` transport:
+	// `caddy backstage explain` relies on it to record the upstream request
+	// instead of sending it (explain.go).
+	transportRaw := caddyconfig.JSONModuleObject(UpstreamTransport{
+		HTTPTransport:   transport,
+		BasicAuth:       s.BasicAuth,
+		FollowRedirects: s.FollowRedirects,
+		SetHeaders:      injected,
+	}, "protocol", "backstage_http", warnings)
 
 	set := http.Header{}
 	if s.ChangeOrigin {
