@@ -81,6 +81,7 @@ const (
 //	cookie_domain_rewrite <from>|* <to>
 //	cookie_path_rewrite <from>|* <to>
 //	mount_path <path>            (single form only)
+//	acknowledge_risk <reason>
 //
 // `transport http|backstage_http { … }` takes the options of those
 // transports, applied on top of the transport derived from the target and
@@ -98,6 +99,7 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 	default:
 		return nil, h.ArgErr()
 	}
+	at := h.Token()
 	spec, err := parseEndpoint(h, h.Dispenser, args[0], args[1], true)
 	if err != nil {
 		return nil, err
@@ -118,6 +120,9 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 	r, err := buildEndpointRoute(spec, &warnings)
 	if err != nil {
 		return nil, h.Errf("%v", err)
+	}
+	if err := lintCaddyfileEndpoint(h, at, r); err != nil {
+		return nil, err
 	}
 	if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
 		return nil, nil
@@ -154,6 +159,7 @@ func parseEndpointBlock(h httpcaddyfile.Helper, args []string) ([]httpcaddyfile.
 		if len(eargs) != 2 {
 			return nil, h.ArgErr()
 		}
+		at := h.Token()
 		spec, err := parseEndpoint(h, h.Dispenser, eargs[0], eargs[1], false)
 		if err != nil {
 			return nil, err
@@ -167,6 +173,9 @@ func parseEndpointBlock(h httpcaddyfile.Helper, args []string) ([]httpcaddyfile.
 		r, err := buildEndpointRoute(spec, &warnings)
 		if err != nil {
 			return nil, h.Errf("%v", err)
+		}
+		if err := lintCaddyfileEndpoint(h, at, r); err != nil {
+			return nil, err
 		}
 		if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
 			continue
@@ -203,7 +212,7 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 		case "credentials", "allowed_methods", "allowed_headers", "upstream_header", "change_origin", "path_rewrite",
 			"xfwd", "ws", "insecure_skip_verify", "ignore_path", "no_prepend_path", "proxy_timeout", "method",
 			"follow_redirects", "upstream_basic_auth", "ca_file", "local_address", "location_rewrite",
-			"cookie_domain_rewrite", "cookie_path_rewrite", "mount_path":
+			"cookie_domain_rewrite", "cookie_path_rewrite", "mount_path", "acknowledge_risk":
 		case "transport":
 			if transportSegment != nil {
 				return spec, d.Err("transport specified more than once")
@@ -361,6 +370,11 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 			} else {
 				spec.CookiePathRewrite = append(spec.CookiePathRewrite, rule)
 			}
+		case "acknowledge_risk":
+			if len(args) == 0 {
+				return spec, d.Err("acknowledge_risk takes the reason the risk is accepted")
+			}
+			spec.AcknowledgeRisk = strings.Join(args, " ")
 		case "mount_path":
 			if !single {
 				return spec, d.Err("mount_path: in the block form, the mount path is the block's argument")
