@@ -228,6 +228,13 @@ proxy:
 	})
 
 	t.Run("Caddyfile: refused, then acknowledged", func(t *testing.T) {
+		// The Caddyfile adapter runs in the server, and its warnings go to
+		// the running config's default log: a file, here.
+		logFile := filepath.Join(t.TempDir(), "caddy.log")
+		logging := strings.ReplaceAll(`{"admin": {"listen": "localhost:2999"}, "logging": {"logs": {"default": {"level": "INFO", "writer": {"output": "file", "filename": "@LOG@"}}}}}`, "@LOG@", logFile)
+		if status, body := adiPostLoad(t, logging, "application/json"); status != http.StatusOK {
+			t.Fatalf("POST /load: %d %s", status, body)
+		}
 		cfg := strings.NewReplacer("@U@", up.URL, "@PORT@", testListenPort).Replace(`{
 	admin localhost:2999
 }
@@ -252,6 +259,11 @@ proxy:
 		}
 		if r := adiDo(t, "GET", "/api/proxy/feed/a", ""); r.Status != http.StatusNoContent || seen.Get("X-Api-Key") != lintSecret {
 			t.Errorf("anonymous GET /feed: %d, upstream key %q", r.Status, seen.Get("X-Api-Key"))
+		}
+		warned := lintLogLines(t, logFile, "proxy route /feed injects a credential (header X-Api-Key) that anonymous callers can use (credentials dangerously-allow-unauthenticated); risk acknowledged: \"the feed key is read-only\"",
+			"proxy route /feed injects a credential (header X-Api-Key) for every method, writes included: set allowed_methods to the methods the route needs")
+		if len(warned) != 2 || warned[0]["level"] != "warn" || warned[0]["line"] != 6.0 || !strings.HasSuffix(warned[0]["file"].(string), "Caddyfile") {
+			t.Errorf("Caddyfile warnings %v", warned)
 		}
 	})
 
