@@ -264,14 +264,13 @@ func summarizeRoute(r caddyhttp.Route) (routeSummary, bool) {
 	if rl := policy.RateLimit; rl != nil {
 		s.RateLimit = &rateLimitSummary{Requests: rl.Requests, Window: time.Duration(rl.Window).String()}
 	}
-	for _, set := range r.MatcherSetsRaw {
-		if raw, ok := set["method"]; ok {
+	if len(r.MatcherSetsRaw) > 0 { // the generated routes have one matcher set
+		if raw, ok := r.MatcherSetsRaw[0]["method"]; ok {
 			_ = json.Unmarshal(raw, &s.Methods)
 			if s.Methods == nil {
 				s.Methods = []string{}
 			}
 		}
-		break // the generated routes have one matcher set
 	}
 
 	// The injected headers, and which of them are credentials.

@@ -71,13 +71,15 @@ func TestLintIntegration(t *testing.T) {
 	secLoad(t, staticTokenConfig(testStaticToken, "ci-lint", "    /x: http://127.0.0.1:1\n"))
 	defer secLoad(t, staticTokenConfig(testStaticToken, "ci-lint", "    /x: http://127.0.0.1:1\n"))
 
-	const refused = `caddy:
-  admin: localhost:2999
-backend:
+	// lintConfigTail follows the caddy: key of the configs below.
+	const lintConfigTail = `backend:
   baseUrl: http://localhost:7007
   listen: {port: 9080}
 proxy:
-  endpoints:
+`
+	const refused = `caddy:
+  admin: localhost:2999
+` + lintConfigTail + `  endpoints:
     /feed:
       target: @U@
       credentials: dangerously-allow-unauthenticated
@@ -122,11 +124,7 @@ proxy:
     logging:
       logs:
         default: {level: INFO, writer: {output: file, filename: "@LOG@"}}
-backend:
-  baseUrl: http://localhost:7007
-  listen: {port: 9080}
-proxy:
-  endpoints:
+` + lintConfigTail + `  endpoints:
     /feed:
       target: @U@/v1?q=1
       credentials: dangerously-allow-unauthenticated
