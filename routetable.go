@@ -518,11 +518,10 @@ func lintPosition(n *appconfig.Node, key string) *appconfig.Node {
 	return n
 }
 
-// logDispatchRoutes logs the route table of a dispatcher's routes
+// logDispatchRoutes lints and logs the route table of a dispatcher
 // (logRouteTable), judged with the backstage app's
 // dangerously_disable_default_auth_policy.
-func logDispatchRoutes(ctx caddy.Context, mount string, routes caddyhttp.RouteList) error {
-	table := summarizeRoutes(routes)
+func logDispatchRoutes(ctx caddy.Context, mount string, table []routeSummary) error {
 	if len(table) == 0 {
 		return nil
 	}
