@@ -178,8 +178,26 @@ func hasSecretPlaceholder(v string) bool {
 	return false
 }
 
-// proxyJSON is what the summary reads of a reverse_proxy handler.
-type proxyJSON struct {
+// handlerJSON is what the summary reads of a route's handlers, decoded in
+// one pass whatever the handler: backstage_proxy's fields (as Handler
+// names them), reverse_proxy's upstreams, transport and header ops, and a
+// subroute's routes.
+type handlerJSON struct {
+	Handler string `json:"handler"`
+
+	// backstage_proxy
+	Route                 string     `json:"route"`
+	Credentials           string     `json:"credentials"`
+	AllowedHeaders        []string   `json:"allowed_headers"`
+	UpstreamHeaders       []string   `json:"upstream_headers"`
+	CredentialHeaders     []string   `json:"credential_headers"`
+	AllowUpgrade          bool       `json:"allow_upgrade"`
+	Allow                 []string   `json:"allow"`
+	UpstreamAuthorization string     `json:"upstream_authorization"`
+	RateLimit             *RateLimit `json:"rate_limit"`
+	AcknowledgeRisk       string     `json:"acknowledge_risk"`
+
+	// reverse_proxy
 	Transport struct {
 		TLS *struct {
 			InsecureSkipVerify bool `json:"insecure_skip_verify"`
@@ -196,42 +214,34 @@ type proxyJSON struct {
 			Add http.Header `json:"add"`
 		} `json:"request"`
 	} `json:"headers"`
+
+	// subroute
+	Routes []struct {
+		Handle []json.RawMessage `json:"handle"`
+	} `json:"routes"`
 }
 
 // endpointHandlers finds the backstage_proxy handler of a route's handler
-// chain and the reverse_proxy after it; with HPM `router` variants (a
-// subroute), those of the default variant, the last.
-func endpointHandlers(raws []json.RawMessage) (*Handler, *proxyJSON) {
-	var policy *Handler
+// chain and the reverse_proxy after it (nil if none); with HPM `router`
+// variants (a subroute), those of the default variant, the last.
+func endpointHandlers(raws []json.RawMessage) (policy, proxy *handlerJSON) {
 	for _, raw := range raws {
-		var head struct {
-			Handler string `json:"handler"`
-			Routes  []struct {
-				Handle []json.RawMessage `json:"handle"`
-			} `json:"routes"`
-		}
-		if json.Unmarshal(raw, &head) != nil {
+		h := new(handlerJSON)
+		if json.Unmarshal(raw, h) != nil {
 			continue
 		}
-		switch head.Handler {
+		switch h.Handler {
 		case "backstage_proxy":
 			if policy == nil {
-				policy = new(Handler)
-				if json.Unmarshal(raw, policy) != nil {
-					return nil, nil
-				}
+				policy = h
 			}
 		case "reverse_proxy":
 			if policy != nil {
-				rp := new(proxyJSON)
-				if json.Unmarshal(raw, rp) != nil {
-					return policy, nil
-				}
-				return policy, rp
+				return policy, h
 			}
 		case "subroute":
-			if policy == nil && len(head.Routes) > 0 {
-				return endpointHandlers(head.Routes[len(head.Routes)-1].Handle)
+			if policy == nil && len(h.Routes) > 0 {
+				return endpointHandlers(h.Routes[len(h.Routes)-1].Handle)
 			}
 		}
 	}
