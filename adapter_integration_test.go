@@ -243,6 +243,7 @@ proxy:
       target: @U@
       credentials: dangerously-allow-unauthenticated
       auth: admin:${AI_PROXY_PASSWORD}
+      caddy: {acknowledgeRisk: a test of anonymous header injection}
     /basic-forward:
       target: @U@
       credentials: forward
@@ -530,6 +531,7 @@ proxy:
       headers:
         Authorization: Bearer ${AI_UPSTREAM_SECRET}
         X-Custom: configured
+      caddy: {acknowledgeRisk: a test of anonymous header injection}
     /methods: {target: @U@, credentials: dangerously-allow-unauthenticated, allowedMethods: [GET]}
     /simple: @U@
     /nulled: {target: @U@, credentials: dangerously-allow-unauthenticated}
@@ -543,6 +545,7 @@ endpoint:
   headers:
     X-From-File:
       $file: ./value.txt
+  caddy: {acknowledgeRisk: a test of anonymous header injection}
 `)
 	write("conf/value.txt", "from-a-file\n")
 	write("app-config.local.yaml", `

@@ -85,6 +85,7 @@ const (
 //	mount_path <path>            (single form only)
 //	allow <pattern...>
 //	upstream_authorization <header>
+//	acknowledge_risk <reason>
 //
 // `transport http|backstage_http { … }` takes the options of those
 // transports, applied on top of the transport derived from the target and
@@ -102,6 +103,7 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 	default:
 		return nil, h.ArgErr()
 	}
+	at := h.Token()
 	spec, err := parseEndpoint(h, h.Dispenser, args[0], args[1], true)
 	if err != nil {
 		return nil, err
@@ -122,6 +124,9 @@ func parseEndpointDirective(h httpcaddyfile.Helper) ([]httpcaddyfile.ConfigValue
 	r, err := buildEndpointRoute(spec, &warnings)
 	if err != nil {
 		return nil, h.Errf("%v", err)
+	}
+	if err := lintCaddyfileEndpoint(h, at, r); err != nil {
+		return nil, err
 	}
 	if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
 		return nil, nil
@@ -158,6 +163,7 @@ func parseEndpointBlock(h httpcaddyfile.Helper, args []string) ([]httpcaddyfile.
 		if len(eargs) != 2 {
 			return nil, h.ArgErr()
 		}
+		at := h.Token()
 		spec, err := parseEndpoint(h, h.Dispenser, eargs[0], eargs[1], false)
 		if err != nil {
 			return nil, err
@@ -171,6 +177,9 @@ func parseEndpointBlock(h httpcaddyfile.Helper, args []string) ([]httpcaddyfile.
 		r, err := buildEndpointRoute(spec, &warnings)
 		if err != nil {
 			return nil, h.Errf("%v", err)
+		}
+		if err := lintCaddyfileEndpoint(h, at, r); err != nil {
+			return nil, err
 		}
 		if spec.AllowedMethods != nil && len(spec.AllowedMethods) == 0 {
 			continue
@@ -209,7 +218,7 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 			"xfwd", "ws", "insecure_skip_verify", "ignore_path", "no_prepend_path", "proxy_timeout", "method",
 			"follow_redirects", "upstream_basic_auth", "ca_file", "local_address", "location_rewrite",
 			"cookie_domain_rewrite", "cookie_path_rewrite", "mount_path",
-			"allow", "upstream_authorization", "rate_limit":
+			"allow", "upstream_authorization", "rate_limit", "acknowledge_risk":
 		case "transport":
 			if transportSegment != nil {
 				return spec, d.Err("transport specified more than once")
@@ -378,6 +387,11 @@ func parseEndpoint(h httpcaddyfile.Helper, d *caddyfile.Dispenser, route, rawTar
 				return spec, d.Errf("%v", err)
 			}
 			spec.RateLimit = rl
+		case "acknowledge_risk":
+			if len(args) == 0 {
+				return spec, d.Err("acknowledge_risk takes the reason the risk is accepted")
+			}
+			spec.AcknowledgeRisk = strings.Join(args, " ")
 		case "mount_path":
 			if !single {
 				return spec, d.Err("mount_path: in the block form, the mount path is the block's argument")

@@ -175,6 +175,8 @@ type adaptation struct {
 	protected bool
 	// rateLimited is set when an endpoint has caddy.rateLimit.
 	rateLimited bool
+	// anonymousAll is backend.auth.dangerouslyDisableDefaultAuthPolicy.
+	anonymousAll bool
 }
 
 func (ad *adaptation) warn(n *appconfig.Node, directive, format string, args ...any) {
@@ -444,6 +446,9 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 			route, err = buildEndpointRoute(spec, &ad.warnings)
 		}
 		if err == nil {
+			err = ad.lintEndpoint(route, e.node)
+		}
+		if err == nil {
 			if expose := ad.corsExposeHandler(spec); expose != nil {
 				route.HandlersRaw = append([]json.RawMessage{expose}, route.HandlersRaw...)
 			}
@@ -452,6 +457,10 @@ func (ad *adaptation) proxyRoutes() ([]caddyhttp.Route, error) {
 			if skipInvalid {
 				ad.warn(e.node, e.key, "skipped configuring %s due to %s", e.key, err)
 				continue
+			}
+			var positioned *appconfig.Error
+			if errors.As(err, &positioned) {
+				return nil, err // the secure-route lint's, at the key it is about
 			}
 			return nil, &appconfig.Error{File: e.node.File, Line: e.node.Line, Source: e.node.Source,
 				Msg: fmt.Sprintf("proxy route %s: %s", e.key, err)}
@@ -658,9 +667,6 @@ func (ad *adaptation) endpoint(route string, n *appconfig.Node) (endpointSpec, e
 			var secure bool
 			secure, err = boolOption(v, "secure")
 			spec.InsecureSkipVerify = !secure
-			if spec.InsecureSkipVerify && u.Scheme == "https" {
-				ad.warn(v, route+".secure", "proxy route %s: TLS certificate verification of %s is off (secure: false)", route, u.Host)
-			}
 		case "ignorePath":
 			spec.IgnorePath, err = boolOption(v, "ignorePath")
 		case "prependPath":
@@ -767,7 +773,7 @@ func headerValues(n *appconfig.Node) ([]headerValue, error) {
 		if value == "" {
 			value = appconfig.EscapeCaddyPlaceholders(v.Value)
 		}
-		out = append(out, headerValue{Name: name, Value: value})
+		out = append(out, headerValue{Name: name, Value: value, Secret: v.EnvTemplate != "" || v.FromFile})
 	}
 	return out, nil
 }
@@ -863,6 +869,7 @@ func (ad *adaptation) identity() (*App, error) {
 			return nil, appconfig.ErrorAt(n, "Unable to convert config value for key 'backend.auth.dangerouslyDisableDefaultAuthPolicy' to a boolean")
 		}
 		app.DangerouslyDisableDefaultAuthPolicy = v
+		ad.anonymousAll = v
 		if v {
 			ad.warn(n, "backend.auth", "dangerouslyDisableDefaultAuthPolicy is true: every proxy route is open to anonymous callers")
 		}
@@ -1166,7 +1173,7 @@ func backendIsListener(backend *url.URL, listen string) bool {
 }
 
 // endpointCaddyKnownKeys are the settings of an endpoint's `caddy:` key.
-var endpointCaddyKnownKeys = map[string]bool{"rewriteLocation": true, "allow": true, "upstreamAuthorization": true, "rateLimit": true}
+var endpointCaddyKnownKeys = map[string]bool{"rewriteLocation": true, "allow": true, "upstreamAuthorization": true, "rateLimit": true, "acknowledgeRisk": true}
 
 // endpointCaddyOptions reads an endpoint's `caddy:` key: settings of this
 // proxy that Backstage has no words for (Backstage ignores the key).
@@ -1179,7 +1186,7 @@ func (ad *adaptation) endpointCaddyOptions(spec *endpointSpec, n *appconfig.Node
 	}
 	for i, k := range n.Keys {
 		if !endpointCaddyKnownKeys[k] {
-			ad.warn(n.Values[i], spec.Route+".caddy", "proxy route %s: caddy.%s is not a known setting and is ignored (known: allow, rateLimit, rewriteLocation, upstreamAuthorization)", spec.Route, k)
+			ad.warn(n.Values[i], spec.Route+".caddy", "proxy route %s: caddy.%s is not a known setting and is ignored (known: acknowledgeRisk, allow, rateLimit, rewriteLocation, upstreamAuthorization)", spec.Route, k)
 		}
 	}
 	if v := n.Get("rateLimit"); v != nil {
@@ -1189,6 +1196,13 @@ func (ad *adaptation) endpointCaddyOptions(spec *endpointSpec, n *appconfig.Node
 		}
 		spec.RateLimit = rl
 		ad.rateLimited = true
+	}
+	if v := n.Get("acknowledgeRisk"); v != nil {
+		reason, ok := v.String()
+		if !ok || strings.TrimSpace(reason) == "" {
+			return fmt.Errorf("caddy.acknowledgeRisk must be the reason the risk is accepted, a non-empty string, got %s", v.TypeName())
+		}
+		spec.AcknowledgeRisk = reason
 	}
 	if v := n.Get("rewriteLocation"); v != nil {
 		on, err := boolOption(v, "caddy.rewriteLocation")
@@ -1279,7 +1293,7 @@ func (ad *adaptation) removedHeaders(route string) []headerValue {
 	for _, prefix := range endpointKeyPaths(route, "headers.") {
 		for path, tpl := range ad.removedTemplates {
 			if name, ok := strings.CutPrefix(path, prefix); ok && headerNameRE.MatchString(name) {
-				out = append(out, headerValue{Name: name, Value: tpl})
+				out = append(out, headerValue{Name: name, Value: tpl, Secret: true})
 			}
 		}
 	}

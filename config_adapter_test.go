@@ -443,6 +443,7 @@ proxy:
       protocolRewrite: https
       cookieDomainRewrite: {legacy.internal: public.example.com, '*': ''}
       cookiePathRewrite: {/app: /api/proxy/legacy}
+      caddy: {acknowledgeRisk: read-only service account}
 `
 	caddyfileConfig := `:9080 {
 	backstage_proxy /legacy https://legacy.internal:8443/app {
@@ -457,6 +458,7 @@ proxy:
 		cookie_domain_rewrite legacy.internal public.example.com
 		cookie_domain_rewrite * ""
 		cookie_path_rewrite /app /api/proxy/legacy
+		acknowledge_risk read-only service account
 	}
 }
 `

@@ -128,8 +128,15 @@ func (d *Dispatch) Provision(ctx caddy.Context) error {
 	}
 	d.mount = strings.TrimRight(mount, "/")
 	d.indexed = isPlainPath(d.mount)
+	// The route table, read from the routes' JSON before provisioning
+	// consumes it, and logged once they provisioned: once per config
+	// load, as the dispatcher sees every endpoint of its mount.
+	table := summarizeRoutes(d.Routes)
 	if err := d.Routes.Provision(ctx); err != nil {
 		return fmt.Errorf("backstage_dispatch: %v", err)
+	}
+	if err := logDispatchRoutes(ctx, d.mount, table); err != nil {
+		return err
 	}
 
 	keys := make([][]string, len(d.Routes)) // nil: any segment

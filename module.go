@@ -101,6 +101,15 @@ type Handler struct {
 	// direction. Their values are set by `reverse_proxy`, overriding the client's.
 	UpstreamHeaders []string `json:"upstream_headers,omitempty"`
 
+	// CredentialHeaders are the names, among UpstreamHeaders, of headers
+	// whose values are credentials although the JSON does not show it: the
+	// content of a `$file`, or an environment value that could not stay an
+	// `{env.*}` placeholder. The secure-route lint and the route table
+	// treat them as injected credentials, like headers whose values read
+	// `{env.*}` or `{file.*}` placeholders and headers whose names say they
+	// carry one (Authorization, Cookie, X-Api-Key, *token*, *key*, …).
+	CredentialHeaders []string `json:"credential_headers,omitempty"`
+
 	// AllowUpgrade lets WebSocket upgrades through this endpoint (Backstage
 	// `ws: true`): `Upgrade`, `Connection` and `Sec-WebSocket-*` pass in both
 	// directions, after the credentials check. Without it, upgrade requests are

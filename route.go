@@ -131,6 +131,9 @@ type cookieRewrite struct {
 
 type headerValue struct {
 	Name, Value string
+	// Secret is set when the value came from ${VAR}, $env or $file: the
+	// secure-route lint counts the header as an injected credential.
+	Secret bool
 }
 
 // pathRewriteRules are the custom rules (non-nil, possibly empty) or nil
@@ -345,6 +348,10 @@ func buildEndpointHandlers(s endpointSpec, target *url.URL, warnings *[]caddycon
 	}
 	for _, hv := range s.Headers {
 		policy.UpstreamHeaders = append(policy.UpstreamHeaders, hv.Name)
+		if hv.Secret && !hasSecretPlaceholder(hv.Value) {
+			// The JSON shows the value literally: say what it is.
+			policy.CredentialHeaders = append(policy.CredentialHeaders, hv.Name)
+		}
 	}
 
 	proxy, err := buildReverseProxy(s, target, warnings)

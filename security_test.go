@@ -303,6 +303,7 @@ var secConfig = staticTokenConfig(testStaticToken, "security-tests", `    /open:
       credentials: dangerously-allow-unauthenticated
       headers: {X-Api-Key: configured-key}
       allowedHeaders: [X-Foo]
+      caddy: {acknowledgeRisk: a test of anonymous header injection}
     /nochange:
       target: @NOCHANGE@
       credentials: dangerously-allow-unauthenticated

@@ -153,7 +153,7 @@ func TestIntegrationSecretResolvedWhereCaddyRuns(t *testing.T) {
 	up := newTestUpstream(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		got <- strings.Join(r.Header.Values("X-Api-Key"), ",")
 	}))
-	cfg := staticTokenConfig(testStaticToken, "s", "    /pd:\n      target: "+up.URL+"\n      credentials: dangerously-allow-unauthenticated\n      headers:\n        X-Api-Key: ${TEST_PD_TOKEN}\n")
+	cfg := staticTokenConfig(testStaticToken, "s", "    /pd:\n      target: "+up.URL+"\n      credentials: dangerously-allow-unauthenticated\n      headers:\n        X-Api-Key: ${TEST_PD_TOKEN}\n      caddy: {acknowledgeRisk: a test of anonymous header injection}\n")
 	adapt := func() string {
 		t.Helper()
 		out, _, err := Adapter{}.Adapt([]byte(cfg), nil)

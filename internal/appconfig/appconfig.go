@@ -79,6 +79,10 @@ type Node struct {
 	// Empty when the value had no substitution: then Value is literal text (not escaped).
 	EnvTemplate   string
 	SecretInlined bool
+	// FromFile is true for a value read by a `$file` directive: the file's
+	// content, which Value holds literally (there is no placeholder for it),
+	// so that callers can still treat it as a secret.
+	FromFile bool
 
 	Keys   []string // for maps: keys in merged order
 	Values []*Node  // for maps: values, parallel to Keys
@@ -1421,6 +1425,7 @@ func (l *configLoader) fileDirective(n, arg *Node, name, path, dir string) (*Nod
 	out := copyNode(KindScalar, n)
 	out.Tag = "!!str"
 	out.Value = strings.TrimRightFunc(strings.ToValidUTF8(string(data), "\uFFFD"), jsIsSpace)
+	out.FromFile = true
 	return out, nil
 }
 
