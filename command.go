@@ -1,6 +1,9 @@
 package backstageproxy
 
 import (
+	"path/filepath"
+	"strings"
+
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 )
@@ -25,3 +28,17 @@ section as this Caddy runs it, without starting a server.`,
 // that defines one appends its constructor in an init function; they are
 // called when Caddy builds its command tree, after every init has run.
 var backstageCommands []func() *cobra.Command
+
+// loadCommandConfig loads and adapts a config file as `caddy run` does,
+// for the `caddy backstage` commands. The adapter is the one named, else
+// `backstage` for YAML, else Caddy's own choice (JSON, or the Caddyfile).
+func loadCommandConfig(file, adapter string) ([]byte, error) {
+	if adapter == "" {
+		switch strings.ToLower(filepath.Ext(file)) {
+		case ".yaml", ".yml":
+			adapter = "backstage"
+		}
+	}
+	cfg, _, _, err := caddycmd.LoadConfig(file, adapter)
+	return cfg, err
+}

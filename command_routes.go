@@ -4,13 +4,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 )
 
@@ -58,20 +56,6 @@ a credential without acknowledging the risk) is an error, as with
 	return cmd
 }
 
-// configAdapterFor is the adapter `caddy backstage` commands use for a
-// config file: the one named, else `backstage` for YAML, else "" (Caddy's
-// own choice: JSON, or the Caddyfile).
-func configAdapterFor(file, adapter string) string {
-	if adapter != "" {
-		return adapter
-	}
-	switch strings.ToLower(filepath.Ext(file)) {
-	case ".yaml", ".yml":
-		return "backstage"
-	}
-	return ""
-}
-
 // routeTableMount is the route table of one backstage_dispatch.
 type routeTableMount struct {
 	mount  string
@@ -81,7 +65,7 @@ type routeTableMount struct {
 // loadRouteTable loads the config file as `caddy run` does and returns the
 // route table of each backstage_dispatch in it, in config order.
 func loadRouteTable(file, adapter string) ([]routeTableMount, error) {
-	cfg, _, _, err := caddycmd.LoadConfig(file, configAdapterFor(file, adapter))
+	cfg, err := loadCommandConfig(file, adapter)
 	if err != nil {
 		return nil, err
 	}

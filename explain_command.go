@@ -5,11 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
-	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/spf13/cobra"
 )
@@ -60,12 +58,6 @@ func runExplainCommand(cmd *cobra.Command, args []string) error {
 	if configFile == "" {
 		return fmt.Errorf("--config is required")
 	}
-	if adapter == "" {
-		switch strings.ToLower(filepath.Ext(configFile)) {
-		case ".yaml", ".yml":
-			adapter = "backstage"
-		}
-	}
 	in := explainInput{Method: args[0], URL: args[1], Header: http.Header{}}
 	for _, h := range headers {
 		name, value, ok := strings.Cut(h, ":")
@@ -77,7 +69,7 @@ func runExplainCommand(cmd *cobra.Command, args []string) error {
 		in.Header.Add(name, strings.TrimSpace(value))
 	}
 
-	cfgJSON, _, _, err := caddycmd.LoadConfig(configFile, adapter)
+	cfgJSON, err := loadCommandConfig(configFile, adapter)
 	if err != nil {
 		return err
 	}
