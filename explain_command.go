@@ -96,7 +96,7 @@ func explainConfig(ctx context.Context, cfgJSON []byte, in explainInput) (*expla
 	if ctx == nil {
 		ctx = context.Background()
 	}
-	cfgJSON, err := withoutActiveHealthChecks(cfgJSON)
+	cfgJSON, err := withoutOutsideEffects(cfgJSON)
 	if err != nil {
 		return nil, fmt.Errorf("decoding config: %v", err)
 	}
@@ -118,15 +118,27 @@ func explainConfig(ctx context.Context, cfgJSON []byte, in explainInput) (*expla
 	return explainer{app: app.(*caddyhttp.App)}.explain(ctx, in)
 }
 
-// withoutActiveHealthChecks removes the active health checks of every
-// reverse_proxy in cfgJSON: reverse_proxy starts them when provisioned, and
-// they would reach the upstreams.
-func withoutActiveHealthChecks(cfgJSON []byte) ([]byte, error) {
+// withoutOutsideEffects removes from cfgJSON what provisioning starts and
+// what would reach outside this process: the active health checks of every
+// reverse_proxy (they would reach the upstreams) and the distributed mode of
+// the rate limits (it would write this process's counts into the storage
+// the servers share).
+func withoutOutsideEffects(cfgJSON []byte) ([]byte, error) {
 	var cfg any
 	if err := json.Unmarshal(cfgJSON, &cfg); err != nil {
 		return nil, err
 	}
 	changed := false
+	if root, ok := cfg.(map[string]any); ok {
+		if apps, ok := root["apps"].(map[string]any); ok {
+			if app, ok := apps["backstage"].(map[string]any); ok {
+				if rl, ok := app["rate_limit"].(map[string]any); ok && rl["distributed"] != nil {
+					delete(rl, "distributed")
+					changed = true
+				}
+			}
+		}
+	}
 	var walk func(v any)
 	walk = func(v any) {
 		switch v := v.(type) {

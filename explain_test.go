@@ -9,6 +9,7 @@ package backstageproxy
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -64,6 +65,9 @@ func explainConfigYAML(up string) string {
       target: `+up+`/base?t=1
       pathRewrite:
         '^/api/proxy/rewrite/old': '/new'
+    /users-only:
+      target: `+up+`/u
+      caddy: {allow: [user]}
 `)
 }
 
@@ -174,6 +178,8 @@ func TestExplainDecisions(t *testing.T) {
 		{"injected header, names only", "GET", "/api/proxy/secret/items", []string{bearerStatic, "X-Trace: t1", "X-Api-Key: from-client"},
 			want{route: "/secret", decision: "proxy", upstream: "GET " + up + "/v1/items",
 				forwarded: []string{"x-trace"}, dropped: []string{"authorization", "x-api-key"}, injected: []string{"x-api-key"}}},
+		{"forbidden by allow", "GET", "/api/proxy/users-only/x", []string{bearerStatic},
+			want{route: "/users-only", decision: "deny", status: 403, subject: "ci-bot", dropped: []string{"authorization"}, reason: "403"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ex, out := explainJSON(t, config, tc.headers, tc.method, tc.url)
@@ -563,5 +569,75 @@ func TestExplainUserToken(t *testing.T) {
 		if strings.Contains(out, tok) {
 			t.Error("the output shows the token")
 		}
+	}
+}
+
+// TestExplainAdminRateLimited: on the live config, a caller whose budget is
+// spent is explained as the server would answer it, 429.
+func TestExplainAdminRateLimited(t *testing.T) {
+	skipIfShort(t)
+	up := newExplainUpstream(t)
+	// Budgets outlive a reload that keeps the route, and the command tests
+	// provision (in this process) a /limited of their own: a route key of
+	// this run's own.
+	route := fmt.Sprintf("/limited-%d", time.Now().UnixNano())
+	loadTestCaddy(t, staticTokenConfig(testStaticToken, "ci-bot", `    `+route+`:
+      target: `+up.URL+`/l
+      caddy: {rateLimit: {requests: 1, window: 1h}}
+`), "backstage")
+	req, _ := http.NewRequest(http.MethodGet, "http://"+testListen+"/api/proxy"+route+"/a", nil)
+	req.Host = testClientHost
+	req.Header.Set("Authorization", "Bearer "+testStaticToken)
+	res, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res.Body.Close()
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("first request: status %d", res.StatusCode)
+	}
+	status, body := postExplain(t, map[string]any{
+		"method":  "GET",
+		"url":     "/api/proxy" + route + "/b",
+		"headers": map[string]any{"Authorization": "Bearer " + testStaticToken},
+	})
+	if status != http.StatusOK {
+		t.Fatalf("%d %s", status, body)
+	}
+	var ex explanation
+	if err := json.Unmarshal(body, &ex); err != nil {
+		t.Fatal(err)
+	}
+	if ex.Route == nil || *ex.Route != route || ex.Decision != "deny" || ex.Status == nil || *ex.Status != http.StatusTooManyRequests ||
+		ex.Upstream != nil || ex.Principal == nil || ex.Principal.Subject != "ci-bot" {
+		t.Errorf("got %s", body)
+	}
+	if n := len(up.requests()); n != 1 {
+		t.Errorf("the upstream got %d requests, want the first one only", n)
+	}
+}
+
+// TestExplainCommandWithoutOutsideEffects: the command's copy of the config
+// starts no active health check and shares no rate-limit counts.
+func TestExplainCommandWithoutOutsideEffects(t *testing.T) {
+	for _, tc := range []struct{ name, in, want string }{
+		{"nothing to remove", `{"apps":{"backstage":{}}}`, `{"apps":{"backstage":{}}}`},
+		{"not an object", `null`, `null`},
+		{"distributed rate limits",
+			`{"apps":{"backstage":{"rate_limit":{"distributed":{"read_interval":1000000000}}}}}`,
+			`{"apps":{"backstage":{"rate_limit":{}}}}`},
+		{"active health checks",
+			`{"apps":{"http":{"servers":{"s":{"routes":[{"handle":[{"handler":"reverse_proxy","health_checks":{"active":{"uri":"/h"},"passive":{"max_fails":2}}}]}]}}}}}`,
+			`{"apps":{"http":{"servers":{"s":{"routes":[{"handle":[{"handler":"reverse_proxy","health_checks":{"passive":{"max_fails":2}}}]}]}}}}}`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := withoutOutsideEffects([]byte(tc.in))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if string(got) != tc.want {
+				t.Errorf("got %s, want %s", got, tc.want)
+			}
+		})
 	}
 }
