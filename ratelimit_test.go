@@ -142,6 +142,7 @@ func BenchmarkHandlerRateLimit(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			h.audit = nil // as in benchHandler: BenchmarkHandlerAudited measures the audit event
 			r := benchRequest(c.authorization)
 			// as Caddy's server does for every request
 			r = r.WithContext(context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{caddyhttp.ClientIPVarKey: "192.0.2.1"}))
