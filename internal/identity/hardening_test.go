@@ -438,3 +438,19 @@ func TestPluginEndpoints(t *testing.T) {
 		t.Fatal("an invalid plugin id was accepted")
 	}
 }
+
+// TestRedactURL: key-set URLs shown in logs and metric labels never carry a
+// password, templates included (their `{plugin}` does not parse as a host).
+func TestRedactURL(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"http://auth.internal:7007/api/auth/.well-known/jwks.json", "http://auth.internal:7007/api/auth/.well-known/jwks.json"},
+		{"https://svc:hunter2@auth.internal/jwks.json", "https://auth.internal/jwks.json"},
+		{"http://svc:hunter2@{plugin}-backend:7007/api/{plugin}/.well-known/jwks.json", "http://{plugin}-backend:7007/api/{plugin}/.well-known/jwks.json"},
+		{"http://backend:7007/api/{plugin}/.backstage/auth/v1/jwks.json", "http://backend:7007/api/{plugin}/.backstage/auth/v1/jwks.json"},
+		{"http://svc:hunter2@host:port/x", "<invalid URL>"},
+	} {
+		if got := redactURL(c.in); got != c.want {
+			t.Errorf("redactURL(%q) = %q, want %q", c.in, got, c.want)
+		}
+	}
+}

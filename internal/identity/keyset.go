@@ -561,13 +561,7 @@ func (c *keyCache) Destruct() error {
 }
 
 // redactedURL is the URL for log messages, without userinfo.
-func (c *keyCache) redactedURL() string {
-	u, err := url.Parse(c.url)
-	if err != nil {
-		return "<invalid URL>"
-	}
-	return u.Redacted()
-}
+func (c *keyCache) redactedURL() string { return redactURL(c.url) }
 
 // startFetchLocked starts a fetch in the background. c.mu must be held and no
 // fetch must be in flight.

@@ -136,13 +136,16 @@ func (p *pluginKeySets) stats() KeySetStats {
 	return s
 }
 
-// redactURL removes userinfo from a URL for display; a URL template
-// (`{plugin}`) is kept as written otherwise.
+// redactURL returns a key-set URL for display (logs, metric labels) without
+// its userinfo; a URL template keeps its `{plugin}`. A URL that does not
+// parse is never shown: it may hold a password in a form url.Parse does not
+// know.
 func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
+	const mark = "plugin-id-placeholder"
+	u, err := url.Parse(strings.ReplaceAll(raw, "{plugin}", mark))
+	if err != nil {
+		return "<invalid URL>"
 	}
 	u.User = nil
-	return strings.Replace(u.String(), "%7Bplugin%7D", "{plugin}", -1)
+	return strings.ReplaceAll(u.String(), mark, "{plugin}")
 }
