@@ -68,13 +68,13 @@ func (h *Handler) provisionAccess() error {
 // accessNames are the names of the settings validateAccess mentions, as the
 // configuration being checked spells them.
 type accessNames struct {
-	allow, upstreamAuthorization, headers, allowedHeaders string
+	allow, upstreamAuthorization, headers, allowedHeaders, basicAuth string
 }
 
 var (
-	handlerAccessNames   = accessNames{"allow", "upstream_authorization", "upstream_headers", "allowed_headers"}
-	appConfigAccessNames = accessNames{"caddy.allow", "caddy.upstreamAuthorization", "headers", "allowedHeaders"}
-	caddyfileAccessNames = accessNames{"allow", "upstream_authorization", "upstream_header", "allowed_headers"}
+	handlerAccessNames   = accessNames{"allow", "upstream_authorization", "upstream_headers", "allowed_headers", "the transport's basic_auth"}
+	appConfigAccessNames = accessNames{"caddy.allow", "caddy.upstreamAuthorization", "headers", "allowedHeaders", "auth"}
+	caddyfileAccessNames = accessNames{"allow", "upstream_authorization", "upstream_header", "allowed_headers", "upstream_basic_auth"}
 )
 
 // validateAccess checks Allow and UpstreamAuthorization against the rest of
@@ -120,6 +120,11 @@ func validateAccess(credentials string, allow []string, upstreamAuthorization st
 // checkEndpointAccess is validateAccess for an endpoint of the config
 // adapter or the Caddyfile, before its handler is built.
 func checkEndpointAccess(s *endpointSpec, names accessNames) error {
+	if s.UpstreamAuthorization != "" && s.BasicAuth != "" {
+		// the caller's credential would replace the operator's, or the
+		// operator's go upstream when the caller sends none
+		return fmt.Errorf("%s cannot be used with %s: both would set the upstream Authorization", names.upstreamAuthorization, names.basicAuth)
+	}
 	headers := make([]string, len(s.Headers))
 	for i, hv := range s.Headers {
 		headers[i] = hv.Name

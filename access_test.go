@@ -76,6 +76,7 @@ func TestAccessCaddyfileErrors(t *testing.T) {
 		{"injected Authorization", "upstream_header AUTHORIZATION \"Bearer {env.T}\"\n\t\t\tupstream_authorization X-Up", "upstream_authorization cannot be used with an Authorization header in upstream_header"},
 		{"two names", "upstream_authorization X-Up X-Other", "wrong argument count"},
 		{"Authorization itself", "upstream_authorization authorization", "upstream_authorization cannot be Authorization itself"},
+		{"basic credentials", "upstream_basic_auth svc:{env.PW}\n\t\t\tupstream_authorization X-Up", "upstream_authorization cannot be used with upstream_basic_auth"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cf := ":9080 {\n\tbackstage_proxy {\n\t\tendpoint /r http://localhost:9100 {\n\t\t\t" + tc.block + "\n\t\t}\n\t}\n}\n"
