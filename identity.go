@@ -65,6 +65,9 @@ type App struct {
 	watcher *watcher
 	release func()
 	logger  *zap.Logger
+	// rateLimitZones are the rate limits of this config's endpoints, by
+	// caddy-ratelimit zone (checkRateLimitZone).
+	rateLimitZones map[string]rateLimitZone
 }
 
 // CaddyModule returns the Caddy module information.

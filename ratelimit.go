@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -85,9 +86,13 @@ func (h *Handler) provisionRateLimit(ctx caddy.Context) error {
 	if anonymous {
 		key = "{" + placeholderRateLimitKey + "}"
 	}
+	zone := rateLimitZonePrefix + h.MountPath + h.Route
+	if err := h.identity.checkRateLimitZone(zone, rateLimitZone{key: key, limit: *rl}); err != nil {
+		return fmt.Errorf("route %s: rate_limit: %v", h.Route, err)
+	}
 	limiter := &caddyrl.Handler{
 		RateLimits: map[string]*caddyrl.RateLimit{
-			rateLimitZonePrefix + h.MountPath + h.Route: {Key: key, MaxEvents: rl.Requests, Window: rl.Window},
+			zone: {Key: key, MaxEvents: rl.Requests, Window: rl.Window},
 		},
 	}
 	if s := h.identity.RateLimit; s != nil && s.Distributed != nil {
@@ -105,6 +110,39 @@ func (h *Handler) provisionRateLimit(ctx caddy.Context) error {
 		return fmt.Errorf("route %s: rate_limit: %v", h.Route, err)
 	}
 	h.rateLimiter = &rateLimiter{limiter: limiter, anonymous: anonymous}
+	return nil
+}
+
+// rateLimitZone is what a caddy-ratelimit zone counts: its key and limit.
+type rateLimitZone struct {
+	key   string
+	limit RateLimit
+}
+
+// rateLimitZonesMu guards the Apps' rateLimitZones (a mutex in App would
+// make the module value uncopyable).
+var rateLimitZonesMu sync.Mutex
+
+// checkRateLimitZone refuses a second, different limit for one zone in one
+// config. caddy-ratelimit keeps a zone's counters process-wide and gives each
+// caller the limit of the handler that saw it first, so two endpoints with
+// the same mount and route (two sites of a Caddyfile, or hand-written JSON)
+// share one budget: they must agree on it. The router variants of one
+// endpoint carry the same limit, and pass.
+func (a *App) checkRateLimitZone(zone string, z rateLimitZone) error {
+	rateLimitZonesMu.Lock()
+	defer rateLimitZonesMu.Unlock()
+	if prev, ok := a.rateLimitZones[zone]; ok {
+		if prev != z {
+			return fmt.Errorf("another endpoint with the same mount path and route counts %d requests per %s by %s; endpoints that share counters must share the limit",
+				prev.limit.Requests, time.Duration(prev.limit.Window), prev.key)
+		}
+		return nil
+	}
+	if a.rateLimitZones == nil {
+		a.rateLimitZones = make(map[string]rateLimitZone)
+	}
+	a.rateLimitZones[zone] = z
 	return nil
 }
 

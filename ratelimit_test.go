@@ -170,3 +170,37 @@ func BenchmarkRateLimitCount(b *testing.B) {
 		}
 	}
 }
+
+// TestRateLimitZoneConflict: two endpoints with the same mount path and
+// route share caddy-ratelimit's counters, so in one config they must carry
+// the same limit (the library would give each caller the limit of whichever
+// handler saw it first).
+func TestRateLimitZoneConflict(t *testing.T) {
+	appJSON, _ := json.Marshal(&App{})
+	pctx, err := caddy.ProvisionContext(&caddy.Config{AppsRaw: caddy.ModuleMap{"backstage": appJSON}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := caddy.NewContext(pctx)
+	t.Cleanup(cancel)
+	for _, tc := range []struct {
+		name, handler, wantErr string
+	}{
+		{"first", `{"route":"/zone-conflict","rate_limit":{"requests":2,"window":60000000000}}`, ""},
+		{"same limit again (a router variant)", `{"route":"/zone-conflict","rate_limit":{"requests":2,"window":60000000000}}`, ""},
+		{"another limit", `{"route":"/zone-conflict","rate_limit":{"requests":100,"window":60000000000}}`,
+			"route /zone-conflict: rate_limit: another endpoint with the same mount path and route counts 2 requests per 1m0s"},
+		{"another window", `{"route":"/zone-conflict","rate_limit":{"requests":2,"window":1000000000}}`, "counts 2 requests per 1m0s"},
+		{"another mount path", `{"route":"/zone-conflict","mount_path":"/other","rate_limit":{"requests":100,"window":60000000000}}`, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ctx.LoadModuleByID("http.handlers.backstage_proxy", json.RawMessage(tc.handler))
+			if tc.wantErr == "" && err != nil {
+				t.Fatal(err)
+			}
+			if tc.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tc.wantErr)) {
+				t.Fatalf("got %v, want %q", err, tc.wantErr)
+			}
+		})
+	}
+}
