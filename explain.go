@@ -113,7 +113,39 @@ func upstreamURL(u *url.URL) string {
 			host = "[" + h + "]"
 		}
 	}
-	return u.Scheme + "://" + host + u.RequestURI()
+	uri := u.EscapedPath()
+	if uri == "" {
+		uri = "/"
+	}
+	if u.RawQuery != "" || u.ForceQuery {
+		uri += "?" + maskCredentialQuery(u.RawQuery)
+	}
+	return u.Scheme + "://" + host + uri
+}
+
+// maskCredentialQuery replaces the values of the query parameters whose
+// names look like credentials (the secure-route lint's rule for header
+// names: token, key, secret, password, auth) with `…`: a target such as
+// `https://api/v1?api_key=${KEY}` puts a secret there, and explain never
+// prints one. The rest of the query is kept as sent.
+func maskCredentialQuery(rawQuery string) string {
+	if rawQuery == "" {
+		return rawQuery
+	}
+	parts := strings.Split(rawQuery, "&")
+	for i, p := range parts {
+		name, _, hasValue := strings.Cut(p, "=")
+		if !hasValue {
+			continue
+		}
+		if n, err := url.QueryUnescape(name); err == nil {
+			name = n
+		}
+		if isCredentialName(name) {
+			parts[i] = p[:strings.IndexByte(p, '=')+1] + "…"
+		}
+	}
+	return strings.Join(parts, "&")
 }
 
 // explainOnlyTransport replaces, in a config provisioned for `caddy

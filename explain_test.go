@@ -68,6 +68,8 @@ func explainConfigYAML(up string) string {
     /users-only:
       target: `+up+`/u
       caddy: {allow: [user]}
+    /qkey:
+      target: `+up+`/q?api_key=${EXPLAIN_TEST_SECRET}&v=2
 `)
 }
 
@@ -178,6 +180,8 @@ func TestExplainDecisions(t *testing.T) {
 		{"injected header, names only", "GET", "/api/proxy/secret/items", []string{bearerStatic, "X-Trace: t1", "X-Api-Key: from-client"},
 			want{route: "/secret", decision: "proxy", upstream: "GET " + up + "/v1/items",
 				forwarded: []string{"x-trace"}, dropped: []string{"authorization", "x-api-key"}, injected: []string{"x-api-key"}}},
+		{"a secret in the target's query, names only", "GET", "/api/proxy/qkey/x?page=2", []string{bearerStatic},
+			want{route: "/qkey", decision: "proxy", upstream: "GET " + up + "/q/x?api_key=…&v=2&page=2", subject: "ci-bot", dropped: []string{"authorization"}}},
 		{"forbidden by allow", "GET", "/api/proxy/users-only/x", []string{bearerStatic},
 			want{route: "/users-only", decision: "deny", status: 403, subject: "ci-bot", dropped: []string{"authorization"}, reason: "403"}},
 	} {
@@ -639,5 +643,21 @@ func TestExplainCommandWithoutOutsideEffects(t *testing.T) {
 				t.Errorf("got %s, want %s", got, tc.want)
 			}
 		})
+	}
+}
+
+func TestMaskCredentialQuery(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{"", ""},
+		{"a=1&b=2", "a=1&b=2"},
+		{"api_key=s3cr3t&v=2", "api_key=…&v=2"},
+		{"v=2&access_token=x&Token=y", "v=2&access_token=…&Token=…"},
+		{"api%5Fkey=s3cr3t", "api%5Fkey=…"},
+		{"flag&password", "flag&password"},
+		{"sig=%2F", "sig=%2F"},
+	} {
+		if got := maskCredentialQuery(c.in); got != c.want {
+			t.Errorf("maskCredentialQuery(%q) = %q, want %q", c.in, got, c.want)
+		}
 	}
 }
